@@ -1,0 +1,62 @@
+"""The paper's augmentation, in batch on the training device.
+
+Training: the mean subtracted, PCA colour noise added, then a random crop and a
+random horizontal reflection, gathered in one indexing op for the whole batch.
+Evaluation: the centre crop, or the paper's ten patches (four corners, centre,
+and their reflections). Random draws come from a CPU generator the caller seeds,
+so both towers of a replica draw the same crops, flips and colour noise.
+"""
+
+import torch
+
+from data.stats import ImageStats
+
+
+class Augmenter:
+    """uint8 [N, 3, 256, 256] batches in, float [N, 3, crop, crop] network inputs out."""
+
+    def __init__(self, stats: ImageStats, crop: int, mean: str, flip: bool, pca_std: float, device: torch.device) -> None:
+        self.crop, self.flip, self.pca_std = crop, flip, pca_std
+        per_position = stats.mean_image if mean == "image" else stats.channel_mean[:, None, None].expand_as(stats.mean_image)
+        self.mean = per_position.to(device)
+        # Column i of the eigenvector matrix scaled by eigenvalue i: rgb shift = P @ (alpha * lambda).
+        self.pca_basis = (stats.eigenvectors * stats.eigenvalues).to(device)
+
+    def train(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        n, _, side, _ = images.shape
+        span = side - self.crop + 1
+        tops = torch.randint(span, (n,), generator=rng)
+        lefts = torch.randint(span, (n,), generator=rng)
+        flips = torch.rand(n, generator=rng) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        alphas = torch.randn(n, 3, generator=rng) * self.pca_std
+        x = images.float() - self.mean
+        if self.pca_std > 0:
+            x = x + (alphas.to(x.device) @ self.pca_basis.T)[:, :, None, None]
+        return self.patches(x, tops.to(x.device), lefts.to(x.device), flips.to(x.device))
+
+    def centre(self, images: torch.Tensor) -> torch.Tensor:
+        offset = (images.shape[-1] - self.crop) // 2
+        return (images.float() - self.mean)[:, :, offset : offset + self.crop, offset : offset + self.crop]
+
+    def ten_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """[10, N, 3, crop, crop]: corners (top-left, top-right, bottom-left, bottom-right), centre, then each reflected."""
+        n, side = images.shape[0], images.shape[-1]
+        x = images.float() - self.mean
+        far, mid = side - self.crop, (side - self.crop) // 2
+        corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+        out = []
+        for flip in (False, True):
+            for top, left in corners:
+                tops = torch.full((n,), top, device=x.device)
+                lefts = torch.full((n,), left, device=x.device)
+                out.append(self.patches(x, tops, lefts, torch.full((n,), flip, device=x.device)))
+        return torch.stack(out)
+
+    def patches(self, x: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """One crop per image at (top, left), reflected where `flips`, as a single gather."""
+        steps = torch.arange(self.crop, device=x.device)
+        rows = tops[:, None] + steps
+        cols = lefts[:, None] + torch.where(flips[:, None], self.crop - 1 - steps, steps)
+        batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+        picked = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+        return picked.permute(0, 3, 1, 2).contiguous()

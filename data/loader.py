@@ -1,0 +1,64 @@
+"""Loading processes that prepare whole batches ahead of the training step."""
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.order import EpochOrder
+from data.sources import ImageSet
+
+
+class _EpochBatches(Dataset):
+    """Item k is this replica's share of step `first_step + k` of `epoch`."""
+
+    def __init__(self, images: ImageSet, order: EpochOrder, epoch: int, first_step: int, replica: int, replicas: int):
+        self.images, self.order, self.epoch = images, order, epoch
+        self.first_step, self.replica, self.replicas = first_step, replica, replicas
+
+    def __len__(self) -> int:
+        return self.order.steps_per_epoch - self.first_step
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = self.order.batch(self.epoch, self.first_step + k, self.replica, self.replicas)
+        return self.images.load(indices)
+
+
+class _Chunks(Dataset):
+    """Item k is the k-th consecutive chunk of `indices`, for evaluation."""
+
+    def __init__(self, images: ImageSet, indices: torch.Tensor, batch_size: int) -> None:
+        self.images, self.chunks = images, indices.split(batch_size)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images.load(self.chunks[k])
+
+
+def _loader(dataset: Dataset, workers: int, prefetch: int, pin_memory: bool) -> DataLoader:
+    # batch_size=None: items are whole batches already, assembled inside the worker.
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=prefetch if workers > 0 else None,
+        pin_memory=pin_memory,
+    )
+
+
+def train_batches(
+    images: ImageSet, order: EpochOrder, epoch: int, first_step: int, replica: int, replicas: int,
+    workers: int, prefetch: int, pin_memory: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The rest of `epoch` from `first_step` on, for one replica."""
+    return iter(_loader(_EpochBatches(images, order, epoch, first_step, replica, replicas), workers, prefetch, pin_memory))
+
+
+def eval_batches(
+    images: ImageSet, batch_size: int, replica: int, replicas: int, workers: int, prefetch: int, pin_memory: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every image of `images` once, replica r of R taking its own contiguous 1/R."""
+    indices = torch.arange(len(images)).tensor_split(replicas)[replica]
+    return iter(_loader(_Chunks(images, indices, batch_size), workers, prefetch, pin_memory))

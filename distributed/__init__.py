@@ -1,0 +1,1 @@
+"""Everything that spans processes: layout, exchange, training loop, checkpoints; and the entry point."""

@@ -1,0 +1,87 @@
+"""Checkpoints that load into any layout, written so a crash mid-write loses nothing.
+
+Each checkpoint is a torch.distributed.checkpoint folder. Every process saves the
+entries it holds, named by tower (`model/towers.1.fc6.weight`, the velocity as
+`velocity/towers.1.fc6.weight`), so a two-process checkpoint holds exactly the
+keys a one-process model asks for, and the other way round. The folder is written
+as `step_XXXXXXXX.partial` and renamed when every process has finished: the
+newest folder without the suffix is always complete.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.optim import Optimizer
+
+_NAME = re.compile(r"^step_(\d{8})$")
+PARTIAL = ".partial"
+
+
+def _is_writer() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def training_state(model: nn.Module, optimizer: Optimizer, progress: dict[str, torch.Tensor]) -> dict:
+    """The entries this process saves or loads; velocities are created (zero) if missing."""
+    velocity = {}
+    for name, param in model.named_parameters():
+        state = optimizer.state[param]
+        if "momentum_buffer" not in state or state["momentum_buffer"] is None:
+            state["momentum_buffer"] = torch.zeros_like(param)
+        velocity[name] = state["momentum_buffer"]
+    return {"model": model.state_dict(), "velocity": velocity, "progress": progress}
+
+
+def latest(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint in `directory`, or None."""
+    root = Path(directory)
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if _NAME.match(p.name) and (p / ".metadata").is_file()]
+    return max(done, key=lambda p: p.name) if done else None
+
+
+def save(state: dict, directory: str | Path, step: int, keep: int) -> Path:
+    """Write `state` (every process its own entries) as checkpoint `step`, then prune to `keep`."""
+    root = Path(directory)
+    final = root / f"step_{step:08d}"
+    partial = root / (final.name + PARTIAL)
+    if _is_writer():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    _barrier()
+    dcp.save(state, checkpoint_id=partial)
+    _barrier()
+    if _is_writer():
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        complete = sorted((p for p in root.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load(state: dict, path: str | Path) -> None:
+    """Fill `state`'s tensors in place from the checkpoint at `path`."""
+    try:
+        dcp.load(state, checkpoint_id=Path(path))
+    except Exception as err:  # DCP wraps per-rank failures; name the file and the cause
+        raise RuntimeError(
+            f"checkpoint {path} does not match this model (was it saved with another model config?): {err}"
+        ) from err
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Only the weights, e.g. for evaluation or export."""
+    load({"model": model.state_dict()}, path)

@@ -1,0 +1,104 @@
+"""Activations crossing towers, each collective wrapped once with its dual in backward.
+
+The towers use the gathered activations with *different* weights, so the gradient
+reaching one tower's slice is the sum of what every tower sends back: the dual of
+the all-gather is a reduce-scatter, not a split. FC8's partial logits are summed
+and every tower then computes the same loss from the same logits, so the dual of
+that all-reduce is the identity.
+"""
+
+import time
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+
+def _to_rank_major(x: torch.Tensor, world: int) -> torch.Tensor:
+    """[B, world*C, ...] -> [world*B, C, ...]: one contiguous block per rank."""
+    return torch.stack(x.chunk(world, dim=1)).flatten(0, 1).contiguous()
+
+
+def _from_rank_major(x: torch.Tensor, world: int) -> torch.Tensor:
+    """[world*B, C, ...] -> [B, world*C, ...]: blocks side by side along channels."""
+    return torch.cat(x.chunk(world, dim=0), dim=1)
+
+
+class ExchangeClock:
+    """Host seconds spent inside exchange collectives, forward and backward.
+
+    Exact for gloo, whose collectives block; on NCCL it counts only the launches
+    unless the caller synchronises, so it is read on log steps only.
+    """
+
+    def __init__(self) -> None:
+        self.forward = 0.0
+        self.backward = 0.0
+
+    def reset(self) -> None:
+        self.forward = self.backward = 0.0
+
+
+class _GatherChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
+        ctx.group, ctx.clock = group, clock
+        start = time.perf_counter()
+        world = dist.get_world_size(group)
+        gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
+        dist.all_gather_into_tensor(gathered, local.contiguous(), group=group)
+        clock.forward += time.perf_counter() - start
+        return _from_rank_major(gathered, world)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        start = time.perf_counter()
+        world = dist.get_world_size(ctx.group)
+        blocks = _to_rank_major(grad, world)
+        local = blocks.new_empty((blocks.shape[0] // world, *blocks.shape[1:]))
+        dist.reduce_scatter_tensor(local, blocks, op=dist.ReduceOp.SUM, group=ctx.group)
+        ctx.clock.backward += time.perf_counter() - start
+        return local, None, None
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
+        start = time.perf_counter()
+        total = local.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        clock.forward += time.perf_counter() - start
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad, None, None
+
+
+def gather_channels(local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
+    """forward: all-gather along dim 1 in rank order; backward: reduce-scatter (sum)."""
+    return _GatherChannels.apply(local, group, clock)
+
+
+def sum_across_ranks(local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
+    """forward: all-reduce (sum); backward: identity (every rank's loss is the same)."""
+    return _SumAcrossRanks.apply(local, group, clock)
+
+
+class ProcessGroupExchange:
+    """One tower per process: the exchange runs over the replica's tower group."""
+
+    def __init__(self, group: ProcessGroup) -> None:
+        self.group = group
+        self.clock = ExchangeClock()
+
+    def gather(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        (local,) = parts
+        return gather_channels(local, self.group, self.clock)
+
+    def sum(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        # FC8 split by input sends 1000 partial logits per image instead of gathering
+        # 2048 FC7 activations and computing FC8 twice; see docs/BENCHMARKS.md.
+        (local,) = parts
+        return sum_across_ranks(local, self.group, self.clock)

@@ -1,0 +1,34 @@
+"""Both towers of a replica see the same batch: one process loads it, the other receives it."""
+
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def shared_batches(
+    loaded: Iterator[tuple[torch.Tensor, torch.Tensor]] | None,
+    sizes: list[int],
+    image_shape: tuple[int, ...],
+    group: dist.ProcessGroup | None,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, int64 labels) batches of `sizes` images each, on `device`.
+
+    The loading process passes its loader's iterator; the other tower process
+    passes None and receives each batch by broadcast over the tower group, so the
+    pair never disagrees about an image. Without a tower group this just moves the
+    loader's batches to the device.
+    """
+    for size in sizes:
+        if loaded is not None:
+            images, labels = next(loaded)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+        else:
+            images = torch.empty((size, *image_shape), dtype=torch.uint8, device=device)
+            labels = torch.empty(size, dtype=torch.int64, device=device)
+        if group is not None:
+            dist.broadcast(images, group=group, group_src=0)
+            dist.broadcast(labels, group=group, group_src=0)
+        yield images, labels

@@ -1,0 +1,89 @@
+"""The paper's SGD rule and the plateau schedule."""
+
+import torch
+from torch.optim import Optimizer
+
+
+class PaperSGD(Optimizer):
+    """Krizhevsky et al.'s update, with the learning rate inside the velocity:
+
+        v <- momentum * v - weight_decay * lr * w - lr * grad
+        w <- w + v
+
+    torch.optim.SGD keeps lr outside (v <- m v + g + wd w; w <- w - lr v). The two
+    agree while lr is constant; after a drop, torch's old velocity is suddenly
+    scaled by the new lr, the paper's keeps the step it had already taken.
+    The velocity lives in state["momentum_buffer"], as torch.optim.SGD's does.
+    """
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - the class docstring is the rule
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            velocities = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                velocities.append(state["momentum_buffer"])
+            lr = group["lr"]
+            torch._foreach_mul_(velocities, group["momentum"])
+            torch._foreach_add_(velocities, params, alpha=-group["weight_decay"] * lr)
+            torch._foreach_add_(velocities, grads, alpha=-lr)
+            torch._foreach_add_(params, velocities)
+        return None
+
+
+def build_optimizer(params, kind: str, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+    """`paper` (the default) or `torch_sgd`."""
+    if kind == "paper":
+        return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class PlateauSchedule:
+    """lr = base_lr * factor**k after the k-th plateau: a drop once validation error has
+    not improved for `patience` evaluations in a row, at most `drops` drops (the paper: 3)."""
+
+    def __init__(self, optimizer: Optimizer, base_lr: float, factor: float, drops: int, patience: int) -> None:
+        self.optimizer, self.base_lr, self.factor = optimizer, base_lr, factor
+        self.max_drops, self.patience = drops, patience
+        self.best = float("inf")
+        self.epochs_without_gain = 0
+        self.drops = 0
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.factor**self.drops
+
+    def step(self, val_error: float) -> bool:
+        """Record one validation error; returns True when it dropped the learning rate."""
+        if val_error < self.best:
+            self.best, self.epochs_without_gain = val_error, 0
+            return False
+        self.epochs_without_gain += 1
+        if self.epochs_without_gain < self.patience or self.drops >= self.max_drops:
+            return False
+        self.drops += 1
+        self.epochs_without_gain = 0
+        self.apply()
+        return True
+
+    def apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "epochs_without_gain": self.epochs_without_gain, "drops": self.drops}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best = float(state["best"])
+        self.epochs_without_gain = int(state["epochs_without_gain"])
+        self.drops = int(state["drops"])
+        self.apply()

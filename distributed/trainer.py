@@ -1,0 +1,285 @@
+"""The training loop: forward, loss, backward, step; evaluation, logs and checkpoints around it."""
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from data.augment import Augmenter
+from data.loader import eval_batches, train_batches
+from data.order import EpochOrder
+from data.sources import open_datasets
+from distributed import checkpoint
+from distributed.config import Config, ConfigError, to_dict
+from distributed.exchange import ProcessGroupExchange
+from distributed.feed import shared_batches
+from distributed.layout import Layout
+from distributed.metrics import MetricLogger, topk_wrong
+from distributed.optimizer import PlateauSchedule, build_optimizer
+from model.alexnet import AlexNet, LocalExchange
+
+IMAGE_SHAPE = (3, 256, 256)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Evaluation:
+    """Validation error rates over the whole validation set."""
+
+    top1: float
+    top5: float
+    loss: float
+
+
+def step_seed(seed: int, step: int, replica: int, purpose: int) -> int:
+    """A seed per (step, replica, use): a resumed run redraws exactly what it would have drawn."""
+    return ((seed * 1_000_003 + step) * 1009 + replica) * 8 + purpose
+
+
+class Trainer:
+    """Owns the model, the optimiser, the data feed and the run's progress for one process."""
+
+    def __init__(self, cfg: Config, layout: Layout) -> None:
+        self.cfg, self.layout, self.plan = cfg, layout, layout.plan
+        self.device = self.plan.device
+        self.data = open_datasets(cfg.data, cfg.train.seed)
+        if len(self.data.classes) > cfg.model.num_classes:
+            raise ConfigError(
+                f"model.num_classes={cfg.model.num_classes} but the data has {len(self.data.classes)} classes"
+            )
+        self.replica_batch = cfg.train.batch_size // self.plan.replicas
+        self.order = EpochOrder(len(self.data.train), cfg.train.batch_size, cfg.train.seed)
+        self.exchange = ProcessGroupExchange(layout.tower_group) if layout.tower_group else LocalExchange()
+        # Init on the CPU so every layout and device starts from the same numbers.
+        self.model = AlexNet(cfg.model, self.plan.tower_indices(cfg.model.towers), self.exchange)
+        self.model.init_paper(cfg.train.seed)
+        self.model.to(self.device)
+        self.net: torch.nn.Module = self.model
+        if layout.replica_group is not None:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=device_ids, process_group=layout.replica_group)
+        t = cfg.train
+        self.optimizer = build_optimizer(self.model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
+        self.schedule = PlateauSchedule(self.optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
+        self.augment = Augmenter(
+            self.data.stats, cfg.model.input_size, cfg.data.mean, cfg.data.flip, cfg.data.pca_std, self.device
+        )
+        self.logger = MetricLogger(cfg.log.dir, enabled=self.plan.logs)
+        self.step = 0
+        self.total_steps = t.epochs * self.order.steps_per_epoch
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step on a replica batch; returns (summed loss, wrong top-1/top-5) without syncing."""
+        self.net.train()
+        replica = self.plan.replica
+        aug_rng = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, self.step, replica, 0))
+        self.model.seed_dropout(step_seed(self.cfg.train.seed, self.step, replica, 1))
+        inputs = self.augment.train(images, aug_rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros(2, device=self.device)
+        pieces = list(zip(inputs.chunk(self.cfg.train.micro_batches), labels.chunk(self.cfg.train.micro_batches)))
+        for i, (x, y) in enumerate(pieces):
+            # Gradients of all micro-batches accumulate; replicas sync only on the last.
+            sync = i == len(pieces) - 1 or not isinstance(self.net, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.net.no_sync(), self._autocast():
+                logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            (loss / len(labels)).backward()
+            loss_sum += loss.detach()
+            wrong += topk_wrong(logits.detach(), y)
+        self.optimizer.step()
+        return loss_sum, wrong
+
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- data ------------------------------------------------------------------------------
+
+    def _epoch_feed(self, epoch: int, first_step: int):
+        steps = self.order.steps_per_epoch - first_step
+        loaded = None
+        if self.plan.loads_data:
+            loaded = train_batches(
+                self.data.train, self.order, epoch, first_step, self.plan.replica, self.plan.replicas,
+                self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
+            )
+        return shared_batches(loaded, [self.replica_batch] * steps, IMAGE_SHAPE, self.layout.tower_group, self.device)
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> Evaluation:
+        """Centre-crop top-1/top-5 error and loss over the validation set, summed across replicas."""
+        self.net.eval()
+        val = self.data.val
+        share = torch.arange(len(val)).tensor_split(self.plan.replicas)[self.plan.replica]
+        sizes = [len(c) for c in share.split(self.replica_batch)]
+        loaded = None
+        if self.plan.loads_data:
+            loaded = eval_batches(
+                val, self.replica_batch, self.plan.replica, self.plan.replicas,
+                self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
+            )
+        totals = torch.zeros(4, device=self.device)  # wrong top-1, wrong top-5, loss sum, images
+        for images, labels in shared_batches(loaded, sizes, IMAGE_SHAPE, self.layout.tower_group, self.device):
+            with self._autocast():
+                logits = self.model(self.augment.centre(images)).float()
+            totals[:2] += topk_wrong(logits, labels)
+            totals[2] += F.cross_entropy(logits, labels, reduction="sum")
+            totals[3] += len(labels)
+        self._sum_over_replicas(totals)
+        top1, top5, loss, count = totals.tolist()
+        return Evaluation(top1 / count, top5 / count, loss / count)
+
+    def _sum_over_replicas(self, t: torch.Tensor) -> None:
+        if self.layout.replica_group is not None:
+            dist.all_reduce(t, group=self.layout.replica_group)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        progress = {"step": torch.tensor(self.step), **{k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()}}
+        return checkpoint.training_state(self.model, self.optimizer, progress)
+
+    def save(self) -> None:
+        checkpoint.save(self._state(), self.cfg.checkpoint.dir, self.step, self.cfg.checkpoint.keep)
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint, if there is one."""
+        path = checkpoint.latest(self.cfg.checkpoint.dir)
+        if path is None:
+            return False
+        state = self._state()
+        checkpoint.load(state, path)
+        progress = state["progress"]
+        self.step = int(progress["step"])
+        self.schedule.load_state_dict({k: progress[k].item() for k in ("best", "epochs_without_gain", "drops")})
+        if self.plan.logs:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+        return True
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> Evaluation:
+        """Train to the configured length, evaluating and checkpointing each epoch."""
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if self.cfg.train.resume or restarted:
+            self.resume()
+        self.logger.text("config", "```\n" + yaml.safe_dump(to_dict(self.cfg), sort_keys=False) + "\n```")
+        per_epoch = self.order.steps_per_epoch
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.plan.logs and self.cfg.log.progress),
+                   unit="step", dynamic_ncols=True)
+        window = _Window(self.device)
+        result = None
+        while self.step < self.total_steps:
+            epoch, first = divmod(self.step, per_epoch)
+            feed = self._epoch_feed(epoch, first)
+            while self.step < self.total_steps and self.step // per_epoch == epoch:
+                wait_start = time.perf_counter()
+                images, labels = next(feed)
+                window.data_wait += time.perf_counter() - wait_start
+                loss, wrong = self.train_step(images, labels)
+                window.add(loss, wrong, len(labels))
+                self.step += 1
+                bar.update(1)
+                if self.step % self.cfg.log.every_steps == 0:
+                    self._log_window(window, bar)
+                    window = _Window(self.device)
+                if self.cfg.checkpoint.every_steps and self.step % self.cfg.checkpoint.every_steps == 0:
+                    self._check_finite(window)
+                    self.save()
+            feed.close()
+            if self.step % per_epoch == 0 or self.step == self.total_steps:
+                result = self._end_of_epoch(epoch)
+        bar.close()
+        if result is None:  # resumed at the very end: nothing left to train
+            result = self.evaluate()
+        if self.plan.logs:
+            print(f"final validation (centre crop): top-1 error {result.top1:.4f}, top-5 error {result.top5:.4f}", flush=True)
+        self.logger.close()
+        return result
+
+    def _end_of_epoch(self, epoch: int) -> Evaluation:
+        result = self.evaluate()
+        dropped = self.schedule.step(result.top1)
+        self.logger.scalars(self.step, {
+            "error/val_top1": result.top1, "error/val_top5": result.top5, "loss/val": result.loss, "epoch": epoch + 1,
+        })
+        if self.plan.logs:
+            note = f", lr dropped to {self.schedule.lr:g}" if dropped else ""
+            print(f"epoch {epoch + 1}: val top-1 error {result.top1:.4f}, top-5 {result.top5:.4f}{note}", flush=True)
+        if not math.isfinite(result.loss):
+            raise NonFiniteLoss(f"validation loss is {result.loss} after step {self.step}; last good checkpoint kept")
+        self.save()
+        return result
+
+    def _check_finite(self, window: "_Window") -> None:
+        self._stop_if_not_finite(window.loss.item())
+
+    def _stop_if_not_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"training loss became {loss} by step {self.step} (rank {self.plan.rank}); "
+                f"stopped, the last good checkpoint in {self.cfg.checkpoint.dir} is kept"
+            )
+
+    def _log_window(self, window: "_Window", bar: tqdm) -> None:
+        # The one host sync of a log step: everything accumulated on the device comes back at once.
+        sums = torch.cat([window.loss[None], window.wrong, torch.tensor([float(window.images)], device=self.device)])
+        self._sum_over_replicas(sums)
+        loss, wrong1, wrong5, images = sums.tolist()
+        self._stop_if_not_finite(loss)
+        elapsed = time.perf_counter() - window.start
+        steps = self.cfg.log.every_steps
+        values = {
+            "loss/train": loss / images,
+            "error/train_top1": wrong1 / images,
+            "error/train_top5": wrong5 / images,
+            "lr": self.schedule.lr,
+            "throughput/images_per_s": images / elapsed,
+            "time/step_s": elapsed / steps,
+            "time/data_wait_s": window.data_wait / steps,
+            "time/data_wait_pct": 100 * window.data_wait / elapsed,
+        }
+        clock = getattr(self.exchange, "clock", None)
+        if clock is not None:
+            values["time/exchange_forward_s"] = clock.forward / steps
+            values["time/exchange_backward_s"] = clock.backward / steps
+            values["time/exchange_pct"] = 100 * (clock.forward + clock.backward) / elapsed
+            clock.reset()
+        self.logger.scalars(self.step, values)
+        bar.set_postfix(loss=f"{values['loss/train']:.3f}", img_s=f"{values['throughput/images_per_s']:.0f}")
+
+
+class _Window:
+    """Sums over the steps since the last log, kept on the device until the log step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.wrong = torch.zeros(2, device=device)
+        self.images = 0
+        self.data_wait = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
+        self.loss += loss
+        self.wrong += wrong
+        self.images += images

@@ -1,0 +1,1 @@
+"""The network: plain modules, no torch.distributed."""

@@ -1,0 +1,181 @@
+"""The network of Krizhevsky et al. 2012 as the towers it was split into.
+
+A `Tower` is what one GTX 580 held: half the kernels of every conv layer and half
+the neurons of FC6 and FC7. `AlexNet` runs the towers it is given (both in one
+process, or one per process) and meets the other tower only through its
+`exchange`, at the four places the paper's GPUs talked: into conv3, FC6, FC7, FC8.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.lrn import LocalResponseNorm
+
+
+class Exchange(Protocol):
+    """How the towers' activations meet. `parts` holds this process's towers' tensors."""
+
+    def gather(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """All towers' tensors concatenated along dim 1, in tower order."""
+
+    def sum(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The sum of all towers' tensors."""
+
+
+class LocalExchange:
+    """Both towers live in this process: the exchange is a concatenation."""
+
+    def gather(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(tuple(parts), dim=1)
+
+    def sum(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(tuple(parts)).sum(0) if len(parts) > 1 else parts[0]
+
+
+@dataclass(frozen=True)
+class TowerWidths:
+    """Kernels of conv1..conv5 and neurons of FC6/FC7 in one tower."""
+
+    conv: tuple[int, int, int, int, int]
+    fc: int
+
+    @staticmethod
+    def of(towers: int) -> "TowerWidths":
+        if towers == 2:
+            return TowerWidths(conv=(48, 128, 192, 192, 128), fc=2048)
+        # The paper's one-GPU baseline halves the conv kernels but keeps conv5 and the
+        # FC layers whole, so that both nets have about the same parameter count.
+        return TowerWidths(conv=(48, 128, 192, 192, 256), fc=4096)
+
+
+POOLED_SIDE = 6
+"""Side of the pool5 maps for both input sizes and both pooling modes."""
+
+BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+"""Layers whose biases start at `bias_init` (1 in the paper); the others start at 0."""
+
+
+class Tower(nn.Module):
+    """One tower's layers. FC8 is split by input: each tower multiplies its own FC7
+    half and the partial logits are summed, so tower 0 alone holds FC8's bias."""
+
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        widths = TowerWidths.of(cfg.towers)
+        c1, c2, c3, c4, c5 = widths.conv
+        towers = cfg.towers
+        self.conv1 = nn.Conv2d(3, c1, 11, stride=4, padding=0 if cfg.input_size == 227 else 2)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
+        self.conv3 = nn.Conv2d(c2 * towers, c3, 3, padding=1)
+        self.conv4 = nn.Conv2d(c3, c4, 3, padding=1)
+        self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)
+        self.fc6 = nn.Linear(c5 * towers * POOLED_SIDE**2, widths.fc)
+        self.fc7 = nn.Linear(widths.fc * towers, widths.fc)
+        self.fc8 = nn.Linear(widths.fc, cfg.num_classes, bias=index == 0)
+        self.act = nn.ReLU() if cfg.activation == "relu" else nn.Tanh()
+        self.pool = nn.MaxPool2d(3, 2) if cfg.pooling == "overlapping" else nn.MaxPool2d(2, 2)
+        if cfg.lrn == "none":
+            self.lrn = nn.Identity()
+        else:
+            self.lrn = LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn)
+        self.dropout_p = cfg.dropout
+
+    def to_conv3(self, image: torch.Tensor) -> torch.Tensor:
+        """conv1, conv2 (each ReLU, LRN, pool): this tower's half of conv3's input."""
+        x = self.pool(self.lrn(self.act(self.conv1(image))))
+        return self.pool(self.lrn(self.act(self.conv2(x))))
+
+    def to_fc6(self, both_towers: torch.Tensor) -> torch.Tensor:
+        """conv3 (both towers' maps), conv4, conv5, pool: this tower's half of FC6's input."""
+        x = self.act(self.conv3(both_towers))
+        x = self.act(self.conv4(x))
+        return self.pool(self.act(self.conv5(x))).flatten(1)
+
+    def fc(self, layer: nn.Linear, both_towers: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+        """FC6 or FC7 on both towers' activations, ReLU, then dropout drawn from `rng`."""
+        return self.dropout(self.act(layer(both_towers)), rng)
+
+    def dropout(self, x: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+        # Each tower draws its masks from its own generator, so a tower's masks do not
+        # depend on whether the other tower lives in the same process.
+        if not self.training or self.dropout_p == 0:
+            return x
+        keep = 1.0 - self.dropout_p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=rng)
+        return x * mask / keep
+
+    def init_paper(self, weight_std: float, bias_init: float, rng: torch.Generator) -> None:
+        """Weights ~ N(0, weight_std^2); biases `bias_init` in BIAS_ONE_LAYERS, else 0."""
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+            layer = getattr(self, name)
+            nn.init.normal_(layer.weight, 0.0, weight_std, generator=rng)
+            if layer.bias is not None:
+                nn.init.constant_(layer.bias, bias_init if name in BIAS_ONE_LAYERS else 0.0)
+
+
+class AlexNet(nn.Module):
+    """The towers this process holds, wired through `exchange`.
+
+    With `tower_indices=(0, 1)` and a `LocalExchange` this is the whole network in
+    one process, the reference the split run is tested against.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tower_indices: Sequence[int] | None = None,
+        exchange: Exchange | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        indices = tuple(range(cfg.towers)) if tower_indices is None else tuple(tower_indices)
+        self.towers = nn.ModuleDict({str(i): Tower(cfg, i) for i in indices})
+        self.exchange = exchange or LocalExchange()
+        self.dropout_rngs: dict[str, torch.Generator] = {}
+
+    def init_paper(self, seed: int) -> None:
+        """The paper's init, each tower from its own seed so every layout starts equal.
+
+        Also seeds each tower's dropout generator from (seed, tower).
+        """
+        for key, tower in self.towers.items():
+            device = tower.conv1.weight.device
+            init_rng = torch.Generator(device).manual_seed(tower_seed(seed, int(key), "init"))
+            with torch.no_grad():
+                tower.init_paper(self.cfg.weight_std, self.cfg.bias_init, init_rng)
+        self.seed_dropout(seed)
+
+    def seed_dropout(self, seed: int) -> None:
+        """Fresh dropout generators on the towers' devices, from (seed, tower)."""
+        self.dropout_rngs = {
+            key: torch.Generator(t.conv1.weight.device).manual_seed(tower_seed(seed, int(key), "dropout"))
+            for key, t in self.towers.items()
+        }
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits: FC8 of both towers' FC7 halves, summed across towers."""
+        towers, halves = self._fc7_halves(image)
+        return self.exchange.sum([t.fc8(h) for t, h in zip(towers, halves)])
+
+    def fc7_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The 4096-d FC7 activations the paper compares in Figure 4 (call in eval mode)."""
+        return self.exchange.gather(self._fc7_halves(image)[1])
+
+    def _fc7_halves(self, image: torch.Tensor) -> tuple[list[Tower], list[torch.Tensor]]:
+        towers = list(self.towers.values())
+        rngs = [self.dropout_rngs.get(k) for k in self.towers]
+        x = self.exchange.gather([t.to_conv3(image) for t in towers])
+        x = self.exchange.gather([t.to_fc6(x) for t in towers])
+        x = self.exchange.gather([t.fc(t.fc6, x, r) for t, r in zip(towers, rngs)])
+        return towers, [t.fc(t.fc7, x, r) for t, r in zip(towers, rngs)]
+
+
+def tower_seed(seed: int, tower: int, purpose: str) -> int:
+    """A seed for one tower and one use, the same in every process layout."""
+    offsets = {"init": 0, "dropout": 1}
+    return (seed * 1_000_003 + tower * 101 + offsets[purpose]) % (2**63)

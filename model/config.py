@@ -1,0 +1,54 @@
+"""Hyperparameters of the network itself (PAPER.md, "The network")."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture; every default is the paper's."""
+
+    input_size: int = 227
+    """227 (no conv1 padding, gives the paper's 55x55) or 224 (conv1 padding 2)."""
+    towers: int = 2
+    """2: the paper's two-tower net; 1: its one-GPU baseline (half the kernels, conv5 and FCs full)."""
+    lrn: str = "paper"
+    """paper: k + alpha*sum; alpha_over_n: k + alpha/n*sum (Caffe, cuda-convnet2, torch); none."""
+    lrn_k: float = 2.0
+    """LRN additive constant k."""
+    lrn_size: int = 5
+    """LRN window n, in adjacent kernel maps of the same tower."""
+    lrn_alpha: float = 1e-4
+    """LRN alpha, read by the convention in `lrn`."""
+    lrn_beta: float = 0.75
+    """LRN exponent beta."""
+    activation: str = "relu"
+    """relu (the paper) or tanh (its Figure 1 comparison)."""
+    pooling: str = "overlapping"
+    """overlapping: max-pool 3/2 (the paper); non_overlapping: 2/2 (its ablation)."""
+    dropout: float = 0.5
+    """Dropout probability after the ReLUs of FC6 and FC7; 0 turns it off."""
+    weight_std: float = 0.01
+    """Standard deviation of the zero-mean Gaussian every weight starts from."""
+    bias_init: float = 1.0
+    """Bias of conv2, conv4, conv5, FC6, FC7 (the others start at 0)."""
+    num_classes: int = 1000
+    """Outputs of FC8."""
+
+    def __post_init__(self) -> None:
+        choices = {
+            "input_size": (227, 224),
+            "towers": (1, 2),
+            "lrn": ("paper", "alpha_over_n", "none"),
+            "activation": ("relu", "tanh"),
+            "pooling": ("overlapping", "non_overlapping"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r}: must be one of {allowed}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
+        for key in ("lrn_size", "num_classes"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)}: must be at least 1")
+        if self.weight_std <= 0:
+            raise ValueError(f"weight_std={self.weight_std}: must be positive")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# ./run.sh [--config FILE] [section.key=value ...]   train under torchrun
+# ./run.sh test [pytest arguments]                   run the test suite
+# Both create .venv and install requirements.txt first when needed.
+# With no arguments the main job runs: experiments/quickstart.yaml on the embedded data.
+# NPROC overrides the processes per node (default: 2 on CPU, 1 per GPU up to 2).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+venv=.venv
+if [ ! -x "$venv/bin/python" ] || ! cmp -s requirements.txt "$venv/.installed-requirements"; then
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  cp requirements.txt "$venv/.installed-requirements"
+fi
+
+if [ "${1:-}" = "test" ]; then
+  shift
+  exec "$venv/bin/python" -m pytest -q tests "$@"
+fi
+
+if [ "$#" -eq 0 ]; then
+  set -- --config experiments/quickstart.yaml
+fi
+gpus=$("$venv/bin/python" -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -eq 0 ]; then nproc=2; elif [ "$gpus" -eq 1 ]; then nproc=1; else nproc=2; fi
+exec "$venv/bin/torchrun" --standalone --nproc_per_node="${NPROC:-$nproc}" -m distributed.main "$@"
