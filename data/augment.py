@@ -19,8 +19,11 @@ class Augmenter:
         self.crop, self.flip, self.pca_std = crop, flip, pca_std
         per_position = stats.mean_image if mean == "image" else stats.channel_mean[:, None, None].expand_as(stats.mean_image)
         self.mean = per_position.to(device)
-        # Column i of the eigenvector matrix scaled by eigenvalue i: rgb shift = P @ (alpha * lambda).
-        self.pca_basis = (stats.eigenvectors * stats.eigenvalues).to(device)
+        # rgb shift = P @ (alpha * lambda), P's columns the eigenvectors. The paper's formula
+        # is not scale-free: lambda is a variance, so its result depends on the pixel units.
+        # We read it in [0, 1] units (lambda/255^2, shift*255), which gives shifts of a few
+        # grey levels; read in 0..255 units it would add hundreds of levels and drown the image.
+        self.pca_basis = (stats.eigenvectors * stats.eigenvalues / 255.0).to(device)
 
     def train(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         n, _, side, _ = images.shape

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from data.sources import Datasets
 from data.stats import ImageStats
@@ -89,6 +90,10 @@ class PackedImages:
         if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
             raise IndexError(f"{self.folder}: indices must be in [0, {len(self)})")
         images = torch.empty((len(indices), 3, SIDE, SIDE), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            # Read straight into shared memory, as DataLoader's collate does: a batch
+            # returned from a worker is otherwise copied there once more on its way out.
+            images.share_memory_()
         rows = images.view(len(indices), IMAGE_BYTES).numpy()
         shards = torch.searchsorted(self.ends, indices, right=True)
         for shard in shards.unique().tolist():

@@ -12,6 +12,7 @@ index.json and (training split) stats.pt; meta.json is written last.
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -75,7 +76,7 @@ def pack(dst: Path, splits: list[Split], ids: list[str], names: list[str], shard
         if (folder / "index.json").is_file():
             continue
         decoded += _pack_shards(folder, split, shard_size, workers)
-        _assemble(dst, folder, -(-len(split.files) // shard_size))
+        _assemble(dst, folder, math.ceil(len(split.files) / shard_size))
         assembled = True
     if assembled or not (dst / "meta.json").is_file():
         _write_meta(dst, ids, names)

@@ -207,13 +207,18 @@ class Trainer:
                     self._check_finite(window)
                     self.save()
             feed.close()
-            if self.step % per_epoch == 0 or self.step == self.total_steps:
+            if self.step % per_epoch == 0:
                 result = self._end_of_epoch(epoch)
         bar.close()
-        if result is None:  # resumed at the very end: nothing left to train
+        mid_epoch = self.step % per_epoch != 0
+        if mid_epoch:  # stopped by max_steps: keep the place, leave the schedule be
+            self._check_finite(window)
+            self.save()
+        if mid_epoch or result is None:  # None: resumed a run that had already finished
             result = self.evaluate()
         if self.plan.logs:
             print(f"final validation (centre crop): top-1 error {result.top1:.4f}, top-5 error {result.top5:.4f}", flush=True)
+        self.logger.scalars(self.step, {"error/final_val_top1": result.top1, "error/final_val_top5": result.top5})
         self.logger.close()
         return result
 

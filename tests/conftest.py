@@ -20,20 +20,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, fn, args) -> None:
+def _worker(rank: int, world: int, port: int, init: bool, fn, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if init:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def run_workers(world: int, fn, *args) -> None:
-    """Run fn(rank, world, *args) in `world` gloo processes; fn is importable (module level)."""
-    mp.spawn(_worker, args=(world, free_port(), fn, args), nprocs=world, join=True)
+def run_workers(world: int, fn, *args, init: bool = True) -> None:
+    """Run fn(rank, world, *args) in `world` gloo processes, as torchrun would set them up.
+
+    fn must be importable (module level). With init=False the process group is left to
+    fn (the trainer joins it itself from the environment).
+    """
+    mp.spawn(_worker, args=(world, free_port(), init, fn, args), nprocs=world, join=True)
 
 
 @pytest.fixture(autouse=True)

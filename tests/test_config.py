@@ -1,0 +1,86 @@
+"""Config errors name the problem before any process starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from distributed.config import ConfigError, load_config
+from distributed.layout import plan_from_env
+from tests.conftest import ROOT
+
+BASE = ROOT / "config.yaml"
+
+
+def test_base_config_holds_the_papers_values():
+    cfg = load_config([BASE])
+    t = cfg.train
+    assert (t.batch_size, t.momentum, t.weight_decay, t.lr, t.lr_factor, t.lr_drops, t.epochs) == (
+        128, 0.9, 5e-4, 0.01, 0.1, 3, 90)
+    m = cfg.model
+    assert (m.lrn_k, m.lrn_size, m.lrn_alpha, m.lrn_beta, m.dropout, m.weight_std, m.bias_init) == (
+        2.0, 5, 1e-4, 0.75, 0.5, 0.01, 1.0)
+    assert cfg.data.pca_std == 0.1 and cfg.model.input_size == 227
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.learning_rate=0.1", "unknown config key train.learning_rate"),
+    ("nosuch.key=1", "unknown config key nosuch"),
+    ("train.batch_size=big", "train.batch_size: expected int"),
+    ("train.batch_size=0", "train.batch_size=0: must be at least 1"),
+    ("train.lr=-1", "train.lr=-1.0: must be positive"),
+    ("model.input_size=225", "model.input_size=225"),
+    ("data.mean=median", "data.mean='median'"),
+    ("train.resume=maybe", "train.resume: expected bool"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config([BASE], [override])
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'lr'"):
+        load_config([BASE, bad])
+    with pytest.raises(ConfigError, match="override train.lr given twice"):
+        load_config([BASE], ["train.lr=0.1", "train.lr=0.2"])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file /no/such.yaml does not exist"):
+        load_config([BASE, "/no/such.yaml"])
+
+
+def test_scientific_notation_floats():
+    assert load_config([BASE], ["train.weight_decay=1e-3"]).train.weight_decay == 1e-3
+
+
+@pytest.mark.parametrize("world, overrides, message", [
+    (3, [], "world size 3"),
+    (2, ["train.batch_size=10", "train.micro_batches=4"], "not divisible by 1 replica"),
+    (4, ["train.batch_size=6", "train.micro_batches=2"], "not divisible by 2 replica"),
+])
+def test_world_size_and_batch_arithmetic(world, overrides, message):
+    cfg = load_config([BASE], overrides)
+    with pytest.raises(ConfigError, match=message):
+        plan_from_env(cfg, {"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0"})
+
+
+def test_supported_world_sizes():
+    cfg = load_config([BASE], ["train.device=cpu"])
+    assert plan_from_env(cfg, {"WORLD_SIZE": "1"}).tower_processes == 1
+    two = plan_from_env(cfg, {"WORLD_SIZE": "2", "RANK": "1"})
+    assert (two.tower_processes, two.replicas, two.tower_indices(2)) == (2, 1, (1,))
+    four = plan_from_env(cfg, {"WORLD_SIZE": "4", "RANK": "3"})
+    assert (four.replicas, four.replica, four.tower_indices(2)) == (2, 1, (1,))
+    three = plan_from_env(load_config([BASE], ["parallel.tower_parallel=false", "train.batch_size=129"]),
+                          {"WORLD_SIZE": "3"})
+    assert (three.tower_processes, three.replicas, three.tower_indices(2)) == (1, 3, (0, 1))
+
+
+def test_entry_point_reports_config_errors_before_starting():
+    proc = subprocess.run([sys.executable, "-m", "distributed.main", "train.momentum=2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "config error: train.momentum=2.0: must be in [0, 1)" in proc.stderr

@@ -1,0 +1,88 @@
+"""Training end to end: the loss falls, resume is exact, layouts agree, checkpoints move between them."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from distributed import checkpoint
+from tests.conftest import ROOT, run_workers
+from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
+
+
+def test_resumed_run_is_bitwise_equal_to_uninterrupted(tmp_path):
+    whole = train(tmp_path / "whole", "checkpoint.every_steps=3")
+    train(tmp_path / "split", "train.max_steps=3")
+    assert checkpoint.latest(tmp_path / "split" / "ck").name == "step_00000003"
+    resumed = train(tmp_path / "split", "train.resume=true")
+    assert resumed.step == whole.step == 8
+    a, b = weights_and_velocity(whole), weights_and_velocity(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.schedule.state_dict() == whole.schedule.state_dict()
+
+
+def _two_process_run(rank: int, world: int, run_dir: str, one_process_ck: str, out: str) -> None:
+    trainer = train(run_dir)
+    # Also load the one-process checkpoint into this layout.
+    cfg = small_config(run_dir)
+    state = checkpoint.training_state(trainer.model, trainer.optimizer, {})
+    loaded = {k: {n: t.clone() for n, t in v.items()} for k, v in state.items() if k != "progress"}
+    checkpoint.load(loaded, one_process_ck)
+    torch.save({"trained": weights_and_velocity(trainer), "loaded": loaded}, f"{out}/rank{rank}.pt")
+    assert cfg.log.dir == run_dir
+
+
+def test_two_processes_follow_the_one_process_run(tmp_path):
+    one = train(tmp_path / "one")
+    one_state = weights_and_velocity(one)
+    one_ck = checkpoint.latest(tmp_path / "one" / "ck")
+    run_workers(2, _two_process_run, str(tmp_path / "two"), str(one_ck), str(tmp_path), init=False)
+    # Same loss at every step.
+    torch.testing.assert_close(
+        torch.tensor(train_scalars(tmp_path / "two", "loss/train")),
+        torch.tensor(train_scalars(tmp_path / "one", "loss/train")), rtol=1e-5, atol=1e-6)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key, value in got["trained"].items():
+            assert f"towers.{rank}." in key
+            torch.testing.assert_close(value, one_state[key], rtol=1e-3, atol=3e-5, msg=key)
+        # One-process checkpoint -> two-process layout: exactly the one-process numbers.
+        for part in ("model", "velocity"):
+            for name, value in got["loaded"][part].items():
+                assert torch.equal(value, one_state[f"{part}/{name}"]), name
+    # Two-process checkpoint -> one-process layout.
+    back = small_config(tmp_path / "back")
+    from distributed import layout
+    from distributed.trainer import Trainer
+
+    trainer = Trainer(back, layout.start(layout.plan_from_env(back, {}), 60))
+    state = checkpoint.training_state(trainer.model, trainer.optimizer, {"step": torch.tensor(0)})
+    checkpoint.load(state, checkpoint.latest(tmp_path / "two" / "ck"))
+    for key, value in weights_and_velocity(trainer).items():
+        torch.testing.assert_close(value, one_state[key], rtol=1e-3, atol=3e-5, msg=key)
+    assert int(state["progress"]["step"]) == 8
+
+
+def test_torchrun_two_processes_end_to_end(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "distributed.main", "--config", "experiments/quickstart.yaml",
+           "data.synthetic_train_images=48", "data.synthetic_val_images=16", "train.batch_size=8",
+           "train.epochs=2", "train.device=cpu", "log.every_steps=2", "log.progress=false",
+           f"log.dir={tmp_path}", f"checkpoint.dir={tmp_path}/ck"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "final validation (centre crop): top-1 error" in proc.stdout
+    for tag in ("loss/train", "error/train_top1", "error/train_top5", "error/val_top1", "error/val_top5", "lr",
+                "throughput/images_per_s", "time/step_s", "time/data_wait_s", "time/exchange_forward_s",
+                "time/exchange_backward_s"):
+        assert train_scalars(tmp_path, tag), tag
+    losses = train_scalars(tmp_path, "loss/train")
+    assert len(losses) == 6
+    assert losses[-1] < losses[0]
+    assert checkpoint.latest(tmp_path / "ck").name == "step_00000012"
+    shutil.rmtree(tmp_path)

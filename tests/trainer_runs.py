@@ -1,0 +1,46 @@
+"""Small training runs for the tests: the real trainer on a few tiny batches of the embedded data."""
+
+from pathlib import Path
+
+import torch
+
+from distributed import layout
+from distributed.config import load_config
+from distributed.trainer import Trainer
+from tests.conftest import ROOT
+
+SMALL = [
+    "model.num_classes=10", "model.bias_init=0.1",
+    "data.synthetic_train_images=32", "data.synthetic_val_images=16", "data.workers=0",
+    "train.batch_size=8", "train.epochs=2", "train.device=cpu",
+    "log.every_steps=1", "log.progress=false",
+]
+
+
+def small_config(run_dir: Path, *overrides: str):
+    return load_config([ROOT / "config.yaml"], [*SMALL, f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck", *overrides])
+
+
+def train(run_dir: Path, *overrides: str) -> Trainer:
+    """Train in this process (world size from the environment) and return the trainer."""
+    cfg = small_config(run_dir, *overrides)
+    run = layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
+    trainer = Trainer(cfg, run)
+    trainer.run()
+    return trainer
+
+
+def train_scalars(run_dir: Path, tag: str) -> list[float]:
+    """Values of one TensorBoard scalar, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def weights_and_velocity(trainer: Trainer) -> dict[str, torch.Tensor]:
+    state = {f"model/{k}": v.clone() for k, v in trainer.model.state_dict().items()}
+    for name, p in trainer.model.named_parameters():
+        state[f"velocity/{name}"] = trainer.optimizer.state[p]["momentum_buffer"].clone()
+    return state
