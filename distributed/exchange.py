@@ -8,11 +8,16 @@ that all-reduce is the identity.
 """
 
 import time
+import warnings
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
+
+# torch 2.14 renames these collectives (*_single) and warns on every first use; the old
+# names are the ones torch 2.11 (our floor) has, so we keep them and drop the warning.
+warnings.filterwarnings("ignore", r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated", FutureWarning)
 
 
 def _to_rank_major(x: torch.Tensor, world: int) -> torch.Tensor:

@@ -86,3 +86,18 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     assert losses[-1] < losses[0]
     assert checkpoint.latest(tmp_path / "ck").name == "step_00000012"
     shutil.rmtree(tmp_path)
+
+
+def test_export_writes_a_grouped_state_dict_of_the_newest_checkpoint(tmp_path):
+    from distributed.main import main
+    from model.export import grouped_state_dict
+
+    trainer = train(tmp_path, "train.max_steps=1")
+    target = tmp_path / "alexnet_grouped.pt"
+    assert main(["--export", str(target), "model.num_classes=10", f"checkpoint.dir={tmp_path}/ck"]) == 0
+    exported = torch.load(target, weights_only=True)
+    expected = grouped_state_dict(trainer.model.state_dict())
+    assert exported.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(exported[key], expected[key]), key
+    assert exported["conv2.weight"].shape == (256, 48, 5, 5)

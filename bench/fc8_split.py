@@ -1,0 +1,51 @@
+"""FC8 two ways across two gloo processes: split by input (sum of partial logits) or on gathered FC7.
+
+    .venv/bin/python -m bench.fc8_split [--batch 128] [--repeats 20]
+
+Times forward + backward of FC8 with its exchange, per step, on CPU.
+"""
+
+import argparse
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from distributed.exchange import ExchangeClock, gather_channels, sum_across_ranks
+from tests.conftest import run_workers
+
+
+def _bench(rank: int, world: int, batch: int, repeats: int) -> None:
+    torch.manual_seed(rank)
+    fc7_half = torch.randn(batch, 2048, requires_grad=True)
+    split = nn.Linear(2048, 1000, bias=rank == 0)
+    whole = nn.Linear(4096, 1000)
+    group, clock = dist.group.WORLD, ExchangeClock()
+    ways = {
+        "split by input, all-reduce 1000 floats/image": lambda: sum_across_ranks(split(fc7_half), group, clock),
+        "gather FC7 (2048 floats/image), FC8 on both": lambda: whole(gather_channels(fc7_half, group, clock)),
+    }
+    for name, way in ways.items():
+        for _ in range(3):
+            way().sum().backward()
+        dist.barrier()
+        clock.reset()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            way().sum().backward()
+        elapsed = (time.perf_counter() - start) / repeats
+        if rank == 0:
+            print(f"{name:<48} {1000 * elapsed:7.2f} ms/step, exchange {1000 * (clock.forward + clock.backward) / repeats:6.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    run_workers(2, _bench, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
