@@ -99,7 +99,9 @@ def packed(root: Path, batch: int, workers: int, augment: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.data_pipeline", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.data_pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=2048, help="JPEGs to make and read")
     parser.add_argument("--batch", type=int, default=128, help="images per batch")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes over the images per configuration")

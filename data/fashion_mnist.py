@@ -70,7 +70,9 @@ def convert(src: Path, dst: Path, workers: int, shard_size: int = SHARD_SIZE) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data.fashion_mnist", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m data.fashion_mnist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dst", type=Path, help="the pack to write, or to finish")
     parser.add_argument("--src", type=Path, default=DEBIAN_SRC, help=f"folder of the four IDX files (default {DEBIAN_SRC})")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="packing processes (default: every core)")

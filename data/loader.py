@@ -56,9 +56,14 @@ def train_batches(
     return iter(_loader(_EpochBatches(images, order, epoch, first_step, replica, replicas), workers, prefetch, pin_memory))
 
 
+def eval_share(size: int, replica: int, replicas: int) -> torch.Tensor:
+    """Replica r of R evaluates its own contiguous 1/R of the `size` images."""
+    return torch.arange(size).tensor_split(replicas)[replica]
+
+
 def eval_batches(
     images: ImageSet, batch_size: int, replica: int, replicas: int, workers: int, prefetch: int, pin_memory: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every image of `images` once, replica r of R taking its own contiguous 1/R."""
-    indices = torch.arange(len(images)).tensor_split(replicas)[replica]
+    """This replica's `eval_share` of `images`, in chunks of `batch_size`."""
+    indices = eval_share(len(images), replica, replicas)
     return iter(_loader(_Chunks(images, indices, batch_size), workers, prefetch, pin_memory))

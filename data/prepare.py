@@ -118,7 +118,9 @@ def readable_names(ids: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("src", type=Path, help="training images, one folder per class")
     parser.add_argument("dst", type=Path, help="the pack to write, or to finish")
     parser.add_argument("--val-src", type=Path, help="validation images, one flat folder")

@@ -1,9 +1,10 @@
 """The embedded default data: ImageNet-shaped images generated from the seed, no download.
 
-Each class is an oriented grating with its own orientation and colour; every image
-draws its own period, phase, brightness, contrast and pixel noise. A conv net has
-to find orientation and colour, which is what AlexNet's first layer learns on
-ImageNet too (Figure 3), so it trains like a small real task rather than noise.
+Each class is an oriented grating with its own orientation and colour, over a faint
+tint of that colour; every image draws its own period, phase, brightness, contrast
+and pixel noise. A conv net has to find orientation and colour, which is what
+AlexNet's first layer learns on ImageNet too (Figure 3), so it trains like a small
+real task rather than noise.
 """
 
 import math
@@ -47,5 +48,6 @@ class SyntheticImages:
         yy, xx = torch.meshgrid(axis, axis, indexing="ij")
         wave = torch.sin(2 * math.pi / period * (xx * math.cos(angle) + yy * math.sin(angle)) + phase)
         noise = torch.randn(3, SIDE, SIDE, generator=rng) * 20.0
-        image = brightness + contrast * wave[None] * colour[:, None, None] + noise
+        tint = 25.0 * (colour - colour.mean())
+        image = brightness + tint[:, None, None] + contrast * wave[None] * colour[:, None, None] + noise
         return image.clamp(0, 255).round().to(torch.uint8)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
+from model.alexnet import LocalExchange
+
 # torch 2.14 renames these collectives (*_single) and warns on every first use; the old
 # names are the ones torch 2.11 (our floor) has, so we keep them and drop the warning.
 warnings.filterwarnings("ignore", r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated", FutureWarning)
@@ -91,6 +93,24 @@ def sum_across_ranks(local: torch.Tensor, group: ProcessGroup, clock: ExchangeCl
     return _SumAcrossRanks.apply(local, group, clock)
 
 
+class Pending:
+    """An exchange in flight. `wait()` blocks until it lands and returns its result; the
+    blocked time is the *exposed* exchange time, charged to `clock`."""
+
+    def __init__(self, work, finish, clock: ExchangeClock, direction: str) -> None:
+        self.work, self.finish, self.clock, self.direction = work, finish, clock, direction
+
+    @torch.no_grad()  # gloo finishes some collectives by copying into views of the output here
+    def wait(self):
+        start = time.perf_counter()
+        if self.work is not None:
+            self.work.wait()
+        result = self.finish()
+        elapsed = time.perf_counter() - start
+        setattr(self.clock, self.direction, getattr(self.clock, self.direction) + elapsed)
+        return result
+
+
 class ProcessGroupExchange:
     """One tower per process: the exchange runs over the replica's tower group."""
 
@@ -107,3 +127,52 @@ class ProcessGroupExchange:
         # 2048 FC7 activations and computing FC8 twice; see docs/BENCHMARKS.md.
         (local,) = parts
         return sum_across_ranks(local, self.group, self.clock)
+
+    # The same exchanges issued asynchronously, for the pipelined step (distributed/pipeline.py),
+    # which drives backward itself and so calls the duals explicitly.
+
+    @torch.no_grad()
+    def start_gather(self, parts: Sequence[torch.Tensor]) -> Pending:
+        """forward: all-gather along dim 1, in flight."""
+        (local,) = parts
+        world = dist.get_world_size(self.group)
+        gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
+        work = dist.all_gather_into_tensor(gathered, local.contiguous(), group=self.group, async_op=True)
+        return Pending(work, lambda: _from_rank_major(gathered, world), self.clock, "forward")
+
+    @torch.no_grad()
+    def start_gather_grad(self, grad: torch.Tensor, count: int) -> Pending:
+        """backward of the gather: reduce-scatter (sum), in flight; resolves to [local grad]."""
+        world = dist.get_world_size(self.group)
+        blocks = _to_rank_major(grad, world)
+        local = blocks.new_empty((blocks.shape[0] // world, *blocks.shape[1:]))
+        work = dist.reduce_scatter_tensor(local, blocks, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        return Pending(work, lambda: [local], self.clock, "backward")
+
+    @torch.no_grad()
+    def start_sum(self, parts: Sequence[torch.Tensor]) -> Pending:
+        """forward: all-reduce (sum), in flight. Its backward is the identity."""
+        (local,) = parts
+        total = local.clone()
+        work = dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        return Pending(work, lambda: total, self.clock, "forward")
+
+
+class LocalAsyncExchange:
+    """Both towers in this process: the pipelined step's exchanges, done at once."""
+
+    def __init__(self) -> None:
+        self.local = LocalExchange()
+        self.clock = ExchangeClock()
+
+    def start_gather(self, parts: Sequence[torch.Tensor]) -> Pending:
+        return self._done(self.local.gather(parts))
+
+    def start_gather_grad(self, grad: torch.Tensor, count: int) -> Pending:
+        return self._done(list(grad.chunk(count, dim=1)))
+
+    def start_sum(self, parts: Sequence[torch.Tensor]) -> Pending:
+        return self._done(self.local.sum(parts))
+
+    def _done(self, value) -> Pending:
+        return Pending(None, lambda: value, self.clock, "forward")

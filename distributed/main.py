@@ -8,8 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from distributed import layout
-from distributed.config import ConfigError, load_config
+from distributed.config import Config, ConfigError, load_config
 from model.summary import layer_table
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -27,11 +29,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_data(cfg: Config) -> None:
+    """Open the packed data once here: a bad data.root must fail before the process group, not inside it."""
+    if cfg.data.root:
+        from data.packed import open_packed
+
+        try:
+            open_packed(cfg.data.root)
+        except (OSError, ValueError) as err:
+            raise ConfigError(str(err)) from None
+
+
+def lost_peer(err: RuntimeError) -> bool:
+    """A collective failed because another process died or stalled (gloo raises plain RuntimeErrors)."""
+    return isinstance(err, dist.DistError) or "/gloo/" in str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config([BASE_CONFIG, *args.config], args.overrides)
         plan = layout.plan_from_env(cfg)
+        check_data(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -43,12 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         return export(cfg, Path(args.export))
     from distributed.trainer import Trainer  # heavy imports only when training
 
-    run = layout.start(plan, cfg.parallel.timeout_s)
+    trainer = None
     try:
-        Trainer(cfg, run).run()
+        trainer = Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s))
+        trainer.run()
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if not lost_peer(err):
+            raise
+        # Name who noticed and where (steps done), so the dead or stalled peer can be found in its log.
+        print(f"rank {plan.rank}: peer lost at step {trainer.step if trainer else 0}: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         layout.stop()
     return 0

@@ -10,20 +10,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data.augment import Augmenter
-from data.loader import eval_batches, train_batches
+from data.loader import eval_batches, eval_share, train_batches
 from data.order import EpochOrder
 from data.sources import open_datasets
 from distributed import checkpoint
 from distributed.config import Config, ConfigError, to_dict
-from distributed.exchange import ProcessGroupExchange
+from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
 from distributed.feed import shared_batches
 from distributed.layout import Layout
 from distributed.metrics import MetricLogger, topk_wrong
 from distributed.optimizer import PlateauSchedule, build_optimizer
+from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet, LocalExchange
 
 IMAGE_SHAPE = (3, 256, 256)
@@ -60,15 +60,15 @@ class Trainer:
             )
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
         self.order = EpochOrder(len(self.data.train), cfg.train.batch_size, cfg.train.seed)
-        self.exchange = ProcessGroupExchange(layout.tower_group) if layout.tower_group else LocalExchange()
+        if layout.tower_group is not None:
+            self.exchange = self.async_exchange = ProcessGroupExchange(layout.tower_group)
+        else:
+            self.exchange, self.async_exchange = LocalExchange(), LocalAsyncExchange()
         # Init on the CPU so every layout and device starts from the same numbers.
         self.model = AlexNet(cfg.model, self.plan.tower_indices(cfg.model.towers), self.exchange)
         self.model.init_paper(cfg.train.seed)
         self.model.to(self.device)
-        self.net: torch.nn.Module = self.model
-        if layout.replica_group is not None:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=device_ids, process_group=layout.replica_group)
+        self.pipeline = PipelinedStep(self.model, self.async_exchange, layout.replica_group)
         t = cfg.train
         self.optimizer = build_optimizer(self.model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
         self.schedule = PlateauSchedule(self.optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
@@ -85,24 +85,13 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on a replica batch; returns (summed loss, wrong top-1/top-5) without syncing."""
-        self.net.train()
+        self.model.train()
         replica = self.plan.replica
         aug_rng = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, self.step, replica, 0))
         self.model.seed_dropout(step_seed(self.cfg.train.seed, self.step, replica, 1))
         inputs = self.augment.train(images, aug_rng)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=self.device)
-        wrong = torch.zeros(2, device=self.device)
-        pieces = list(zip(inputs.chunk(self.cfg.train.micro_batches), labels.chunk(self.cfg.train.micro_batches)))
-        for i, (x, y) in enumerate(pieces):
-            # Gradients of all micro-batches accumulate; replicas sync only on the last.
-            sync = i == len(pieces) - 1 or not isinstance(self.net, DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.net.no_sync(), self._autocast():
-                logits = self.net(x)
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            (loss / len(labels)).backward()
-            loss_sum += loss.detach()
-            wrong += topk_wrong(logits.detach(), y)
+        loss_sum, wrong = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self._autocast)
         self.optimizer.step()
         return loss_sum, wrong
 
@@ -128,9 +117,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
         """Centre-crop top-1/top-5 error and loss over the validation set, summed across replicas."""
-        self.net.eval()
+        self.model.eval()
         val = self.data.val
-        share = torch.arange(len(val)).tensor_split(self.plan.replicas)[self.plan.replica]
+        share = eval_share(len(val), self.plan.replica, self.plan.replicas)
         sizes = [len(c) for c in share.split(self.replica_batch)]
         loaded = None
         if self.plan.loads_data:
@@ -224,6 +213,7 @@ class Trainer:
 
     def _end_of_epoch(self, epoch: int) -> Evaluation:
         result = self.evaluate()
+        self.async_exchange.clock.reset()  # evaluation's exchanges are not the training step's
         dropped = self.schedule.step(result.top1)
         self.logger.scalars(self.step, {
             "error/val_top1": result.top1, "error/val_top5": result.top5, "loss/val": result.loss, "epoch": epoch + 1,
@@ -264,12 +254,12 @@ class Trainer:
             "time/data_wait_s": window.data_wait / steps,
             "time/data_wait_pct": 100 * window.data_wait / elapsed,
         }
-        clock = getattr(self.exchange, "clock", None)
-        if clock is not None:
-            values["time/exchange_forward_s"] = clock.forward / steps
-            values["time/exchange_backward_s"] = clock.backward / steps
-            values["time/exchange_pct"] = 100 * (clock.forward + clock.backward) / elapsed
-            clock.reset()
+        # Exposed exchange time: what the step spent waiting for exchanges to land.
+        clock = self.async_exchange.clock
+        values["time/exchange_forward_s"] = clock.forward / steps
+        values["time/exchange_backward_s"] = clock.backward / steps
+        values["time/exchange_pct"] = 100 * (clock.forward + clock.backward) / elapsed
+        clock.reset()
         self.logger.scalars(self.step, values)
         bar.set_postfix(loss=f"{values['loss/train']:.3f}", img_s=f"{values['throughput/images_per_s']:.0f}")
 

@@ -52,6 +52,13 @@ class TowerWidths:
         return TowerWidths(conv=(48, 128, 192, 192, 256), fc=4096)
 
 
+STAGES = 4
+"""A forward pass is stage 0, exchange, stage 1, ..., stage 3, exchange. Stage 0 ends at
+conv3's input, 1 at FC6's, 2 at FC7's, 3 at FC8's partial logits; the first three
+exchanges are gathers, the last a sum. STAGE_LAYERS names each stage's layers."""
+
+STAGE_LAYERS = (("conv1", "conv2"), ("conv3", "conv4", "conv5"), ("fc6",), ("fc7", "fc8"))
+
 POOLED_SIDE = 6
 """Side of the pool5 maps for both input sizes and both pooling modes."""
 
@@ -95,6 +102,16 @@ class Tower(nn.Module):
         x = self.act(self.conv3(both_towers))
         x = self.act(self.conv4(x))
         return self.pool(self.act(self.conv5(x))).flatten(1)
+
+    def stage(self, index: int, x: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+        """Stage `index` of STAGES: what this tower computes between two exchanges."""
+        if index == 0:
+            return self.to_conv3(x)
+        if index == 1:
+            return self.to_fc6(x)
+        if index == 2:
+            return self.fc(self.fc6, x, rng)
+        return self.fc8(self.fc(self.fc7, x, rng))
 
     def fc(self, layer: nn.Linear, both_towers: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
         """FC6 or FC7 on both towers' activations, ReLU, then dropout drawn from `rng`."""
@@ -157,22 +174,23 @@ class AlexNet(nn.Module):
             for key, t in self.towers.items()
         }
 
+    def stage(self, index: int, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stage `index` of every tower this process holds, on the exchanged input `x`."""
+        return [t.stage(index, x, self.dropout_rngs.get(k)) for k, t in self.towers.items()]
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits: FC8 of both towers' FC7 halves, summed across towers."""
-        towers, halves = self._fc7_halves(image)
-        return self.exchange.sum([t.fc8(h) for t, h in zip(towers, halves)])
+        """Logits: the stages joined by gathers, FC8's partial logits summed across towers."""
+        x = image
+        for index in range(STAGES - 1):
+            x = self.exchange.gather(self.stage(index, x))
+        return self.exchange.sum(self.stage(STAGES - 1, x))
 
     def fc7_features(self, image: torch.Tensor) -> torch.Tensor:
         """The 4096-d FC7 activations the paper compares in Figure 4 (call in eval mode)."""
-        return self.exchange.gather(self._fc7_halves(image)[1])
-
-    def _fc7_halves(self, image: torch.Tensor) -> tuple[list[Tower], list[torch.Tensor]]:
-        towers = list(self.towers.values())
-        rngs = [self.dropout_rngs.get(k) for k in self.towers]
-        x = self.exchange.gather([t.to_conv3(image) for t in towers])
-        x = self.exchange.gather([t.to_fc6(x) for t in towers])
-        x = self.exchange.gather([t.fc(t.fc6, x, r) for t, r in zip(towers, rngs)])
-        return towers, [t.fc(t.fc7, x, r) for t, r in zip(towers, rngs)]
+        x = image
+        for index in range(STAGES - 1):
+            x = self.exchange.gather(self.stage(index, x))
+        return self.exchange.gather([t.fc(t.fc7, x, None) for t in self.towers.values()])
 
 
 def tower_seed(seed: int, tower: int, purpose: str) -> int:

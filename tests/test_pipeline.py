@@ -1,0 +1,72 @@
+"""The pipelined step (asynchronous exchanges, micro-batches) against plain autograd on the whole batch."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
+from distributed.pipeline import PipelinedStep
+from model.alexnet import AlexNet
+from model.config import ModelConfig
+from tests.conftest import run_workers
+
+# Dropout off: the pipeline draws masks stage by stage, the plain pass micro-batch by micro-batch.
+CFG = ModelConfig(num_classes=10, dropout=0.0)
+BATCH = 8
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(BATCH, 3, 227, 227, generator=g) * 40, torch.randint(10, (BATCH,), generator=g)
+
+
+def _reference() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One process, both towers, synchronous exchange, the whole batch at once."""
+    net = AlexNet(CFG)
+    net.init_paper(seed=5)
+    x, y = _batch()
+    loss = F.cross_entropy(net(x), y, reduction="sum")
+    (loss / BATCH).backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def _pipelined(net: AlexNet, exchange, micro_batches: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    net.init_paper(seed=5)
+    x, y = _batch()
+    loss, _ = PipelinedStep(net, exchange, None)(x, y, micro_batches, lambda: torch.autocast("cpu", enabled=False))
+    return loss, {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def _assert_same(loss, grads, ref_loss, ref_grads):
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        scale = ref_grads[name].abs().max()
+        torch.testing.assert_close(grad / scale, ref_grads[name] / scale, rtol=0, atol=2e-5, msg=name)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2, 4])
+def test_one_process_micro_batches_equal_the_whole_batch(micro_batches):
+    ref_loss, ref_grads = _reference()
+    loss, grads = _pipelined(AlexNet(CFG), LocalAsyncExchange(), micro_batches)
+    assert grads.keys() == ref_grads.keys()
+    _assert_same(loss, grads, ref_loss, ref_grads)
+
+
+def _two_process_worker(rank: int, world: int, out: str) -> None:
+    exchange = ProcessGroupExchange(dist.group.WORLD)
+    results = {}
+    for m in (1, 2, 4):
+        net = AlexNet(CFG, tower_indices=(rank,), exchange=exchange)
+        results[m] = _pipelined(net, exchange, m)
+    torch.save(results, f"{out}/rank{rank}.pt")
+
+
+def test_two_process_asynchronous_pipeline_equals_synchronous_whole_batch(tmp_path):
+    ref_loss, ref_grads = _reference()
+    run_workers(2, _two_process_worker, str(tmp_path))
+    for rank in range(2):
+        results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for m, (loss, grads) in results.items():
+            assert all(name.startswith(f"towers.{rank}.") for name in grads)
+            _assert_same(loss, grads, ref_loss, {n: ref_grads[n] for n in grads})
