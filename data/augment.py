@@ -32,10 +32,8 @@ class Augmenter:
         lefts = torch.randint(span, (n,), generator=rng)
         flips = torch.rand(n, generator=rng) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         alphas = torch.randn(n, 3, generator=rng) * self.pca_std
-        x = images.float() - self.mean
-        if self.pca_std > 0:
-            x = x + (alphas.to(x.device) @ self.pca_basis.T)[:, :, None, None]
-        return self.patches(x, tops.to(x.device), lefts.to(x.device), flips.to(x.device))
+        shifts = alphas.to(images.device) @ self.pca_basis.T if self.pca_std > 0 else None
+        return self.patches(images, tops, lefts, flips, shifts)
 
     def centre(self, images: torch.Tensor) -> torch.Tensor:
         offset = (images.shape[-1] - self.crop) // 2
@@ -44,22 +42,45 @@ class Augmenter:
     def ten_patches(self, images: torch.Tensor) -> torch.Tensor:
         """[10, N, 3, crop, crop]: corners (top-left, top-right, bottom-left, bottom-right), centre, then each reflected."""
         n, side = images.shape[0], images.shape[-1]
-        x = images.float() - self.mean
         far, mid = side - self.crop, (side - self.crop) // 2
         corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
         out = []
         for flip in (False, True):
             for top, left in corners:
-                tops = torch.full((n,), top, device=x.device)
-                lefts = torch.full((n,), left, device=x.device)
-                out.append(self.patches(x, tops, lefts, torch.full((n,), flip, device=x.device)))
+                tops, lefts = torch.full((n,), top), torch.full((n,), left)
+                out.append(self.patches(images, tops, lefts, torch.full((n,), flip), None))
         return torch.stack(out)
 
-    def patches(self, x: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """One crop per image at (top, left), reflected where `flips`, as a single gather."""
+    def patches(
+        self, images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor,
+        shifts: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Crop each uint8 image at (top, left), less the mean there, plus its RGB shift, reflected where `flips`."""
+        if images.device.type == "cpu":
+            return self._patches_by_slicing(images, tops, lefts, flips, shifts)
+        return self._patches_by_gather(images, tops, lefts, flips, shifts)
+
+    def _patches_by_gather(self, images, tops, lefts, flips, shifts) -> torch.Tensor:
+        x = images.float() - self.mean
+        if shifts is not None:
+            x = x + shifts[:, :, None, None]
+        # On a GPU one gather for the whole batch beats a kernel launch per image.
+        tops, lefts, flips = tops.to(x.device), lefts.to(x.device), flips.to(x.device)
         steps = torch.arange(self.crop, device=x.device)
         rows = tops[:, None] + steps
         cols = lefts[:, None] + torch.where(flips[:, None], self.crop - 1 - steps, steps)
         batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
         picked = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
         return picked.permute(0, 3, 1, 2).contiguous()
+
+    def _patches_by_slicing(self, images, tops, lefts, flips, shifts) -> torch.Tensor:
+        # On a CPU, converting only the crop of each image is ~6x cheaper than converting
+        # whole images and gathering; the arithmetic is the same, so is every value.
+        c = self.crop
+        out = torch.empty((images.shape[0], 3, c, c), dtype=torch.float32)
+        for i, (top, left, flip) in enumerate(zip(tops.tolist(), lefts.tolist(), flips.tolist())):
+            patch = images[i, :, top : top + c, left : left + c].float() - self.mean[:, top : top + c, left : left + c]
+            if shifts is not None:
+                patch += shifts[i][:, None, None]
+            out[i] = patch.flip(-1) if flip else patch
+        return out

@@ -14,6 +14,12 @@ def topk_wrong(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] =
     return torch.stack([(~hits[:, : min(k, k_max)].any(1)).sum() for k in ks]).float()
 
 
+def ten_patch_probabilities(model: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """The paper's test-time prediction: the softmax of each of the ten patches
+    ([10, N, 3, H, W], data.augment.Augmenter.ten_patches), averaged over the patches."""
+    return torch.stack([model(p).float().softmax(dim=1) for p in patches]).mean(0)
+
+
 class MetricLogger:
     """Slash-named scalars (`loss/train`, `error/val_top1`, ...) to TensorBoard, when enabled."""
 

@@ -21,7 +21,7 @@ from distributed.config import Config, ConfigError, to_dict
 from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
 from distributed.feed import shared_batches
 from distributed.layout import Layout
-from distributed.metrics import MetricLogger, topk_wrong
+from distributed.metrics import MetricLogger, ten_patch_probabilities, topk_wrong
 from distributed.optimizer import PlateauSchedule, build_optimizer
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet, LocalExchange
@@ -115,8 +115,9 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self) -> Evaluation:
-        """Centre-crop top-1/top-5 error and loss over the validation set, summed across replicas."""
+    def evaluate(self, patches: int = 1) -> Evaluation:
+        """Top-1/top-5 error and loss over the validation set, summed across replicas: from the
+        centre crop (patches=1) or the softmax averaged over the paper's ten patches (patches=10)."""
         self.model.eval()
         val = self.data.val
         share = eval_share(len(val), self.plan.replica, self.plan.replicas)
@@ -130,9 +131,12 @@ class Trainer:
         totals = torch.zeros(4, device=self.device)  # wrong top-1, wrong top-5, loss sum, images
         for images, labels in shared_batches(loaded, sizes, IMAGE_SHAPE, self.layout.tower_group, self.device):
             with self._autocast():
-                logits = self.model(self.augment.centre(images)).float()
-            totals[:2] += topk_wrong(logits, labels)
-            totals[2] += F.cross_entropy(logits, labels, reduction="sum")
+                if patches == 10:
+                    log_probs = ten_patch_probabilities(self.model, self.augment.ten_patches(images)).log()
+                else:
+                    log_probs = self.model(self.augment.centre(images)).float().log_softmax(dim=1)
+            totals[:2] += topk_wrong(log_probs, labels)
+            totals[2] += F.nll_loss(log_probs, labels, reduction="sum")
             totals[3] += len(labels)
         self._sum_over_replicas(totals)
         top1, top5, loss, count = totals.tolist()
@@ -205,9 +209,14 @@ class Trainer:
             self.save()
         if mid_epoch or result is None:  # None: resumed a run that had already finished
             result = self.evaluate()
+        ten = self.evaluate(patches=10)
         if self.plan.logs:
             print(f"final validation (centre crop): top-1 error {result.top1:.4f}, top-5 error {result.top5:.4f}", flush=True)
-        self.logger.scalars(self.step, {"error/final_val_top1": result.top1, "error/final_val_top5": result.top5})
+            print(f"final validation (10 patches): top-1 error {ten.top1:.4f}, top-5 error {ten.top5:.4f}", flush=True)
+        self.logger.scalars(self.step, {
+            "error/final_val_top1": result.top1, "error/final_val_top5": result.top5,
+            "error/final_val10_top1": ten.top1, "error/final_val10_top5": ten.top5,
+        })
         self.logger.close()
         return result
 

@@ -43,7 +43,7 @@ def train(run_dir: Path, *overrides: str) -> Trainer:
 # A tiny run through `python -m distributed.main`, for the subprocess tests: 6 steps of 2 images.
 CLI = [o for o in SMALL if not o.startswith(("train.batch_size", "train.epochs", "data.synthetic"))] + [
     "train.batch_size=2", "train.epochs=1", "data.synthetic_train_images=12", "data.synthetic_val_images=2",
-    "checkpoint.every_steps=3", "checkpoint.keep=1"]
+    "checkpoint.keep=1"]
 
 
 def _centre_crop(self: Augmenter, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -96,7 +96,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 300) -> None:
 
 def _torchrun(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
-            "-m", "distributed.main", *CLI, f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck"]
+            "-m", "distributed.main", *CLI, "checkpoint.every_steps=3", "parallel.timeout_s=30", f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck"]
 
 
 def _final_state(path: Path) -> dict[str, torch.Tensor]:
