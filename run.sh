@@ -22,6 +22,9 @@ fi
 if [ "$#" -eq 0 ]; then
   set -- --config experiments/quickstart.yaml
 fi
+# Elastic restarts (--max-restarts) must not reuse the agent's store, which still holds the
+# dead workers' addresses (pytorch/pytorch#135712); see docs/SCALING.md.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 gpus=$("$venv/bin/python" -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -eq 0 ]; then nproc=2; elif [ "$gpus" -eq 1 ]; then nproc=1; else nproc=2; fi
 exec "$venv/bin/torchrun" --standalone --nproc_per_node="${NPROC:-$nproc}" -m distributed.main "$@"

@@ -25,13 +25,20 @@ class Augmenter:
         # grey levels; read in 0..255 units it would add hundreds of levels and drown the image.
         self.pca_basis = (stats.eigenvectors * stats.eigenvalues / 255.0).to(device)
 
-    def train(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    def train(self, images: torch.Tensor, rng: torch.Generator, first: int = 0, total: int | None = None) -> torch.Tensor:
+        """Random patches for images [first, first + N) of a batch of `total`.
+
+        The draws are made for the whole batch and sliced, so an image gets the same crop,
+        reflection and colour noise whether its batch is split over replicas or not.
+        """
         n, _, side, _ = images.shape
+        total = n if total is None else total
         span = side - self.crop + 1
-        tops = torch.randint(span, (n,), generator=rng)
-        lefts = torch.randint(span, (n,), generator=rng)
-        flips = torch.rand(n, generator=rng) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        alphas = torch.randn(n, 3, generator=rng) * self.pca_std
+        share = slice(first, first + n)
+        tops = torch.randint(span, (total,), generator=rng)[share]
+        lefts = torch.randint(span, (total,), generator=rng)[share]
+        flips = (torch.rand(total, generator=rng) < 0.5)[share] if self.flip else torch.zeros(n, dtype=torch.bool)
+        alphas = (torch.randn(total, 3, generator=rng) * self.pca_std)[share]
         shifts = alphas.to(images.device) @ self.pca_basis.T if self.pca_std > 0 else None
         return self.patches(images, tops, lefts, flips, shifts)
 

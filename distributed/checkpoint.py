@@ -44,11 +44,15 @@ def training_state(model: nn.Module, optimizer: Optimizer, progress: dict[str, t
 
 def latest(directory: str | Path) -> Path | None:
     """The newest complete checkpoint in `directory`, or None."""
-    root = Path(directory)
+    done = _complete(Path(directory))
+    return done[-1] if done else None
+
+
+def _complete(root: Path) -> list[Path]:
+    """Complete checkpoints (DCP writes .metadata last), oldest first."""
     if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if _NAME.match(p.name) and (p / ".metadata").is_file()]
-    return max(done, key=lambda p: p.name) if done else None
+        return []
+    return sorted((p for p in root.iterdir() if _NAME.match(p.name) and (p / ".metadata").is_file()), key=lambda p: p.name)
 
 
 def save(state: dict, directory: str | Path, step: int, keep: int) -> Path:
@@ -65,8 +69,7 @@ def save(state: dict, directory: str | Path, step: int, keep: int) -> Path:
     if _is_writer():
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
-        complete = sorted((p for p in root.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
-        for old in complete[:-keep]:
+        for old in _complete(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final

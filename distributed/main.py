@@ -2,15 +2,17 @@
 
 Loads and checks the config before any process group starts, then trains (or,
 with --describe, prints the layer table) and always tears the group down.
+--evaluate, --predict, --figures and --onnx use a trained net instead (distributed/tools.py).
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
-from distributed import layout
+from distributed import layout, tools
 from distributed.config import Config, ConfigError, load_config
 from model.summary import layer_table
 
@@ -25,8 +27,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--describe", action="store_true", help="print the layer table and exit")
     parser.add_argument("--export", metavar="FILE",
                         help="write the newest checkpoint as one grouped, Caffe-named state dict and exit")
+    tools.add_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    return parser.parse_args(argv)
+    return tools.take_overrides(parser.parse_args(argv))
 
 
 def check_data(cfg: Config) -> None:
@@ -50,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config([BASE_CONFIG, *args.config], args.overrides)
         plan = layout.plan_from_env(cfg)
-        check_data(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -60,10 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.export:
         return export(cfg, Path(args.export))
+    if tools.requested(args):
+        return tools.run(args, cfg, plan) if plan.rank == 0 else 0
     from distributed.trainer import Trainer  # heavy imports only when training
 
+    if plan.logs and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" \
+            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        # torchrun keeps the dead generation's keys in the store it shares with restarted workers,
+        # so a restart can dial a dead peer and fail (pytorch#135712); a store per generation avoids it.
+        print("warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+              "or a restart may fail to connect (docs/SCALING.md)", file=sys.stderr, flush=True)
     trainer = None
     try:
+        check_data(cfg)  # before the group starts; only training reads the data (not --describe, --export)
         trainer = Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s))
         trainer.run()
     except ConfigError as err:

@@ -87,9 +87,10 @@ class Trainer:
         """One SGD step on a replica batch; returns (summed loss, wrong top-1/top-5) without syncing."""
         self.model.train()
         replica = self.plan.replica
-        aug_rng = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, self.step, replica, 0))
+        # Augmentation is drawn for the whole batch (the same in every layout); dropout per replica.
+        aug_rng = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, self.step, 0, 0))
         self.model.seed_dropout(step_seed(self.cfg.train.seed, self.step, replica, 1))
-        inputs = self.augment.train(images, aug_rng)
+        inputs = self.augment.train(images, aug_rng, replica * len(labels), self.cfg.train.batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, wrong = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self._autocast)
         self.optimizer.step()
@@ -149,10 +150,20 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _state(self) -> dict:
-        progress = {"step": torch.tensor(self.step), **{k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()}}
+        progress = {"step": torch.tensor(self.step)}
+        progress.update({k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()})
         return checkpoint.training_state(self.model, self.optimizer, progress)
 
     def save(self) -> None:
+        """Checkpoint the run, unless a weight is no longer finite (an update can overflow on a finite loss)."""
+        bad = torch.tensor([0.0 if all(p.isfinite().all() for p in self.model.parameters()) else 1.0])
+        if dist.is_initialized():
+            dist.all_reduce(bad)
+        if bad.item():
+            raise NonFiniteLoss(
+                f"weights became non-finite by step {self.step}; stopped, the last good checkpoint in "
+                f"{self.cfg.checkpoint.dir} is kept"
+            )
         checkpoint.save(self._state(), self.cfg.checkpoint.dir, self.step, self.cfg.checkpoint.keep)
 
     def resume(self) -> bool:
@@ -236,7 +247,11 @@ class Trainer:
         return result
 
     def _check_finite(self, window: "_Window") -> None:
-        self._stop_if_not_finite(window.loss.item())
+        # Summed over replicas, so every process takes the same decision and none is left
+        # waiting in save() for a peer that stopped.
+        loss = window.loss.clone()
+        self._sum_over_replicas(loss)
+        self._stop_if_not_finite(loss.item())
 
     def _stop_if_not_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
