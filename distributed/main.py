@@ -29,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="write the newest checkpoint as one grouped, Caffe-named state dict and exit")
     tools.add_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    return tools.take_overrides(parser.parse_args(argv))
+    return tools.take_overrides(parser, parser.parse_args(argv))
 
 
 def check_data(cfg: Config) -> None:

@@ -7,6 +7,7 @@ overrides; a missing checkpoint or image is a ConfigError (exit 2).
 """
 
 import argparse
+import importlib.util
 import re
 import sys
 import warnings
@@ -31,15 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", metavar="FILE", help="export the newest checkpoint as one ONNX graph and exit")
 
 
-def take_overrides(args: argparse.Namespace) -> argparse.Namespace:
+def take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Move `section.key=value` words that a list option swallowed (`--predict a.jpg x.y=1`) to the overrides."""
     for name in _LISTS:
         values = getattr(args, name)
         if values:
             setattr(args, name, [v for v in values if not _OVERRIDE.match(v)])
             args.overrides = [*args.overrides, *(v for v in values if _OVERRIDE.match(v))]
-    if args.figures == []:
-        raise SystemExit("--figures needs a folder")
+    for name, needs in (("predict", "an image"), ("figures", "a folder")):
+        if getattr(args, name) == []:  # only overrides followed it: do not fall through to training
+            parser.error(f"--{name} needs {needs}")
     return args
 
 
@@ -103,6 +105,9 @@ def _onnx(cfg: Config, target: Path) -> None:
     from model.export import grouped_state_dict
     from model.onnx_export import export_onnx
 
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:  # torch's exporter needs both: say so before loading anything
+        raise ConfigError(f"--onnx needs {' and '.join(missing)}: pip install {' '.join(missing)}")
     source = checkpoint_paths(cfg, [])[0]
     net = load_network(cfg, source, torch.device("cpu"))
     export_onnx(cfg.model, grouped_state_dict(net.state_dict(), cfg.model.towers), target)

@@ -20,6 +20,7 @@ from distributed import checkpoint
 from distributed.config import Config, ConfigError, to_dict
 from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
 from distributed.feed import shared_batches
+from distributed.figures import conv1_kernels, log_conv1_kernels
 from distributed.layout import Layout
 from distributed.metrics import MetricLogger, ten_patch_probabilities, topk_wrong
 from distributed.optimizer import PlateauSchedule, build_optimizer
@@ -235,6 +236,8 @@ class Trainer:
         result = self.evaluate()
         self.async_exchange.clock.reset()  # evaluation's exchanges are not the training step's
         dropped = self.schedule.step(result.top1)
+        # Figure 3 as training goes: each tower's conv1 kernels and how colourful they are.
+        log_conv1_kernels(self.logger, conv1_kernels(self.model, self.layout.tower_group), self.step)
         self.logger.scalars(self.step, {
             "error/val_top1": result.top1, "error/val_top5": result.top5, "loss/val": result.loss, "epoch": epoch + 1,
         })

