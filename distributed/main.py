@@ -25,8 +25,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML layered over config.yaml, in order (repeatable)")
     parser.add_argument("--describe", action="store_true", help="print the layer table and exit")
-    parser.add_argument("--export", metavar="FILE",
-                        help="write the newest checkpoint as one grouped, Caffe-named state dict and exit")
     tools.add_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return tools.take_overrides(parser, parser.parse_args(argv))
@@ -60,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         if plan.rank == 0:
             print(layer_table(cfg.model))
         return 0
-    if args.export:
-        return export(cfg, Path(args.export))
     if tools.requested(args):
         return tools.run(args, cfg, plan) if plan.rank == 0 else 0
     from distributed.trainer import Trainer  # heavy imports only when training
@@ -88,27 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         layout.stop()
-    return 0
-
-
-def export(cfg, target: Path) -> int:
-    """Both towers from the newest checkpoint, merged by model.export, saved with torch.save."""
-    import torch
-
-    from distributed import checkpoint
-    from model.alexnet import AlexNet
-    from model.export import grouped_state_dict
-
-    path = checkpoint.latest(cfg.checkpoint.dir)
-    if path is None:
-        print(f"no checkpoint in checkpoint.dir={cfg.checkpoint.dir}", file=sys.stderr)
-        return 2
-    model = AlexNet(cfg.model)
-    checkpoint.load_model_weights(model, path)
-    partial = target.with_name(target.name + ".partial")
-    torch.save(grouped_state_dict(model.state_dict(), cfg.model.towers), partial)
-    partial.rename(target)
-    print(f"exported {path} to {target}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The commands that use a trained net instead of training one: --evaluate, --predict, --figures, --onnx.
+"""The commands that use a trained net instead of training one: --evaluate, --predict, --figures,
+--export, --onnx.
 
 Each runs in one process holding both towers (`python -m distributed.main --predict a.jpg`);
 under torchrun only rank 0 does the work. The config is loaded first, as for training,
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", nargs="+", metavar=("DIR", "IMG"),
                         help="write Figure 3 (conv1 kernels) to DIR, and Figure 4 (top-5 and FC7 "
                              "neighbours) for the images given, and exit")
+    parser.add_argument("--export", metavar="FILE",
+                        help="write the newest checkpoint as one grouped, Caffe-named state dict and exit")
     parser.add_argument("--onnx", metavar="FILE", help="export the newest checkpoint as one ONNX graph and exit")
 
 
@@ -46,7 +49,7 @@ def take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def requested(args: argparse.Namespace) -> bool:
-    return args.evaluate is not None or bool(args.predict) or bool(args.figures) or bool(args.onnx)
+    return args.evaluate is not None or any((args.predict, args.figures, args.export, args.onnx))
 
 
 def run(args: argparse.Namespace, cfg: Config, plan: Plan) -> int:
@@ -60,6 +63,8 @@ def run(args: argparse.Namespace, cfg: Config, plan: Plan) -> int:
             _predict(cfg, args.predict, plan)
         if args.figures:
             _figures(cfg, Path(args.figures[0]), args.figures[1:], plan)
+        if args.export:
+            _export(cfg, Path(args.export))
         if args.onnx:
             _onnx(cfg, Path(args.onnx))
     except ConfigError as err:
@@ -96,6 +101,21 @@ def _figures(cfg: Config, folder: Path, images: list[str], plan: Plan) -> None:
 
         for path in save_figure4(predictor, images, folder):
             print(f"wrote {path}")
+
+
+def _export(cfg: Config, target: Path) -> None:
+    """Both towers merged by model.export into one grouped state dict, written atomically."""
+    import torch
+
+    from distributed.evaluate import checkpoint_paths, load_network
+    from model.export import grouped_state_dict
+
+    source = checkpoint_paths(cfg, [])[0]
+    net = load_network(cfg, source, torch.device("cpu"))
+    partial = target.with_name(target.name + ".partial")
+    torch.save(grouped_state_dict(net.state_dict(), cfg.model.towers), partial)
+    partial.rename(target)
+    print(f"exported {source} to {target}")
 
 
 def _onnx(cfg: Config, target: Path) -> None:
