@@ -12,6 +12,7 @@ smoke run whose numbers mean nothing; the table says so.
 
 import argparse
 import datetime
+import json
 import re
 import shutil
 import subprocess
@@ -67,7 +68,9 @@ def run_one(name: str, overlay: Path | None, run_dir: Path, overrides: list[str]
         return {"name": name, "failed": done.returncode, "seconds": seconds, "command": command}
     errors = {way: (float(t1), float(t5)) for way, t1, t5 in FINAL.findall(done.stdout)}
     print(f"[{name}] {errors} in {seconds:.0f} s", flush=True)
-    return {"name": name, "errors": errors, "seconds": seconds, "command": command}
+    result = {"name": name, "errors": errors, "seconds": seconds, "command": command}
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def table(results: list[dict], max_steps: int, overrides: list[str]) -> str:

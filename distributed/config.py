@@ -53,6 +53,9 @@ class TrainConfig:
     """auto (cuda when present), cpu or cuda."""
     precision: str = "fp32"
     """fp32 (exact reproduction) or bf16 (autocast, GPU)."""
+    stop_at_train_error: float = 0.0
+    """End the run after the first epoch whose training top-1 error is at or below this
+    (0: never). The paper's Figure 1 counts the epochs each net needs to reach 0.25."""
     resume: bool = False
     """Continue from the latest checkpoint in checkpoint.dir when there is one."""
 
@@ -71,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"momentum={self.momentum}: must be in [0, 1)")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"lr_factor={self.lr_factor}: must be in (0, 1)")
+        if not 0 <= self.stop_at_train_error < 1:
+            raise ValueError(f"stop_at_train_error={self.stop_at_train_error}: must be in [0, 1)")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay}: must be >= 0")
 

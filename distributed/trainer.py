@@ -78,6 +78,9 @@ class Trainer:
         )
         self.logger = MetricLogger(cfg.log.dir, enabled=self.plan.logs)
         self.step = 0
+        # Training top-1 errors and images of the epoch so far, over this replica (the paper's Figure 1 axis).
+        self.epoch_tally = torch.zeros(2, device=self.device)
+        self.reached_target = False
         self.total_steps = t.epochs * self.order.steps_per_epoch
         if t.max_steps:
             self.total_steps = min(self.total_steps, t.max_steps)
@@ -151,7 +154,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _state(self) -> dict:
-        progress = {"step": torch.tensor(self.step)}
+        progress = {"step": torch.tensor(self.step), "epoch_tally": self.epoch_tally.cpu()}
         progress.update({k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()})
         return checkpoint.training_state(self.model, self.optimizer, progress)
 
@@ -176,6 +179,7 @@ class Trainer:
         checkpoint.load(state, path)
         progress = state["progress"]
         self.step = int(progress["step"])
+        self.epoch_tally = progress["epoch_tally"].to(self.device)
         self.schedule.load_state_dict({k: progress[k].item() for k in ("best", "epochs_without_gain", "drops")})
         if self.plan.logs:
             print(f"resumed from {path} at step {self.step}", flush=True)
@@ -194,7 +198,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         window = _Window(self.device)
         result = None
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.reached_target:
             epoch, first = divmod(self.step, per_epoch)
             feed = self._epoch_feed(epoch, first)
             while self.step < self.total_steps and self.step // per_epoch == epoch:
@@ -203,6 +207,8 @@ class Trainer:
                 window.data_wait += time.perf_counter() - wait_start
                 loss, wrong = self.train_step(images, labels)
                 window.add(loss, wrong, len(labels))
+                self.epoch_tally[0] += wrong[0]
+                self.epoch_tally[1] += len(labels)
                 self.step += 1
                 bar.update(1)
                 if self.step % self.cfg.log.every_steps == 0:
@@ -233,6 +239,13 @@ class Trainer:
         return result
 
     def _end_of_epoch(self, epoch: int) -> Evaluation:
+        tally = self.epoch_tally.clone()
+        self._sum_over_replicas(tally)
+        self.epoch_tally.zero_()
+        wrong, images = tally.tolist()
+        train_top1 = wrong / images
+        target = self.cfg.train.stop_at_train_error
+        self.reached_target = 0 < target and train_top1 <= target
         result = self.evaluate()
         self.async_exchange.clock.reset()  # evaluation's exchanges are not the training step's
         dropped = self.schedule.step(result.top1)
@@ -240,10 +253,14 @@ class Trainer:
         log_conv1_kernels(self.logger, conv1_kernels(self.model, self.layout.tower_group), self.step)
         self.logger.scalars(self.step, {
             "error/val_top1": result.top1, "error/val_top5": result.top5, "loss/val": result.loss, "epoch": epoch + 1,
+            "error/train_epoch_top1": train_top1,
         })
         if self.plan.logs:
             note = f", lr dropped to {self.schedule.lr:g}" if dropped else ""
-            print(f"epoch {epoch + 1}: val top-1 error {result.top1:.4f}, top-5 {result.top5:.4f}{note}", flush=True)
+            if self.reached_target:
+                note += f"; reached train.stop_at_train_error={target:g}, stopping"
+            print(f"epoch {epoch + 1}: train top-1 error {train_top1:.4f}, val top-1 error {result.top1:.4f}, "
+                  f"top-5 {result.top5:.4f}{note}", flush=True)
         if not math.isfinite(result.loss):
             raise NonFiniteLoss(f"validation loss is {result.loss} after step {self.step}; last good checkpoint kept")
         self.save()

@@ -114,3 +114,13 @@ def test_export_writes_a_grouped_state_dict_of_the_newest_checkpoint(tmp_path):
     for key in expected:
         assert torch.equal(exported[key], expected[key]), key
     assert exported["conv2.weight"].shape == (256, 48, 5, 5)
+
+
+def test_epoch_training_error_is_logged_and_can_end_the_run(tmp_path):
+    # Figure 1's measure: the training error over each epoch, and a run that ends at the first
+    # epoch at or below a target. 32 images in steps of 8: 4 steps an epoch, 2 epochs configured.
+    trainer = train(tmp_path, "train.stop_at_train_error=0.99")
+    assert trainer.step == 4, "the run should end after the first epoch, whose error is at most 0.99"
+    per_step = train_scalars(tmp_path, "error/train_top1")[:4]
+    [epoch_error] = train_scalars(tmp_path, "error/train_epoch_top1")
+    assert abs(epoch_error - sum(per_step) / 4) < 1e-6
