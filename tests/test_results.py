@@ -311,3 +311,21 @@ def test_ablation_overlay_changes_only_its_key(name, section, key, value):
     assert ablated[section][key] == value != base[section][key]
     base[section][key] = value
     assert ablated == base
+
+
+def test_ablation_document_reports_deltas_and_the_figure1_ratio():
+    from bench.ablations import document, epochs_to_target, parse_args
+
+    def run(name, top1, top5, epochs=()):
+        return {"name": name, "errors": {"centre crop": (top1, top5), "10 patches": (top1, top5)},
+                "train_epoch_top1": list(epochs), "steps_per_epoch": 10, "seconds": 1.0, "command": []}
+
+    relu, tanh = run("figure1_relu", 0.2, 0.0, [0.8, 0.4, 0.25]), run("figure1_tanh", 0.5, 0.1, [0.9] * 17 + [0.24])
+    assert epochs_to_target(relu) == 3 and epochs_to_target(tanh) == 18
+    text = document([run("baseline", 0.25, 0.0), run("no_lrn", 0.262, 0.01)],
+                    {"figure1_relu": relu, "figure1_tanh": tanh}, parse_args([]))
+    assert "| no_lrn | `no_lrn.yaml` | 0.262 | +1.2% | 0.010 | +1.0% |" in text
+    assert "ReLU 3, tanh 18: ReLU is **6.0x** faster" in text
+    unfinished = run("figure1_tanh", 0.9, 0.5, [0.9] * 30)
+    text = document([run("baseline", 0.25, 0.0)], {"figure1_relu": relu, "figure1_tanh": unfinished}, parse_args([]))
+    assert "after 30 epochs, so ReLU is **more than 10.0x** faster" in text
