@@ -1,12 +1,12 @@
 """The paper's ablations on the quickstart recipe, and its Figure 1 claim, written to docs/ABLATIONS.md.
 
-    .venv/bin/python -m bench.ablations [--only no_lrn one_tower] [--no-figure1] [--figure1-epochs N]
-                                        [--max-steps N] [--reuse] [section.key=value ...]
+    .venv/bin/python -m bench.ablations [--only no_lrn one_tower] [--seeds 0 1] [--no-figure1]
+                                        [--figure1-epochs N] [--max-steps N] [--reuse] [section.key=value ...]
 
 The table: one training run per experiments/ablations/*.yaml plus the unchanged baseline,
 each `--config experiments/quickstart.yaml --config experiments/ablations/NAME.yaml` under
-torchrun in a fresh folder runs/ablations/NAME, and its final validation errors beside
-the paper's reported effect.
+torchrun in a fresh folder runs/ablations/NAME (NAME-seedS for train.seed=S), and its final
+validation errors, averaged over the seeds, beside the paper's reported effect.
 
 Figure 1: ReLU and tanh trained as the paper's Figure 1 was, without regularisation
 (no dropout, no weight decay) at a fixed learning rate, each until its training error
@@ -58,6 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ablations", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these ablations (and the baseline) only")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed of each table run")
     parser.add_argument("--no-figure1", action="store_true", help="skip the ReLU vs tanh runs of Figure 1")
     parser.add_argument("--figure1-epochs", type=int, default=30, help="most epochs of each Figure 1 run")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each run after N steps (a smoke run)")
@@ -122,24 +123,35 @@ def epochs_to_target(result: dict) -> int | None:
     return next((i + 1 for i, e in enumerate(result.get("train_epoch_top1", [])) if e <= TARGET), None)
 
 
-def ablation_table(results: list[dict]) -> list[str]:
-    base = next((r for r in results if r["name"] == BASELINE and "failed" not in r), None)
+def seed_mean(runs: list[dict], way: str, k: int) -> tuple[float, str]:
+    """The mean over seeds of one error, and its cell: the mean, then each seed's value when there are several."""
+    values = [r["errors"][way][k] for r in runs]
+    mean = sum(values) / len(values)
+    each = f" ({', '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else ""
+    return mean, f"{mean:.3f}{each}"
+
+
+def ablation_table(groups: dict[str, list[dict]]) -> list[str]:
+    """One row per configuration; `groups` maps its name to its runs, one per seed."""
     lines = ["| run | overlay | val top-1 | Δ top-1 | val top-5 | Δ top-5 | top-1, 10 patches | paper (ImageNet) | wall |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        overlay = "-" if r["name"] == BASELINE else f"`{r['name']}.yaml`"
-        paper = PAPER_EFFECT.get(r["name"], "")
-        if "failed" in r:
-            lines.append(f"| {r['name']} | {overlay} | failed (exit {r['failed']}) | | | | | {paper} | {r['seconds']:.0f} s |")
+    base = groups.get(BASELINE)
+    base_ok = base and not any("failed" in r for r in base)
+    for name, runs in groups.items():
+        overlay = "-" if name == BASELINE else f"`{name}.yaml`"
+        paper = PAPER_EFFECT.get(name, "")
+        wall = f"{sum(r['seconds'] for r in runs):.0f} s"
+        failed = [r for r in runs if "failed" in r]
+        if failed:
+            lines.append(f"| {name} | {overlay} | failed (exit {failed[0]['failed']}) | | | | | {paper} | {wall} |")
             continue
-        (t1, t5), (p1, _) = r["errors"]["centre crop"], r["errors"]["10 patches"]
-        if base and r is not base:
-            (b1, b5) = base["errors"]["centre crop"]
+        (t1, t1_cell), (t5, t5_cell) = seed_mean(runs, "centre crop", 0), seed_mean(runs, "centre crop", 1)
+        deltas = ["", ""]
+        if base_ok and name != BASELINE:
+            b1, b5 = seed_mean(base, "centre crop", 0)[0], seed_mean(base, "centre crop", 1)[0]
             deltas = [f"{100 * (t1 - b1):+.1f}%", f"{100 * (t5 - b5):+.1f}%"]
-        else:
-            deltas = ["", ""]
-        lines.append(f"| {r['name']} | {overlay} | {t1:.3f} | {deltas[0]} | {t5:.3f} | {deltas[1]} | {p1:.3f} "
-                     f"| {paper} | {r['seconds']:.0f} s |")
+        ten = seed_mean(runs, "10 patches", 0)[1]
+        lines.append(f"| {name} | {overlay} | {t1_cell} | {deltas[0]} | {t5_cell} | {deltas[1]} | {ten} | {paper} | {wall} |")
     return lines
 
 
@@ -166,15 +178,18 @@ def figure1_section(relu: dict, tanh: dict, max_epochs: int) -> list[str]:
     return lines
 
 
-def document(results: list[dict], figure1: dict, args: argparse.Namespace) -> str:
+def document(groups: dict[str, list[dict]], figure1: dict, args: argparse.Namespace) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    flags = [*(["--only", *args.only] if args.only else []), *(["--no-figure1"] if args.no_figure1 else []),
+    flags = [*(["--only", *args.only] if args.only else []),
+             *(["--seeds", *map(str, args.seeds)] if args.seeds != [0] else []),
+             *(["--no-figure1"] if args.no_figure1 else []),
              *([f"--figure1-epochs {args.figure1_epochs}"] if args.figure1_epochs != 30 else []),
              *([f"--max-steps {args.max_steps}"] if args.max_steps else []), *args.overrides]
-    steps = next((r["steps_per_epoch"] for r in results if "steps_per_epoch" in r), None)
+    every_run = [r for runs in groups.values() for r in runs] + list(figure1.values())
+    steps = next((r["steps_per_epoch"] for r in every_run if "steps_per_epoch" in r), None)
     lines = [
         "# Ablations", "",
-        "What each of the paper's ideas is worth here, measured by one run each on the quickstart",
+        "What each of the paper's ideas is worth here, measured by one run per seed on the quickstart",
         "recipe (`experiments/quickstart.yaml`: the embedded 10-class data, 1280 training and 256",
         f"validation images, batch 128, {steps} steps an epoch). Produced by",
         "", "```sh", " ".join([".venv/bin/python -m bench.ablations", *flags]), "```", "",
@@ -185,9 +200,10 @@ def document(results: list[dict], figure1: dict, args: argparse.Namespace) -> st
         lines += ["", f"**Smoke run: {args.max_steps} steps per configuration. The errors below say nothing about "
                       "the ablations; they only show that every configuration trains, evaluates and is reported.**"]
     lines += ["", "## Final validation error", "",
-              "Top-1 and top-5 error on the centre crop after the quickstart's 4 epochs; Δ is against the",
+              "Top-1 and top-5 error on the centre crop after the quickstart's 4 epochs, the mean over "
+              f"train.seed {', '.join(map(str, args.seeds))} (each seed's value in brackets); Δ is against the",
               "baseline (positive: the ablation is worse). Chance is 0.90 top-1, 0.50 top-5.", "",
-              *ablation_table(results)]
+              *ablation_table(groups)]
     if figure1:
         lines += ["", "## Figure 1: ReLU against tanh", "",
                   "As the paper's Figure 1: no dropout, no weight decay, a fixed learning rate "
@@ -208,15 +224,21 @@ def main(argv: list[str] | None = None) -> int:
         overlays = [p for p in overlays if p.stem in args.only]
     overrides = [*args.overrides, *([f"train.max_steps={args.max_steps}"] if args.max_steps else [])]
     runs = Path(args.runs)
-    results = [run_one(BASELINE, None, runs / BASELINE, overrides, args.reuse)]
-    results += [run_one(p.stem, p, runs / p.stem, overrides, args.reuse) for p in overlays]
+    groups = {}
+    for name, overlay in [(BASELINE, None), *((p.stem, p) for p in overlays)]:
+        groups[name] = [
+            run_one(name, overlay, runs / (f"{name}-seed{seed}" if seed else name),
+                    [*overrides, *([f"train.seed={seed}"] if seed else [])], args.reuse)
+            for seed in args.seeds
+        ]
     figure1 = {}
     if not args.no_figure1:
         long = [*overrides, *FIGURE1_SETTINGS, f"train.epochs={args.figure1_epochs}"]
         figure1 = {name: run_one(name, overlay, runs / name, long, args.reuse) for name, overlay in FIGURE1_RUNS.items()}
-    Path(args.out).write_text(document(results, figure1, args))
+    Path(args.out).write_text(document(groups, figure1, args))
     print(f"wrote {args.out}")
-    return 0 if all("failed" not in r for r in [*results, *figure1.values()]) else 1
+    every_run = [r for group in groups.values() for r in group] + list(figure1.values())
+    return 0 if all("failed" not in r for r in every_run) else 1
 
 
 if __name__ == "__main__":

@@ -322,10 +322,15 @@ def test_ablation_document_reports_deltas_and_the_figure1_ratio():
 
     relu, tanh = run("figure1_relu", 0.2, 0.0, [0.8, 0.4, 0.25]), run("figure1_tanh", 0.5, 0.1, [0.9] * 17 + [0.24])
     assert epochs_to_target(relu) == 3 and epochs_to_target(tanh) == 18
-    text = document([run("baseline", 0.25, 0.0), run("no_lrn", 0.262, 0.01)],
+    text = document({"baseline": [run("baseline", 0.25, 0.0)], "no_lrn": [run("no_lrn", 0.262, 0.01)]},
                     {"figure1_relu": relu, "figure1_tanh": tanh}, parse_args([]))
     assert "| no_lrn | `no_lrn.yaml` | 0.262 | +1.2% | 0.010 | +1.0% |" in text
     assert "ReLU 3, tanh 18: ReLU is **6.0x** faster" in text
+    seeds = {"baseline": [run("baseline", 0.2, 0.0), run("baseline", 0.3, 0.0)],
+             "no_pca": [run("no_pca", 0.3, 0.1), run("no_pca", 0.4, 0.0)]}
+    text = document(seeds, {}, parse_args(["--seeds", "0", "1", "--no-figure1"]))
+    assert "| no_pca | `no_pca.yaml` | 0.350 (0.300, 0.400) | +10.0% | 0.050 (0.100, 0.000) | +5.0% |" in text
     unfinished = run("figure1_tanh", 0.9, 0.5, [0.9] * 30)
-    text = document([run("baseline", 0.25, 0.0)], {"figure1_relu": relu, "figure1_tanh": unfinished}, parse_args([]))
+    text = document({"baseline": [run("baseline", 0.25, 0.0)]}, {"figure1_relu": relu, "figure1_tanh": unfinished},
+                    parse_args([]))
     assert "after 30 epochs, so ReLU is **more than 10.0x** faster" in text
