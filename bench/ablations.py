@@ -64,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these ablations (and the baseline) only")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed of each table run")
     parser.add_argument("--no-figure1", action="store_true", help="skip the ReLU vs tanh runs of Figure 1")
-    parser.add_argument("--figure1-epochs", type=int, default=30, help="most epochs of each Figure 1 run")
+    parser.add_argument("--figure1-epochs", type=int, default=40, help="most epochs of each Figure 1 run")
     parser.add_argument("--figure1-lr", type=float, nargs=2, default=FIGURE1_LR, metavar=("RELU", "TANH"),
                         help="the fixed learning rate of each Figure 1 net")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each run after N steps (a smoke run)")
@@ -189,7 +189,7 @@ def document(groups: dict[str, list[dict]], figure1: dict, args: argparse.Namesp
     flags = [*(["--only", *args.only] if args.only else []),
              *(["--seeds", *map(str, args.seeds)] if args.seeds != [0] else []),
              *(["--no-figure1"] if args.no_figure1 else []),
-             *([f"--figure1-epochs {args.figure1_epochs}"] if args.figure1_epochs != 30 else []),
+             *([f"--figure1-epochs {args.figure1_epochs}"] if args.figure1_epochs != 40 else []),
              *(["--figure1-lr", *map(str, args.figure1_lr)] if tuple(args.figure1_lr) != FIGURE1_LR else []),
              *([f"--max-steps {args.max_steps}"] if args.max_steps else []), *args.overrides]
     every_run = [r for runs in groups.values() for r in runs] + list(figure1.values())
