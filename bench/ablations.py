@@ -40,6 +40,8 @@ QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 FINAL = re.compile(r"final validation \((centre crop|10 patches)\): top-1 error ([\d.]+), top-5 error ([\d.]+)")
 BASELINE = "baseline"
 TARGET = 0.25
+# What follows this line in the document is written by hand and kept when the runner rewrites it.
+NOTES_MARKER = "<!-- Above: written by bench.ablations. Below: notes by hand, kept when it rewrites this file. -->"
 # PAPER.md, "Ablations the paper reports": what each idea was worth on ImageNet.
 PAPER_EFFECT = {
     "relu_vs_tanh": "ReLU reaches 25% training error 6x sooner (Figure 1; see below)",
@@ -221,6 +223,12 @@ def document(groups: dict[str, list[dict]], figure1: dict, args: argparse.Namesp
     return "\n".join(lines) + "\n"
 
 
+def write_keeping_notes(out: Path, text: str) -> None:
+    """Write the measured document, keeping the hand-written notes below NOTES_MARKER."""
+    notes = out.read_text().partition(NOTES_MARKER)[2] if out.exists() else ""
+    out.write_text(text + "\n" + NOTES_MARKER + (notes or "\n"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overlays = sorted(ABLATIONS.glob("*.yaml"))
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         long = [*overrides, *FIGURE1_SETTINGS, f"train.epochs={args.figure1_epochs}"]
         figure1 = {name: run_one(name, overlay, runs / name, [*long, f"train.lr={lr}"], args.reuse)
                    for (name, overlay), lr in zip(FIGURE1_RUNS.items(), args.figure1_lr)}
-    Path(args.out).write_text(document(groups, figure1, args))
+    write_keeping_notes(Path(args.out), document(groups, figure1, args))
     print(f"wrote {args.out}")
     every_run = [r for group in groups.values() for r in group] + list(figure1.values())
     return 0 if all("failed" not in r for r in every_run) else 1

@@ -334,3 +334,14 @@ def test_ablation_document_reports_deltas_and_the_figure1_ratio():
     text = document({"baseline": [run("baseline", 0.25, 0.0)]}, {"figure1_relu": relu, "figure1_tanh": unfinished},
                     parse_args([]))
     assert "after 30 epochs, so ReLU is **more than 10.0x** faster" in text
+
+
+def test_ablation_document_keeps_the_notes_written_by_hand(tmp_path):
+    from bench.ablations import NOTES_MARKER, write_keeping_notes
+
+    out = tmp_path / "ABLATIONS.md"
+    write_keeping_notes(out, "# first\n")
+    assert out.read_text() == "# first\n\n" + NOTES_MARKER + "\n"
+    out.write_text(out.read_text() + "## Reading the table\nby hand\n")
+    write_keeping_notes(out, "# second\n")
+    assert out.read_text() == "# second\n\n" + NOTES_MARKER + "\n## Reading the table\nby hand\n"
