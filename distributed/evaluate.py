@@ -1,10 +1,14 @@
-"""Validation error of one trained net or of an ensemble, in one process holding both towers.
+"""Validation error of one trained net or of an ensemble, in any layout the trainer runs in.
 
 The paper reports top-1/top-5 error from the centre crop, from the ten patches
 (softmax averaged over the patches), and for ensembles of 5 and 7 nets whose
 predictions are averaged. Here an ensemble is a list of checkpoint folders; every
 net's softmax (already averaged over its patches) is averaged over the nets, and
 the error is counted on that average.
+
+In one process each net holds both towers. Under torchrun each process holds its
+tower of every net, the tower pair sees the same batches (distributed.feed), and
+replicas split the validation set and sum their counts, as the trainer evaluates.
 """
 
 from dataclasses import dataclass
@@ -14,12 +18,15 @@ from typing import Sequence
 import torch
 
 from data.augment import Augmenter
-from data.loader import eval_batches
+from data.loader import eval_batches, eval_share
 from data.sources import open_datasets
 from distributed import checkpoint
 from distributed.config import Config, ConfigError
+from distributed.exchange import ProcessGroupExchange
+from distributed.feed import IMAGE_SHAPE, shared_batches
+from distributed.layout import Layout
 from distributed.metrics import ten_patch_probabilities, topk_wrong
-from model.alexnet import AlexNet
+from model.alexnet import AlexNet, Exchange
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,10 @@ def checkpoint_paths(cfg: Config, given: Sequence[str]) -> list[Path]:
     return paths
 
 
-def load_network(cfg: Config, path: str | Path, device: torch.device) -> AlexNet:
-    """Both towers of the checkpoint at `path` in one process, in eval mode, on `device`."""
-    net = AlexNet(cfg.model)
+def load_network(cfg: Config, path: str | Path, device: torch.device,
+                 towers: Sequence[int] | None = None, exchange: Exchange | None = None) -> AlexNet:
+    """The checkpoint at `path` in eval mode on `device`: both towers, or `towers` joined by `exchange`."""
+    net = AlexNet(cfg.model, towers, exchange)
     checkpoint.load_model_weights(net, path)
     return net.to(device).eval()
 
@@ -66,21 +74,30 @@ def ten_patch_ensemble(nets: Sequence[AlexNet], augment: Augmenter, images: torc
     return torch.stack([ten_patch_probabilities(net, patches) for net in nets]).mean(0)
 
 
-def evaluate(cfg: Config, paths: Sequence[str | Path], device: torch.device) -> dict[str, ErrorRates]:
-    """{"centre": ..., "ten_patches": ...}: the ensemble of `paths` over the whole validation set."""
+def evaluate(cfg: Config, paths: Sequence[str | Path], run: Layout) -> dict[str, ErrorRates]:
+    """{"centre": ..., "ten_patches": ...}: the ensemble of `paths` over the whole validation set,
+    in the layout `run` (every process of it calls this; all get the same rates)."""
+    plan, device = run.plan, run.plan.device
     data = open_datasets(cfg.data, cfg.train.seed)
     augment = Augmenter(data.stats, cfg.model.input_size, cfg.data.mean, cfg.data.flip, cfg.data.pca_std, device)
-    nets = [load_network(cfg, p, device) for p in paths]
-    wrong = {"centre": torch.zeros(2), "ten_patches": torch.zeros(2)}
-    count = 0
-    batches = eval_batches(data.val, cfg.train.batch_size, 0, 1, cfg.data.workers, cfg.data.prefetch,
-                           device.type == "cuda")
-    for images, labels in batches:
-        images, labels = images.to(device), labels.to(device)
-        wrong["centre"] += topk_wrong(centre_probabilities(nets, augment, images), labels).cpu()
-        wrong["ten_patches"] += topk_wrong(ten_patch_ensemble(nets, augment, images), labels).cpu()
-        count += len(labels)
-    return {way: ErrorRates(w[0].item() / count, w[1].item() / count, count) for way, w in wrong.items()}
+    exchange = ProcessGroupExchange(run.tower_group) if run.tower_group is not None else None
+    nets = [load_network(cfg, p, device, plan.tower_indices(cfg.model.towers), exchange) for p in paths]
+    batch = cfg.train.batch_size // plan.replicas
+    sizes = [len(c) for c in eval_share(len(data.val), plan.replica, plan.replicas).split(batch)]
+    loaded = None
+    if plan.loads_data:
+        loaded = eval_batches(data.val, batch, plan.replica, plan.replicas, cfg.data.workers, cfg.data.prefetch,
+                              device.type == "cuda")
+    totals = torch.zeros(5, device=device)  # wrong top-1/top-5 of the centre crop, of ten patches; images
+    for images, labels in shared_batches(loaded, sizes, IMAGE_SHAPE, run.tower_group, device):
+        totals[:2] += topk_wrong(centre_probabilities(nets, augment, images), labels)
+        totals[2:4] += topk_wrong(ten_patch_ensemble(nets, augment, images), labels)
+        totals[4] += len(labels)
+    if run.replica_group is not None:
+        torch.distributed.all_reduce(totals, group=run.replica_group)
+    c1, c5, t1, t5, count = totals.tolist()
+    return {"centre": ErrorRates(c1 / count, c5 / count, int(count)),
+            "ten_patches": ErrorRates(t1 / count, t5 / count, int(count))}
 
 
 def report(paths: Sequence[Path], rates: dict[str, ErrorRates]) -> str:

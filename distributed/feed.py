@@ -5,6 +5,9 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+IMAGE_SHAPE = (3, 256, 256)
+"""Every dataset stores the paper's 256x256 images; the receiving process allocates this shape."""
+
 
 def shared_batches(
     loaded: Iterator[tuple[torch.Tensor, torch.Tensor]] | None,

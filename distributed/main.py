@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             print(layer_table(cfg.model))
         return 0
     if tools.requested(args):
-        return tools.run(args, cfg, plan) if plan.rank == 0 else 0
+        return tools.run(args, cfg, plan)
     from distributed.trainer import Trainer  # heavy imports only when training
 
     if plan.logs and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" \

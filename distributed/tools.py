@@ -2,7 +2,9 @@
 --export, --onnx.
 
 Each runs in one process holding both towers (`python -m distributed.main --predict a.jpg`);
-under torchrun only rank 0 does the work. The config is loaded first, as for training,
+under torchrun only rank 0 does the work, except --evaluate, which runs in the layout torchrun
+starts (one tower per process, replicas sharing the validation set), as the trainer evaluates.
+The config is loaded first, as for training,
 so `checkpoint.dir`, `data.root` and the model's shape come from the same files and
 overrides; a missing checkpoint or image is a ConfigError (exit 2).
 """
@@ -14,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from distributed import layout
 from distributed.config import Config, ConfigError
 from distributed.layout import Plan
 
@@ -53,12 +56,15 @@ def requested(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace, cfg: Config, plan: Plan) -> int:
-    """Do what was asked; a ConfigError becomes exit status 2 with its message."""
+    """Do what was asked, on every process (--evaluate) or on rank 0 (the rest);
+    a ConfigError becomes exit status 2 with its message."""
     # One process reading a checkpoint several wrote is what these commands are for; DCP warns about it.
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
     try:
         if args.evaluate is not None:
             _evaluate(cfg, args.evaluate, plan)
+        if plan.rank != 0:
+            return 0
         if args.predict:
             _predict(cfg, args.predict, plan)
         if args.figures:
@@ -76,8 +82,13 @@ def run(args: argparse.Namespace, cfg: Config, plan: Plan) -> int:
 def _evaluate(cfg: Config, given: list[str], plan: Plan) -> None:
     from distributed.evaluate import checkpoint_paths, evaluate, report
 
-    paths = checkpoint_paths(cfg, given)
-    print(report(paths, evaluate(cfg, paths, plan.device)), flush=True)
+    paths = checkpoint_paths(cfg, given)  # every process checks, so none waits for a peer that gave up
+    try:
+        rates = evaluate(cfg, paths, layout.start(plan, cfg.parallel.timeout_s))
+    finally:
+        layout.stop()
+    if plan.rank == 0:
+        print(report(paths, rates), flush=True)
 
 
 def _predict(cfg: Config, images: list[str], plan: Plan) -> None:

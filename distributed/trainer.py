@@ -19,15 +19,13 @@ from data.sources import open_datasets
 from distributed import checkpoint
 from distributed.config import Config, ConfigError, to_dict
 from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
-from distributed.feed import shared_batches
+from distributed.feed import IMAGE_SHAPE, shared_batches
 from distributed.figures import conv1_kernels, log_conv1_kernels
 from distributed.layout import Layout
 from distributed.metrics import MetricLogger, ten_patch_probabilities, topk_wrong
 from distributed.optimizer import PlateauSchedule, build_optimizer
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet, LocalExchange
-
-IMAGE_SHAPE = (3, 256, 256)
 
 
 class NonFiniteLoss(RuntimeError):

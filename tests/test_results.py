@@ -44,6 +44,10 @@ def config(overrides):
     return load_config([ROOT / "config.yaml"], overrides)
 
 
+def one_process(cfg):
+    return layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
+
+
 # -- evaluation ---------------------------------------------------------------------------
 
 
@@ -76,7 +80,7 @@ def test_evaluate_ensemble_matches_direct_computation(trained, tmp_path):
     other.init_paper(seed=7)
     second = checkpoint.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1)
     paths = [checkpoint.latest(cfg.checkpoint.dir), second]
-    rates = evaluate(cfg, paths, torch.device("cpu"))
+    rates = evaluate(cfg, paths, one_process(cfg))
 
     nets = [load_network(cfg, p, torch.device("cpu")) for p in paths]
     images, labels = trainer.data.val.load(torch.arange(len(trainer.data.val)))
@@ -89,10 +93,39 @@ def test_evaluate_ensemble_matches_direct_computation(trained, tmp_path):
 def test_evaluate_one_checkpoint_matches_trainer(trained):
     trainer, _, overrides = trained
     cfg = config(overrides)
-    rates = evaluate(cfg, [checkpoint.latest(cfg.checkpoint.dir)], torch.device("cpu"))
+    rates = evaluate(cfg, [checkpoint.latest(cfg.checkpoint.dir)], one_process(cfg))
     for way, patches in (("centre", 1), ("ten_patches", 10)):
         expected = trainer.evaluate(patches=patches)
         assert (rates[way].top1, rates[way].top5) == pytest.approx((expected.top1, expected.top5)), way
+
+
+def _evaluate_in_processes(rank: int, world: int, overrides: list[str], paths: list[str], out: str) -> None:
+    from distributed.main import main as run_main
+
+    cfg = config(overrides)
+    rates = evaluate(cfg, paths, layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s))
+    torch.save({way: (r.top1, r.top5, r.images) for way, r in rates.items()}, f"{out}/rank{rank}.pt")
+    layout.stop()
+    assert run_main(["--evaluate", *paths, *overrides]) == 0  # the command, under the same launch
+
+
+@pytest.mark.parametrize("split", ["towers", "replicas"])
+def test_evaluate_in_two_processes_equals_one(trained, tmp_path, split):
+    # Two processes hold one tower each (the exchange path) or one whole net each (replicas
+    # sharing the validation set); both must count what one process counts, on every rank.
+    _, _, overrides = trained
+    # Five validation images: the replicas' shares are unequal (3 and 2).
+    overrides = [*(o for o in overrides if not o.startswith("data.synthetic_val_images=")),
+                 f"parallel.tower_parallel={split == 'towers'}", "data.synthetic_val_images=5"]
+    cfg = config(overrides)
+    other = AlexNet(cfg.model)
+    other.init_paper(seed=7)
+    paths = [str(checkpoint.latest(cfg.checkpoint.dir)),
+             str(checkpoint.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1))]
+    expected = {way: (r.top1, r.top5, r.images) for way, r in evaluate(cfg, paths, one_process(cfg)).items()}
+    run_workers(2, _evaluate_in_processes, overrides, paths, str(tmp_path), init=False)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == expected, rank
 
 
 def test_evaluate_command_prints_both_ways(trained, capsys):
