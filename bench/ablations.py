@@ -166,12 +166,12 @@ def ablation_table(groups: dict[str, list[dict]]) -> list[str]:
 def figure1_section(relu: dict, tanh: dict, max_epochs: int) -> list[str]:
     if "failed" in relu or "failed" in tanh:
         return ["A Figure 1 run failed; see the runner's output."]
+    epochs = max(len(relu["train_epoch_top1"]), len(tanh["train_epoch_top1"]))
     lines = ["Training top-1 error over each epoch (TensorBoard `error/train_epoch_top1`):", "",
-             "| epoch | " + " | ".join(str(i + 1) for i in range(max(len(relu["train_epoch_top1"]),
-                                                                    len(tanh["train_epoch_top1"])))) + " |",
-             "|---|" + "---|" * max(len(relu["train_epoch_top1"]), len(tanh["train_epoch_top1"]))]
+             "| epoch | " + " | ".join(str(i + 1) for i in range(epochs)) + " |", "|---|" + "---|" * epochs]
     for label, r in (("ReLU", relu), ("tanh", tanh)):
-        lines.append(f"| {label} | " + " | ".join(f"{e:.2f}" for e in r["train_epoch_top1"]) + " |")
+        cells = [f"{e:.2f}" for e in r["train_epoch_top1"]]
+        lines.append(f"| {label} | " + " | ".join(cells + [""] * (epochs - len(cells))) + " |")
     reached_relu, reached_tanh = epochs_to_target(relu), epochs_to_target(tanh)
     lines.append("")
     if reached_relu and reached_tanh:
