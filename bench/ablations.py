@@ -70,6 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--figure1-lr", type=float, nargs=2, default=FIGURE1_LR, metavar=("RELU", "TANH"),
                         help="the fixed learning rate of each Figure 1 net")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each run after N steps (a smoke run)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each run's checkpoints (about 0.7 GB each); by default they are removed after it")
     parser.add_argument("--reuse", action="store_true", help="take runs whose result.json has the same command")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="folder for the runs' logs and checkpoints")
     parser.add_argument("--out", default=str(ROOT / "docs" / "ABLATIONS.md"), help="the document to write")
@@ -93,7 +95,7 @@ def epoch_training_errors(run_dir: Path) -> list[float]:
     return [e.value for e in events.Scalars("error/train_epoch_top1")]
 
 
-def run_one(name: str, overlay: Path | None, run_dir: Path, overrides: list[str], reuse: bool) -> dict:
+def run_one(name: str, overlay: Path | None, run_dir: Path, overrides: list[str], reuse: bool, keep: bool) -> dict:
     """Train one configuration to the end; its final errors, per-epoch training errors, wall time and command."""
     configs = [QUICKSTART] + ([overlay] if overlay else [])
     every = [*overrides, f"log.dir={run_dir}", f"checkpoint.dir={run_dir / 'checkpoints'}", "log.progress=false"]
@@ -123,6 +125,8 @@ def run_one(name: str, overlay: Path | None, run_dir: Path, overrides: list[str]
               "seconds": seconds, "command": command}
     print(f"[{name}] {errors} in {seconds:.0f} s", flush=True)
     saved.write_text(json.dumps(result, indent=1))
+    if not keep:  # 16 runs of weights and velocity filled 17 GB of disk
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return result
 
 
@@ -244,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, overlay in [(BASELINE, None), *((p.stem, p) for p in overlays)]:
         groups[name] = [
             run_one(name, overlay, runs / (f"{name}-seed{seed}" if seed else name),
-                    [*overrides, *([f"train.seed={seed}"] if seed else [])], args.reuse)
+                    [*overrides, *([f"train.seed={seed}"] if seed else [])], args.reuse, args.keep_checkpoints)
             for seed in args.seeds
         ]
     figure1 = {}
     if not args.no_figure1:
         long = [*overrides, *FIGURE1_SETTINGS, f"train.epochs={args.figure1_epochs}"]
-        figure1 = {name: run_one(name, overlay, runs / name, [*long, f"train.lr={lr}"], args.reuse)
+        figure1 = {name: run_one(name, overlay, runs / name, [*long, f"train.lr={lr}"], args.reuse, args.keep_checkpoints)
                    for (name, overlay), lr in zip(FIGURE1_RUNS.items(), args.figure1_lr)}
     write_keeping_notes(Path(args.out), document(groups, figure1, args))
     print(f"wrote {args.out}")
