@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the fixed learning rate of each Figure 1 net")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each run after N steps (a smoke run)")
     parser.add_argument("--keep-checkpoints", action="store_true",
-                        help="keep each run's checkpoints (about 0.7 GB each); by default they are removed after it")
+                        help="keep each run's checkpoints (about 0.5 GB each); by default they are removed after it")
     parser.add_argument("--reuse", action="store_true", help="take runs whose result.json has the same command")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="folder for the runs' logs and checkpoints")
     parser.add_argument("--out", default=str(ROOT / "docs" / "ABLATIONS.md"), help="the document to write")
