@@ -18,12 +18,11 @@ from typing import Sequence
 import torch
 
 from data.augment import Augmenter
-from data.loader import eval_batches, eval_share
 from data.sources import open_datasets
 from distributed import checkpoint
 from distributed.config import Config, ConfigError
 from distributed.exchange import ProcessGroupExchange
-from distributed.feed import IMAGE_SHAPE, shared_batches
+from distributed.feed import validation_batches
 from distributed.layout import Layout
 from distributed.metrics import ten_patch_probabilities, topk_wrong
 from model.alexnet import AlexNet, Exchange
@@ -82,14 +81,10 @@ def evaluate(cfg: Config, paths: Sequence[str | Path], run: Layout) -> dict[str,
     augment = Augmenter(data.stats, cfg.model.input_size, cfg.data.mean, cfg.data.flip, cfg.data.pca_std, device)
     exchange = ProcessGroupExchange(run.tower_group) if run.tower_group is not None else None
     nets = [load_network(cfg, p, device, plan.tower_indices(cfg.model.towers), exchange) for p in paths]
-    batch = cfg.train.batch_size // plan.replicas
-    sizes = [len(c) for c in eval_share(len(data.val), plan.replica, plan.replicas).split(batch)]
-    loaded = None
-    if plan.loads_data:
-        loaded = eval_batches(data.val, batch, plan.replica, plan.replicas, cfg.data.workers, cfg.data.prefetch,
-                              device.type == "cuda")
+    batches = validation_batches(data.val, cfg.train.batch_size // plan.replicas, run, cfg.data.workers,
+                                 cfg.data.prefetch)
     totals = torch.zeros(5, device=device)  # wrong top-1/top-5 of the centre crop, of ten patches; images
-    for images, labels in shared_batches(loaded, sizes, IMAGE_SHAPE, run.tower_group, device):
+    for images, labels in batches:
         totals[:2] += topk_wrong(centre_probabilities(nets, augment, images), labels)
         totals[2:4] += topk_wrong(ten_patch_ensemble(nets, augment, images), labels)
         totals[4] += len(labels)

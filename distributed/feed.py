@@ -5,6 +5,10 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from data.loader import eval_batches, eval_share
+from data.sources import ImageSet
+from distributed.layout import Layout
+
 IMAGE_SHAPE = (3, 256, 256)
 """Every dataset stores the paper's 256x256 images; the receiving process allocates this shape."""
 
@@ -35,3 +39,16 @@ def shared_batches(
             dist.broadcast(images, group=group, group_src=0)
             dist.broadcast(labels, group=group, group_src=0)
         yield images, labels
+
+
+def validation_batches(
+    val: ImageSet, batch_size: int, run: Layout, workers: int, prefetch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This replica's share of the validation set in batches of `batch_size`, the same on its tower processes."""
+    plan = run.plan
+    sizes = [len(c) for c in eval_share(len(val), plan.replica, plan.replicas).split(batch_size)]
+    loaded = None
+    if plan.loads_data:
+        loaded = eval_batches(val, batch_size, plan.replica, plan.replicas, workers, prefetch,
+                              plan.device.type == "cuda")
+    return shared_batches(loaded, sizes, IMAGE_SHAPE, run.tower_group, plan.device)

@@ -13,13 +13,13 @@ import yaml
 from tqdm import tqdm
 
 from data.augment import Augmenter
-from data.loader import eval_batches, eval_share, train_batches
+from data.loader import train_batches
 from data.order import EpochOrder
 from data.sources import open_datasets
 from distributed import checkpoint
 from distributed.config import Config, ConfigError, to_dict
 from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
-from distributed.feed import IMAGE_SHAPE, shared_batches
+from distributed.feed import IMAGE_SHAPE, shared_batches, validation_batches
 from distributed.figures import conv1_kernels, log_conv1_kernels
 from distributed.layout import Layout
 from distributed.metrics import MetricLogger, ten_patch_probabilities, topk_wrong
@@ -122,17 +122,10 @@ class Trainer:
         """Top-1/top-5 error and loss over the validation set, summed across replicas: from the
         centre crop (patches=1) or the softmax averaged over the paper's ten patches (patches=10)."""
         self.model.eval()
-        val = self.data.val
-        share = eval_share(len(val), self.plan.replica, self.plan.replicas)
-        sizes = [len(c) for c in share.split(self.replica_batch)]
-        loaded = None
-        if self.plan.loads_data:
-            loaded = eval_batches(
-                val, self.replica_batch, self.plan.replica, self.plan.replicas,
-                self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
-            )
+        batches = validation_batches(self.data.val, self.replica_batch, self.layout, self.cfg.data.workers,
+                                     self.cfg.data.prefetch)
         totals = torch.zeros(4, device=self.device)  # wrong top-1, wrong top-5, loss sum, images
-        for images, labels in shared_batches(loaded, sizes, IMAGE_SHAPE, self.layout.tower_group, self.device):
+        for images, labels in batches:
             with self._autocast():
                 if patches == 10:
                     log_probs = ten_patch_probabilities(self.model, self.augment.ten_patches(images)).log()
