@@ -5,7 +5,8 @@ entries it holds, named by tower (`model/towers.1.fc6.weight`, the velocity as
 `velocity/towers.1.fc6.weight`), so a two-process checkpoint holds exactly the
 keys a one-process model asks for, and the other way round. The folder is written
 as `step_XXXXXXXX.partial` and renamed when every process has finished: the
-newest folder without the suffix is always complete.
+newest folder without the suffix is always complete. A write that fails (a full
+disk, most often) removes its partial folder and leaves the older checkpoints be.
 """
 
 import re
@@ -20,6 +21,10 @@ from torch.optim import Optimizer
 
 _NAME = re.compile(r"^step_(\d{8})$")
 PARTIAL = ".partial"
+
+
+class CheckpointError(OSError):
+    """A checkpoint cannot be written (no room on the disk); nothing already saved is lost."""
 
 
 def _is_writer() -> bool:
@@ -40,6 +45,24 @@ def training_state(model: nn.Module, optimizer: Optimizer, progress: dict[str, t
             state["momentum_buffer"] = torch.zeros_like(param)
         velocity[name] = state["momentum_buffer"]
     return {"model": model.state_dict(), "velocity": velocity, "progress": progress}
+
+
+def check_space(directory: str | Path, checkpoint_bytes: int, keep: int) -> None:
+    """Fail before training if the disk under `directory` cannot hold the checkpoints the run will keep.
+
+    At the peak, `keep` complete checkpoints sit beside the one being written; those already
+    there count as written.
+    """
+    root = Path(directory)
+    to_write = max(1, keep + 1 - len(_complete(root)))
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < to_write * checkpoint_bytes:
+        raise CheckpointError(
+            f"checkpoint.dir={directory}: {free / 1e9:.2f} GB free, but {to_write} more checkpoint(s) of "
+            f"{checkpoint_bytes / 1e9:.2f} GB each are needed (checkpoint.keep={keep}); free space or lower "
+            "checkpoint.keep"
+        )
 
 
 def latest(directory: str | Path) -> Path | None:
@@ -64,7 +87,16 @@ def save(state: dict, directory: str | Path, step: int, keep: int) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
     _barrier()
-    dcp.save(state, checkpoint_id=partial)
+    try:
+        dcp.save(state, checkpoint_id=partial)
+    except Exception as err:
+        # DCP hands a failure on any process to every process, so all of them land here.
+        if _is_writer():
+            shutil.rmtree(partial, ignore_errors=True)
+        free = shutil.disk_usage(root).free / 1e9
+        raise CheckpointError(
+            f"could not write checkpoint {final} ({free:.2f} GB free there); the older checkpoints are kept: {err}"
+        ) from err
     _barrier()
     if _is_writer():
         shutil.rmtree(final, ignore_errors=True)

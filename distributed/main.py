@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if tools.requested(args):
         return tools.run(args, cfg, plan)
-    from distributed.trainer import Trainer  # heavy imports only when training
+    from distributed.checkpoint import CheckpointError  # heavy imports only when training
+    from distributed.trainer import Trainer
 
     if plan.logs and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" \
             and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except CheckpointError as err:
+        print(f"rank {plan.rank}: {err}", file=sys.stderr, flush=True)
+        return 1
     except RuntimeError as err:
         if not lost_peer(err):
             raise

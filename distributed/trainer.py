@@ -149,9 +149,15 @@ class Trainer:
         progress.update({k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()})
         return checkpoint.training_state(self.model, self.optimizer, progress)
 
+    def _check_checkpoint_space(self) -> None:
+        # A checkpoint holds the weights and the velocity of every tower (replicas write one copy).
+        weights = sum(t.nbytes for t in self.model.state_dict().values())
+        checkpoint.check_space(self.cfg.checkpoint.dir, 2 * weights * self.plan.tower_processes, self.cfg.checkpoint.keep)
+
     def save(self) -> None:
         """Checkpoint the run, unless a weight is no longer finite (an update can overflow on a finite loss)."""
-        bad = torch.tensor([0.0 if all(p.isfinite().all() for p in self.model.parameters()) else 1.0])
+        finite = all(p.isfinite().all() for p in self.model.parameters())
+        bad = torch.tensor([0.0 if finite else 1.0], device=self.device)  # NCCL reduces device tensors only
         if dist.is_initialized():
             dist.all_reduce(bad)
         if bad.item():
@@ -180,6 +186,7 @@ class Trainer:
 
     def run(self) -> Evaluation:
         """Train to the configured length, evaluating and checkpointing each epoch."""
+        self._check_checkpoint_space()
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         if self.cfg.train.resume or restarted:
             self.resume()

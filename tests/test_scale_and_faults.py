@@ -1,6 +1,7 @@
 """Past two processes, and through faults: 2x2 layouts, killed and stalled workers, torn checkpoints, bad input, NaN."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,13 +224,14 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
         for p in trainer.model.parameters():
             p.add_(1)
     trainer.step = 2
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"could not write checkpoint .*step_00000002.*disk gone"):
         trainer.save()
-    # Also garbage left by another crash, and a complete-looking folder name without its metadata.
-    (tmp_path / "ck" / "step_00000003.partial").mkdir()
-    (tmp_path / "ck" / "step_00000003.partial" / ".metadata").write_bytes(b"garbage")
+    assert not (tmp_path / "ck" / "step_00000002.partial").exists()  # a failed write cleans up after itself
+    # Garbage left by crashes that killed the process mid-write, and a complete-looking name without metadata.
+    for torn in ("step_00000002.partial", "step_00000003.partial"):
+        (tmp_path / "ck" / torn).mkdir()
+        (tmp_path / "ck" / torn / ".metadata").write_bytes(b"garbage")
     (tmp_path / "ck" / "step_00000004").mkdir()
-    assert (tmp_path / "ck" / "step_00000002.partial").is_dir()
     assert checkpoint.latest(tmp_path / "ck").name == "step_00000001"
     monkeypatch.undo()
     assert trainer.resume()
@@ -241,6 +243,45 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     trainer.save()
     assert checkpoint.latest(tmp_path / "ck").name == "step_00000002"
     assert not (tmp_path / "ck" / "step_00000002.partial").exists()
+
+
+def _disk_with_free(monkeypatch, free: int) -> None:
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+
+
+def test_space_check_counts_the_checkpoints_kept_and_the_one_being_written(tmp_path, monkeypatch):
+    """keep=2 on an empty folder peaks at 3 checkpoints; with 2 already there, the next needs room for 1."""
+    _disk_with_free(monkeypatch, 299)
+    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint.dir=.*3 more checkpoint"):
+        checkpoint.check_space(tmp_path / "new" / "ck", 100, keep=2)  # a folder not made yet: its parent's disk
+    _disk_with_free(monkeypatch, 300)
+    checkpoint.check_space(tmp_path / "new" / "ck", 100, keep=2)
+    for step in (1, 2):
+        (tmp_path / f"step_0000000{step}").mkdir()
+        (tmp_path / f"step_0000000{step}" / ".metadata").touch()
+    _disk_with_free(monkeypatch, 99)
+    with pytest.raises(checkpoint.CheckpointError, match="1 more checkpoint"):
+        checkpoint.check_space(tmp_path, 100, keep=2)
+    _disk_with_free(monkeypatch, 100)
+    checkpoint.check_space(tmp_path, 100, keep=2)
+
+
+def test_full_disk_stops_the_run_before_the_first_step(tmp_path, monkeypatch):
+    """The estimate the trainer checks is what a checkpoint really takes; too little room fails at step 0."""
+    trainer = train(tmp_path, "train.max_steps=1", "checkpoint.keep=1")
+    written = sum(f.stat().st_size for f in checkpoint.latest(tmp_path / "ck").rglob("*") if f.is_file())
+    estimates = []
+    monkeypatch.setattr(checkpoint, "check_space", lambda d, size, keep: estimates.append(size))
+    trainer._check_checkpoint_space()
+    assert written * 0.99 < estimates[0] <= written
+    monkeypatch.undo()
+    cfg = _small(tmp_path / "full")
+    trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
+    _disk_with_free(monkeypatch, estimates[0] * 2 - 1)  # keep=2 on an empty folder needs 3
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint.dir={tmp_path}/full/ck"):
+        trainer.run()
+    assert trainer.step == 0
+    assert not (tmp_path / "full" / "ck").exists()
 
 
 # -- bad input ---------------------------------------------------------------------------------
