@@ -89,13 +89,15 @@ def save(state: dict, directory: str | Path, step: int, keep: int) -> Path:
     _barrier()
     try:
         dcp.save(state, checkpoint_id=partial)
-    except Exception as err:
-        # DCP hands a failure on any process to every process, so all of them land here.
+    except (dcp.CheckpointException, OSError) as err:
+        # DCP hands a write failure on any process to every process, so all of them land here.
+        # (A lost peer raises a distributed error instead, reported as such by distributed.main.)
         if _is_writer():
             shutil.rmtree(partial, ignore_errors=True)
         free = shutil.disk_usage(root).free / 1e9
         raise CheckpointError(
-            f"could not write checkpoint {final} ({free:.2f} GB free there); the older checkpoints are kept: {err}"
+            f"could not write checkpoint {final} ({free:.2f} GB free there); the older checkpoints are kept: "
+            f"{_causes(err)}"
         ) from err
     _barrier()
     if _is_writer():
@@ -105,6 +107,13 @@ def save(state: dict, directory: str | Path, step: int, keep: int) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
+
+
+def _causes(err: BaseException) -> str:
+    """Each failing process's own error, without the traceback DCP's exception prints."""
+    if isinstance(err, dcp.CheckpointException):
+        return "; ".join(f"rank {rank}: {exc!r}" for rank, (exc, _) in err.failures.items())
+    return repr(err)
 
 
 def load(state: dict, path: str | Path) -> None:

@@ -1,5 +1,6 @@
 """Past two processes, and through faults: 2x2 layouts, killed and stalled workers, torn checkpoints, bad input, NaN."""
 
+import errno
 import os
 import shutil
 import signal
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from distributed import checkpoint, layout
@@ -212,19 +212,17 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     trainer.step = 1
     trainer.save()
     saved = weights_and_velocity(trainer)
-    # A crash halfway through writing step 2: some files are there, the rename never happens.
-    real_save = dcp.save
+    # The disk fills halfway through writing step 2: DCP's writer fails after some bytes.
+    def full_disk(obj, stream, *args, **kwargs):
+        stream.write(b"some bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    def torn_save(state, checkpoint_id):
-        real_save({"model": state["model"]}, checkpoint_id=checkpoint_id)
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(dcp, "save", torn_save)
+    monkeypatch.setattr(torch, "save", full_disk)
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(1)
     trainer.step = 2
-    with pytest.raises(checkpoint.CheckpointError, match=r"could not write checkpoint .*step_00000002.*disk gone"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"could not write checkpoint .*step_00000002 .*GB free there.*No space left"):
         trainer.save()
     assert not (tmp_path / "ck" / "step_00000002.partial").exists()  # a failed write cleans up after itself
     # Garbage left by crashes that killed the process mid-write, and a complete-looking name without metadata.
