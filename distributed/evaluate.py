@@ -81,8 +81,7 @@ def evaluate(cfg: Config, paths: Sequence[str | Path], run: Layout) -> dict[str,
     augment = Augmenter(data.stats, cfg.model.input_size, cfg.data.mean, cfg.data.flip, cfg.data.pca_std, device)
     exchange = ProcessGroupExchange(run.tower_group) if run.tower_group is not None else None
     nets = [load_network(cfg, p, device, plan.tower_indices(cfg.model.towers), exchange) for p in paths]
-    batches = validation_batches(data.val, cfg.train.batch_size // plan.replicas, run, cfg.data.workers,
-                                 cfg.data.prefetch)
+    batches = validation_batches(data.val, cfg, run)
     totals = torch.zeros(5, device=device)  # wrong top-1/top-5 of the centre crop, of ten patches; images
     for images, labels in batches:
         totals[:2] += topk_wrong(centre_probabilities(nets, augment, images), labels)

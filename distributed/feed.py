@@ -7,6 +7,7 @@ import torch.distributed as dist
 
 from data.loader import eval_batches, eval_share
 from data.sources import ImageSet
+from distributed.config import Config
 from distributed.layout import Layout
 
 IMAGE_SHAPE = (3, 256, 256)
@@ -41,14 +42,13 @@ def shared_batches(
         yield images, labels
 
 
-def validation_batches(
-    val: ImageSet, batch_size: int, run: Layout, workers: int, prefetch: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This replica's share of the validation set in batches of `batch_size`, the same on its tower processes."""
+def validation_batches(val: ImageSet, cfg: Config, run: Layout) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This replica's share of the validation set, in its share of train.batch_size, the same on its tower processes."""
     plan = run.plan
+    batch_size = cfg.train.batch_size // plan.replicas
     sizes = [len(c) for c in eval_share(len(val), plan.replica, plan.replicas).split(batch_size)]
     loaded = None
     if plan.loads_data:
-        loaded = eval_batches(val, batch_size, plan.replica, plan.replicas, workers, prefetch,
+        loaded = eval_batches(val, batch_size, plan.replica, plan.replicas, cfg.data.workers, cfg.data.prefetch,
                               plan.device.type == "cuda")
     return shared_batches(loaded, sizes, IMAGE_SHAPE, run.tower_group, plan.device)

@@ -122,8 +122,7 @@ class Trainer:
         """Top-1/top-5 error and loss over the validation set, summed across replicas: from the
         centre crop (patches=1) or the softmax averaged over the paper's ten patches (patches=10)."""
         self.model.eval()
-        batches = validation_batches(self.data.val, self.replica_batch, self.layout, self.cfg.data.workers,
-                                     self.cfg.data.prefetch)
+        batches = validation_batches(self.data.val, self.cfg, self.layout)
         totals = torch.zeros(4, device=self.device)  # wrong top-1, wrong top-5, loss sum, images
         for images, labels in batches:
             with self._autocast():
