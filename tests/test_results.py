@@ -4,6 +4,8 @@ One tiny training run (two steps of the real trainer on a few embedded images) i
 shared by the module; everything else reads its checkpoint, as the commands do.
 """
 
+import os
+
 import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
@@ -18,7 +20,7 @@ from distributed.neighbours import fc7, nearest
 from distributed.trainer import Trainer
 from model.alexnet import AlexNet
 from model.config import ModelConfig
-from tests.conftest import ROOT, run_workers
+from tests.conftest import ROOT, free_port, run_workers
 from tests.trainer_runs import SMALL, train_scalars
 
 RUN = ["train.max_steps=2", "train.epochs=1", "data.synthetic_val_images=4"]
@@ -99,13 +101,19 @@ def test_evaluate_one_checkpoint_matches_trainer(trained):
         assert (rates[way].top1, rates[way].top5) == pytest.approx((expected.top1, expected.top5)), way
 
 
-def _evaluate_in_processes(rank: int, world: int, overrides: list[str], paths: list[str], out: str) -> None:
+def _evaluate_in_processes(
+    rank: int, world: int, overrides: list[str], paths: list[str], out: str, command_port: int
+) -> None:
     from distributed.main import main as run_main
 
     cfg = config(overrides)
     rates = evaluate(cfg, paths, layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s))
     torch.save({way: (r.top1, r.top5, r.images) for way, r in rates.items()}, f"{out}/rank{rank}.pt")
     layout.stop()
+    # A second group on the first one's port can meet that group's closing store and gloo pairs
+    # ("Connection reset by peer" on a loaded machine); the command gets its own port, as a
+    # second torchrun launch would.
+    os.environ["MASTER_PORT"] = str(command_port)
     assert run_main(["--evaluate", *paths, *overrides]) == 0  # the command, under the same launch
 
 
@@ -123,7 +131,7 @@ def test_evaluate_in_two_processes_equals_one(trained, tmp_path, split):
     paths = [str(checkpoint.latest(cfg.checkpoint.dir)),
              str(checkpoint.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1))]
     expected = {way: (r.top1, r.top5, r.images) for way, r in evaluate(cfg, paths, one_process(cfg)).items()}
-    run_workers(2, _evaluate_in_processes, overrides, paths, str(tmp_path), init=False)
+    run_workers(2, _evaluate_in_processes, overrides, paths, str(tmp_path), free_port(), init=False)
     for rank in range(2):
         assert torch.load(tmp_path / f"rank{rank}.pt") == expected, rank
 
