@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # ./run.sh [--config FILE] [section.key=value ...]   train under torchrun
 # ./run.sh test [pytest arguments]                   run the test suite
-# Both create .venv and install requirements.txt first when needed.
+# Both create .venv and install requirements.txt first when needed (or use $PYTHON as it is, below).
 # With no arguments the main job runs: experiments/quickstart.yaml on the embedded data.
 # NPROC overrides the processes per node (default: 2 on CPU, 1 per GPU up to 2).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-venv=.venv
-if [ ! -x "$venv/bin/python" ] || ! cmp -s requirements.txt "$venv/.installed-requirements"; then
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
-  cp requirements.txt "$venv/.installed-requirements"
+# PYTHON=/path/to/python uses that interpreter as it is, with no venv: for a machine whose Python already
+# has torch >= 2.11 and the rest, such as a GPU image without a package registry.
+if [ -n "${PYTHON:-}" ]; then
+  python="$PYTHON"
+  torchrun=("$python" -m torch.distributed.run)
+else
+  venv=.venv
+  if [ ! -x "$venv/bin/python" ] || ! cmp -s requirements.txt "$venv/.installed-requirements"; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    cp requirements.txt "$venv/.installed-requirements"
+  fi
+  python="$venv/bin/python"
+  torchrun=("$venv/bin/torchrun")
 fi
 
 if [ "${1:-}" = "test" ]; then
   shift
-  exec "$venv/bin/python" -m pytest -q tests "$@"
+  exec "$python" -m pytest -q tests "$@"
 fi
 
 if [ "$#" -eq 0 ]; then
@@ -25,6 +34,6 @@ fi
 # Elastic restarts (--max-restarts) must not reuse the agent's store, which still holds the
 # dead workers' addresses (pytorch/pytorch#135712); see docs/SCALING.md.
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
-gpus=$("$venv/bin/python" -c "import torch; print(torch.cuda.device_count())")
+gpus=$("$python" -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -eq 0 ]; then nproc=2; elif [ "$gpus" -eq 1 ]; then nproc=1; else nproc=2; fi
-exec "$venv/bin/torchrun" --standalone --nproc_per_node="${NPROC:-$nproc}" -m distributed.main "$@"
+exec "${torchrun[@]}" --standalone --nproc_per_node="${NPROC:-$nproc}" -m distributed.main "$@"

@@ -20,36 +20,17 @@ busy, whatever the machine's core count.
 import argparse
 import os
 import resource
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
-from torchvision.io import encode_jpeg
 
+from bench.images import examples_loader, make_jpegs, pack_jpegs
 from data.augment import Augmenter
 from data.loader import train_batches
 from data.order import EpochOrder
 from data.packed import open_packed
-from data.prepare import prepare
-
-CLASSES = 8
-
-
-def make_jpegs(root: Path, count: int) -> None:
-    """`count` JPEGs of about 400x350 in CLASSES folders: smooth colour fields plus grain, like photographs."""
-    rng = torch.Generator().manual_seed(0)
-    for i in range(count):
-        height, width = 330 + int(torch.randint(41, (), generator=rng)), 380 + int(torch.randint(41, (), generator=rng))
-        coarse = torch.rand(1, 3, 6, 6, generator=rng) * 255
-        image = torch.nn.functional.interpolate(coarse, (height, width), mode="bicubic")[0]
-        image = image + torch.randn(3, height, width, generator=rng) * 12
-        folder = root / f"class_{i % CLASSES}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i:05d}.jpg").write_bytes(encode_jpeg(image.clamp(0, 255).to(torch.uint8), quality=90).numpy().tobytes())
 
 
 def cpu_seconds() -> float:
@@ -70,17 +51,8 @@ def measure(epoch_batches, epochs: int) -> tuple[float, float, int]:
 
 
 def baseline(folder: Path, batch: int, workers: int):
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(224),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ])
-    images = datasets.ImageFolder(str(folder), transform=transform)
-
     def epoch_batches(epoch: int):
-        loader = DataLoader(images, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
-        return (x for x, _ in loader)
+        return (x for x, _ in examples_loader(folder, batch, workers))
 
     return epoch_batches
 
@@ -92,7 +64,9 @@ def packed(root: Path, batch: int, workers: int, augment: bool):
     rng = torch.Generator().manual_seed(0)
 
     def epoch_batches(epoch: int):
-        loaded = train_batches(data.train, order, max(epoch, 0), 0, 0, 1, workers, prefetch=4, pin_memory=False)
+        first = max(epoch, 0) * order.steps_per_epoch
+        loaded = train_batches(data.train, order, first, first + order.steps_per_epoch, 0, 1, workers, prefetch=4,
+                               pin_memory=False)
         return (augmenter.train(x, rng) if augment else x for x, _ in loaded)
 
     return epoch_batches
@@ -111,15 +85,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         jpegs, pack = Path(tmp) / "jpegs", Path(tmp) / "pack"
         make_jpegs(jpegs, args.images)
-        # A pack needs a validation split to open; one image per class, nothing is evaluated here.
-        val = Path(tmp) / "val"
-        val.mkdir()
-        firsts = [sorted(folder.iterdir())[0] for folder in sorted(jpegs.iterdir())]
-        for path in firsts:
-            shutil.copy(path, val / path.name)
-        (Path(tmp) / "val.txt").write_text("".join(f"{p.name} {p.parent.name}\n" for p in firsts))
         start = time.perf_counter()
-        prepare(jpegs, pack, val, Path(tmp) / "val.txt", workers=os.cpu_count())
+        pack_jpegs(jpegs, pack, workers=os.cpu_count())
         packing = time.perf_counter() - start
 
         runs = [

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from distributed.exchange import ExchangeClock, gather_channels, sum_across_ranks
+from distributed.exchange import ProcessGroupExchange
 from tests.conftest import run_workers
 
 
@@ -21,10 +21,11 @@ def _bench(rank: int, world: int, batch: int, repeats: int) -> None:
     fc7_half = torch.randn(batch, 2048, requires_grad=True)
     split = nn.Linear(2048, 1000, bias=rank == 0)
     whole = nn.Linear(4096, 1000)
-    group, clock = dist.group.WORLD, ExchangeClock()
+    exchange = ProcessGroupExchange(dist.group.WORLD)
+    clock = exchange.clock
     ways = {
-        "split by input, all-reduce 1000 floats/image": lambda: sum_across_ranks(split(fc7_half), group, clock),
-        "gather FC7 (2048 floats/image), FC8 on both": lambda: whole(gather_channels(fc7_half, group, clock)),
+        "split by input, all-reduce 1000 floats/image": lambda: exchange.sum([split(fc7_half)]),
+        "gather FC7 (2048 floats/image), FC8 on both": lambda: whole(exchange.gather([fc7_half])),
     }
     for name, way in ways.items():
         for _ in range(3):

@@ -39,7 +39,7 @@ class Augmenter:
         lefts = torch.randint(span, (total,), generator=rng)[share]
         flips = (torch.rand(total, generator=rng) < 0.5)[share] if self.flip else torch.zeros(n, dtype=torch.bool)
         alphas = (torch.randn(total, 3, generator=rng) * self.pca_std)[share]
-        shifts = alphas.to(images.device) @ self.pca_basis.T if self.pca_std > 0 else None
+        shifts = to_device(alphas, images.device) @ self.pca_basis.T if self.pca_std > 0 else None
         return self.patches(images, tops, lefts, flips, shifts)
 
     def centre(self, images: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ class Augmenter:
         if shifts is not None:
             x = x + shifts[:, :, None, None]
         # On a GPU one gather for the whole batch beats a kernel launch per image.
-        tops, lefts, flips = tops.to(x.device), lefts.to(x.device), flips.to(x.device)
+        tops, lefts, flips = (to_device(t, x.device) for t in (tops, lefts, flips))
         steps = torch.arange(self.crop, device=x.device)
         rows = tops[:, None] + steps
         cols = lefts[:, None] + torch.where(flips[:, None], self.crop - 1 - steps, steps)
@@ -91,3 +91,11 @@ class Augmenter:
                 patch += shifts[i][:, None, None]
             out[i] = patch.flip(-1) if flip else patch
         return out
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device` without blocking the host: a plain copy to a GPU waits for the
+    copy to finish, which would stall the step's queue of work once per batch."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

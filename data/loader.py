@@ -9,19 +9,20 @@ from data.order import EpochOrder
 from data.sources import ImageSet
 
 
-class _EpochBatches(Dataset):
-    """Item k is this replica's share of step `first_step + k` of `epoch`."""
+class _StepBatches(Dataset):
+    """Item k is this replica's share of step `first_step + k` of the run, counted across epochs,
+    so one loader (and its loading processes) serves a whole run, prefetching over epoch ends."""
 
-    def __init__(self, images: ImageSet, order: EpochOrder, epoch: int, first_step: int, replica: int, replicas: int):
-        self.images, self.order, self.epoch = images, order, epoch
-        self.first_step, self.replica, self.replicas = first_step, replica, replicas
+    def __init__(self, images: ImageSet, order: EpochOrder, first_step: int, end_step: int, replica: int, replicas: int):
+        self.images, self.order = images, order
+        self.first_step, self.end_step, self.replica, self.replicas = first_step, end_step, replica, replicas
 
     def __len__(self) -> int:
-        return self.order.steps_per_epoch - self.first_step
+        return self.end_step - self.first_step
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        indices = self.order.batch(self.epoch, self.first_step + k, self.replica, self.replicas)
-        return self.images.load(indices)
+        epoch, step = divmod(self.first_step + k, self.order.steps_per_epoch)
+        return self.images.load(self.order.batch(epoch, step, self.replica, self.replicas))
 
 
 class _Chunks(Dataset):
@@ -49,11 +50,12 @@ def _loader(dataset: Dataset, workers: int, prefetch: int, pin_memory: bool) -> 
 
 
 def train_batches(
-    images: ImageSet, order: EpochOrder, epoch: int, first_step: int, replica: int, replicas: int,
+    images: ImageSet, order: EpochOrder, first_step: int, end_step: int, replica: int, replicas: int,
     workers: int, prefetch: int, pin_memory: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The rest of `epoch` from `first_step` on, for one replica."""
-    return iter(_loader(_EpochBatches(images, order, epoch, first_step, replica, replicas), workers, prefetch, pin_memory))
+    """Steps [first_step, end_step) of the run (across epochs), for one replica."""
+    dataset = _StepBatches(images, order, first_step, end_step, replica, replicas)
+    return iter(_loader(dataset, workers, prefetch, pin_memory))
 
 
 def eval_share(size: int, replica: int, replicas: int) -> torch.Tensor:

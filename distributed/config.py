@@ -21,6 +21,10 @@ class ConfigError(ValueError):
     """A config value, file or launch setting that cannot work; the message names it."""
 
 
+SWITCH = ("auto", "on", "off")
+"""The values of a fast-path switch; auto is chosen per device (distributed/fast_path.py)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The paper's optimisation recipe and the run's length."""
@@ -51,11 +55,21 @@ class TrainConfig:
     """Seeds init, dropout, data order and augmentation."""
     device: str = "auto"
     """auto (cuda when present), cpu or cuda."""
-    precision: str = "fp32"
-    """fp32 (exact reproduction) or bf16 (autocast, GPU)."""
+    precision: str = "auto"
+    """fp32 (exact reproduction: no TF32 either), tf32 (fp32 weights, TF32 matrix units; GPU),
+    bf16 (autocast) or auto (distributed/fast_path.py: bf16 on a GPU, fp32 on a CPU)."""
+    channels_last: str = "auto"
+    """on, off or auto: activations and conv weights in NHWC (distributed/fast_path.py)."""
+    compile: str = "auto"
+    """on, off or auto: torch.compile each tower's stages, once per shape (distributed/fast_path.py)."""
+    cudnn_benchmark: str = "auto"
+    """on, off or auto (on with a GPU): let cuDNN time its convolution algorithms on the first step."""
     stop_at_train_error: float = 0.0
     """End the run after the first epoch whose training top-1 error is at or below this
     (0: never). The paper's Figure 1 counts the epochs each net needs to reach 0.25."""
+    stop_when_converged: bool = False
+    """End the run once the learning rate has been dropped lr_drops times and validation error has
+    then not improved for plateau_patience epochs (the paper stopped after its third drop)."""
     resume: bool = False
     """Continue from the latest checkpoint in checkpoint.dir when there is one."""
 
@@ -64,7 +78,10 @@ class TrainConfig:
         for key, allowed in {
             "optimizer": ("paper", "torch_sgd"),
             "device": ("auto", "cpu", "cuda"),
-            "precision": ("fp32", "bf16"),
+            "precision": ("auto", "fp32", "tf32", "bf16"),
+            "channels_last": SWITCH,
+            "compile": SWITCH,
+            "cudnn_benchmark": SWITCH,
         }.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r}: must be one of {allowed}")
@@ -86,10 +103,15 @@ class ParallelConfig:
 
     tower_parallel: bool = True
     """With more than one process: one tower per process (pairs form a replica)."""
+    backend: str = "auto"
+    """auto (nccl on GPUs, gloo on CPUs), nccl, or gloo: gloo also lets two tower processes share
+    one GPU, which NCCL refuses; their exchanges then travel through host memory."""
     timeout_s: float = 300.0
     """Seconds a collective waits for a dead or stalled peer before the run fails."""
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"backend={self.backend!r}: must be one of ('auto', 'nccl', 'gloo')")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s={self.timeout_s}: must be positive")
 
@@ -178,6 +200,8 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/true/false as booleans: a switch's values
+            return "on" if value else "off"
     raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
 
 

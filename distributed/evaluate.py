@@ -21,7 +21,6 @@ from data.augment import Augmenter
 from data.sources import open_datasets
 from distributed import checkpoint
 from distributed.config import Config, ConfigError
-from distributed.exchange import ProcessGroupExchange
 from distributed.feed import validation_batches
 from distributed.layout import Layout
 from distributed.metrics import ten_patch_probabilities, topk_wrong
@@ -79,7 +78,7 @@ def evaluate(cfg: Config, paths: Sequence[str | Path], run: Layout) -> dict[str,
     plan, device = run.plan, run.plan.device
     data = open_datasets(cfg.data, cfg.train.seed)
     augment = Augmenter(data.stats, cfg.model.input_size, cfg.data.mean, cfg.data.flip, cfg.data.pca_std, device)
-    exchange = ProcessGroupExchange(run.tower_group) if run.tower_group is not None else None
+    exchange = run.exchange()
     nets = [load_network(cfg, p, device, plan.tower_indices(cfg.model.towers), exchange) for p in paths]
     batches = validation_batches(data.val, cfg, run)
     totals = torch.zeros(5, device=device)  # wrong top-1/top-5 of the centre crop, of ten patches; images

@@ -49,48 +49,24 @@ class ExchangeClock:
 
 class _GatherChannels(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
-        ctx.group, ctx.clock = group, clock
-        start = time.perf_counter()
-        world = dist.get_world_size(group)
-        gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
-        dist.all_gather_into_tensor(gathered, local.contiguous(), group=group)
-        clock.forward += time.perf_counter() - start
-        return _from_rank_major(gathered, world)
+    def forward(ctx, local: torch.Tensor, exchange: "ProcessGroupExchange") -> torch.Tensor:
+        ctx.exchange = exchange
+        return exchange.start_gather([local]).wait()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        start = time.perf_counter()
-        world = dist.get_world_size(ctx.group)
-        blocks = _to_rank_major(grad, world)
-        local = blocks.new_empty((blocks.shape[0] // world, *blocks.shape[1:]))
-        dist.reduce_scatter_tensor(local, blocks, op=dist.ReduceOp.SUM, group=ctx.group)
-        ctx.clock.backward += time.perf_counter() - start
-        return local, None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (local,) = ctx.exchange.start_gather_grad(grad, 1).wait()
+        return local, None
 
 
 class _SumAcrossRanks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
-        start = time.perf_counter()
-        total = local.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-        clock.forward += time.perf_counter() - start
-        return total
+    def forward(ctx, local: torch.Tensor, exchange: "ProcessGroupExchange") -> torch.Tensor:
+        return exchange.start_sum([local]).wait()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return grad, None, None
-
-
-def gather_channels(local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
-    """forward: all-gather along dim 1 in rank order; backward: reduce-scatter (sum)."""
-    return _GatherChannels.apply(local, group, clock)
-
-
-def sum_across_ranks(local: torch.Tensor, group: ProcessGroup, clock: ExchangeClock) -> torch.Tensor:
-    """forward: all-reduce (sum); backward: identity (every rank's loss is the same)."""
-    return _SumAcrossRanks.apply(local, group, clock)
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
 
 
 class Pending:
@@ -112,67 +88,83 @@ class Pending:
 
 
 class ProcessGroupExchange:
-    """One tower per process: the exchange runs over the replica's tower group."""
+    """One tower per process: the exchange runs over the replica's tower group.
 
-    def __init__(self, group: ProcessGroup) -> None:
-        self.group = group
+    `staged`: the tower processes share a GPU over gloo (NCCL refuses two ranks on one
+    device). gloo's CUDA support does not reach every collective used here, so in that
+    mode alone each exchange is copied to host memory, sent, and copied back: correct,
+    and slower than NCCL between two GPUs.
+    """
+
+    def __init__(self, group: ProcessGroup, staged: bool = False) -> None:
+        self.group, self.staged = group, staged
         self.clock = ExchangeClock()
 
     def gather(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """forward: all-gather along dim 1 in rank order; backward: reduce-scatter (sum)."""
         (local,) = parts
-        return gather_channels(local, self.group, self.clock)
+        return _GatherChannels.apply(local, self)
 
     def sum(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        # FC8 split by input sends 1000 partial logits per image instead of gathering
-        # 2048 FC7 activations and computing FC8 twice; see docs/BENCHMARKS.md.
-        (local,) = parts
-        return sum_across_ranks(local, self.group, self.clock)
+        """forward: all-reduce (sum); backward: identity (every rank's loss is the same).
 
-    # The same exchanges issued asynchronously, for the pipelined step (distributed/pipeline.py),
-    # which drives backward itself and so calls the duals explicitly.
+        FC8 split by input sends 1000 partial logits per image instead of gathering
+        2048 FC7 activations and computing FC8 twice; see docs/BENCHMARKS.md."""
+        (local,) = parts
+        return _SumAcrossRanks.apply(local, self)
+
+    # The same exchanges in flight, for the pipelined step (distributed/pipeline.py), which
+    # drives backward itself and so calls the duals explicitly; the autograd functions above
+    # are these, waited on at once.
 
     @torch.no_grad()
     def start_gather(self, parts: Sequence[torch.Tensor]) -> Pending:
         """forward: all-gather along dim 1, in flight."""
         (local,) = parts
         world = dist.get_world_size(self.group)
-        gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
-        work = dist.all_gather_into_tensor(gathered, local.contiguous(), group=self.group, async_op=True)
-        return Pending(work, lambda: _from_rank_major(gathered, world), self.clock, "forward")
+        send = self._out(local.contiguous())
+        gathered = send.new_empty((world * send.shape[0], *send.shape[1:]))
+        work = dist.all_gather_into_tensor(gathered, send, group=self.group, async_op=True)
+        return Pending(work, lambda: _from_rank_major(self._back(gathered, local), world), self.clock, "forward")
 
     @torch.no_grad()
     def start_gather_grad(self, grad: torch.Tensor, count: int) -> Pending:
         """backward of the gather: reduce-scatter (sum), in flight; resolves to [local grad]."""
         world = dist.get_world_size(self.group)
-        blocks = _to_rank_major(grad, world)
+        blocks = self._out(_to_rank_major(grad, world))
         local = blocks.new_empty((blocks.shape[0] // world, *blocks.shape[1:]))
         work = dist.reduce_scatter_tensor(local, blocks, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-        return Pending(work, lambda: [local], self.clock, "backward")
+        return Pending(work, lambda: [self._back(local, grad)], self.clock, "backward")
 
     @torch.no_grad()
     def start_sum(self, parts: Sequence[torch.Tensor]) -> Pending:
         """forward: all-reduce (sum), in flight. Its backward is the identity."""
         (local,) = parts
-        total = local.clone()
+        total = self._out(local).clone()
         work = dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-        return Pending(work, lambda: total, self.clock, "forward")
+        return Pending(work, lambda: self._back(total, local), self.clock, "forward")
+
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        return t.cpu() if self.staged else t
+
+    def _back(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.to(like.device) if self.staged else t
 
 
-class LocalAsyncExchange:
-    """Both towers in this process: the pipelined step's exchanges, done at once."""
+class LocalAsyncExchange(LocalExchange):
+    """Both towers in this process: the model's concatenation, and the pipelined step's exchanges done at once."""
 
     def __init__(self) -> None:
-        self.local = LocalExchange()
         self.clock = ExchangeClock()
 
     def start_gather(self, parts: Sequence[torch.Tensor]) -> Pending:
-        return self._done(self.local.gather(parts))
+        return self._done(self.gather(parts))
 
     def start_gather_grad(self, grad: torch.Tensor, count: int) -> Pending:
         return self._done(list(grad.chunk(count, dim=1)))
 
     def start_sum(self, parts: Sequence[torch.Tensor]) -> Pending:
-        return self._done(self.local.sum(parts))
+        return self._done(self.sum(parts))
 
     def _done(self, value) -> Pending:
         return Pending(None, lambda: value, self.clock, "forward")

@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from distributed.config import Config, ConfigError
+from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
+from distributed.fast_path import FastPath
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class Plan:
     """Processes one replica's towers are spread over: 1 or 2."""
     replicas: int
     device: torch.device
+    backend: str
+    """nccl or gloo."""
+    fast: FastPath
 
     @property
     def replica(self) -> int:
@@ -51,8 +56,9 @@ class Plan:
         return self.rank == 0
 
     @property
-    def backend(self) -> str:
-        return "nccl" if self.device.type == "cuda" else "gloo"
+    def staged_exchange(self) -> bool:
+        """Tower processes talk over gloo with CUDA tensors (sharing one GPU): exchanges go through host memory."""
+        return self.backend == "gloo" and self.device.type == "cuda"
 
 
 def plan_from_env(cfg: Config, env: dict[str, str] | None = None) -> Plan:
@@ -76,23 +82,30 @@ def plan_from_env(cfg: Config, env: dict[str, str] | None = None) -> Plan:
             f"train.batch_size={cfg.train.batch_size} is not divisible by {replicas} replica(s) x "
             f"train.micro_batches={cfg.train.micro_batches}"
         )
-    device = _device(cfg.train.device, local_rank, local_world)
-    if cfg.train.precision == "bf16" and device.type != "cuda":
-        raise ConfigError("train.precision=bf16 needs a GPU (train.device=cuda); use fp32 on CPU")
-    return Plan(world, rank, local_rank, tower_processes, replicas, device)
+    backend = cfg.parallel.backend
+    device = _device(cfg.train.device, local_rank, local_world, backend)
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError("parallel.backend=nccl needs a GPU per process; use gloo (or auto) on CPU")
+    return Plan(world, rank, local_rank, tower_processes, replicas, device, backend, FastPath.resolve(cfg.train, device))
 
 
-def _device(choice: str, local_rank: int, local_world: int) -> torch.device:
+def _device(choice: str, local_rank: int, local_world: int, backend: str) -> torch.device:
     has_cuda = torch.cuda.is_available()
     if choice == "cuda" and not has_cuda:
         raise ConfigError("train.device=cuda but no GPU is visible")
     if choice == "cpu" or not has_cuda:
         return torch.device("cpu")
-    if local_world > torch.cuda.device_count():
-        raise ConfigError(
-            f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): NCCL needs one GPU "
-            "per process; run --nproc_per_node=1 to hold both towers in one process"
-        )
+    gpus = torch.cuda.device_count()
+    if local_world > gpus:
+        if backend != "gloo":
+            raise ConfigError(
+                f"{local_world} processes on this node but {gpus} GPU(s): NCCL needs one GPU per process; "
+                "run --nproc_per_node=1 to hold both towers in one process, or parallel.backend=gloo to let "
+                "the processes share the GPU (slower: exchanges go through host memory)"
+            )
+        return torch.device("cuda", local_rank % gpus)
     return torch.device("cuda", local_rank)
 
 
@@ -104,6 +117,12 @@ class Layout:
     mesh: DeviceMesh | None
     tower_group: dist.ProcessGroup | None
     replica_group: dist.ProcessGroup | None
+
+    def exchange(self) -> LocalAsyncExchange | ProcessGroupExchange:
+        """How this process's towers meet the others': over the tower group, or within the process."""
+        if self.tower_group is None:
+            return LocalAsyncExchange()
+        return ProcessGroupExchange(self.tower_group, staged=self.plan.staged_exchange)
 
 
 def start(plan: Plan, timeout_s: float) -> Layout:

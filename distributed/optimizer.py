@@ -75,6 +75,11 @@ class PlateauSchedule:
         self.apply()
         return True
 
+    @property
+    def converged(self) -> bool:
+        """Every drop spent, and no better validation error for `patience` evaluations since."""
+        return self.drops >= self.max_drops and self.epochs_without_gain >= self.patience
+
     def apply(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr

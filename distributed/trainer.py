@@ -1,6 +1,5 @@
 """The training loop: forward, loss, backward, step; evaluation, logs and checkpoints around it."""
 
-import contextlib
 import math
 import os
 import time
@@ -18,14 +17,13 @@ from data.order import EpochOrder
 from data.sources import open_datasets
 from distributed import checkpoint
 from distributed.config import Config, ConfigError, to_dict
-from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
 from distributed.feed import IMAGE_SHAPE, shared_batches, validation_batches
 from distributed.figures import conv1_kernels, log_conv1_kernels
 from distributed.layout import Layout
 from distributed.metrics import MetricLogger, ten_patch_probabilities, topk_wrong
 from distributed.optimizer import PlateauSchedule, build_optimizer
 from distributed.pipeline import PipelinedStep
-from model.alexnet import AlexNet, LocalExchange
+from model.alexnet import AlexNet
 
 
 class NonFiniteLoss(RuntimeError):
@@ -59,15 +57,16 @@ class Trainer:
             )
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
         self.order = EpochOrder(len(self.data.train), cfg.train.batch_size, cfg.train.seed)
-        if layout.tower_group is not None:
-            self.exchange = self.async_exchange = ProcessGroupExchange(layout.tower_group)
-        else:
-            self.exchange, self.async_exchange = LocalExchange(), LocalAsyncExchange()
+        self.exchange = layout.exchange()
+        self.fast = self.plan.fast
+        self.fast.apply_process_flags()
         # Init on the CPU so every layout and device starts from the same numbers.
         self.model = AlexNet(cfg.model, self.plan.tower_indices(cfg.model.towers), self.exchange)
         self.model.init_paper(cfg.train.seed)
-        self.model.to(self.device)
-        self.pipeline = PipelinedStep(self.model, self.async_exchange, layout.replica_group)
+        self.model.to(self.device, memory_format=self.fast.memory_format)
+        if self.fast.compile:
+            self.model.compile_stages()
+        self.pipeline = PipelinedStep(self.model, self.exchange, layout.replica_group)
         t = cfg.train
         self.optimizer = build_optimizer(self.model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
         self.schedule = PlateauSchedule(self.optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
@@ -93,27 +92,29 @@ class Trainer:
         aug_rng = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, self.step, 0, 0))
         self.model.seed_dropout(step_seed(self.cfg.train.seed, self.step, replica, 1))
         inputs = self.augment.train(images, aug_rng, replica * len(labels), self.cfg.train.batch_size)
+        # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
+        inputs = inputs.contiguous(memory_format=self.fast.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, wrong = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self._autocast)
         self.optimizer.step()
         return loss_sum, wrong
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.fast.autocast(self.device)
 
     # -- data ------------------------------------------------------------------------------
 
-    def _epoch_feed(self, epoch: int, first_step: int):
-        steps = self.order.steps_per_epoch - first_step
+    def feed(self, first_step: int):
+        """Every remaining step's batch: one loader for the run, prefetching across epoch ends (and so
+        under the evaluation at each), instead of new loading processes every epoch."""
         loaded = None
         if self.plan.loads_data:
             loaded = train_batches(
-                self.data.train, self.order, epoch, first_step, self.plan.replica, self.plan.replicas,
+                self.data.train, self.order, first_step, self.total_steps, self.plan.replica, self.plan.replicas,
                 self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
             )
-        return shared_batches(loaded, [self.replica_batch] * steps, IMAGE_SHAPE, self.layout.tower_group, self.device)
+        sizes = [self.replica_batch] * (self.total_steps - first_step)
+        return shared_batches(loaded, sizes, IMAGE_SHAPE, self.layout.tower_group, self.device)
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -186,6 +187,10 @@ class Trainer:
     def run(self) -> Evaluation:
         """Train to the configured length, evaluating and checkpointing each epoch."""
         self._check_checkpoint_space()
+        if self.plan.logs:
+            p = self.plan
+            print(f"processes: {p.world} ({p.replicas} replica(s) x {p.tower_processes} tower process(es)) on "
+                  f"{self.device}, backend {p.backend}; {self.fast.describe()}", flush=True)
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         if self.cfg.train.resume or restarted:
             self.resume()
@@ -195,28 +200,26 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         window = _Window(self.device)
         result = None
+        feed = self.feed(self.step)
         while self.step < self.total_steps and not self.reached_target:
-            epoch, first = divmod(self.step, per_epoch)
-            feed = self._epoch_feed(epoch, first)
-            while self.step < self.total_steps and self.step // per_epoch == epoch:
-                wait_start = time.perf_counter()
-                images, labels = next(feed)
-                window.data_wait += time.perf_counter() - wait_start
-                loss, wrong = self.train_step(images, labels)
-                window.add(loss, wrong, len(labels))
-                self.epoch_tally[0] += wrong[0]
-                self.epoch_tally[1] += len(labels)
-                self.step += 1
-                bar.update(1)
-                if self.step % self.cfg.log.every_steps == 0:
-                    self._log_window(window, bar)
-                    window = _Window(self.device)
-                if self.cfg.checkpoint.every_steps and self.step % self.cfg.checkpoint.every_steps == 0:
-                    self._check_finite(window)
-                    self.save()
-            feed.close()
+            wait_start = time.perf_counter()
+            images, labels = next(feed)
+            window.data_wait += time.perf_counter() - wait_start
+            loss, wrong = self.train_step(images, labels)
+            window.add(loss, wrong, len(labels))
+            self.epoch_tally[0] += wrong[0]
+            self.epoch_tally[1] += len(labels)
+            self.step += 1
+            bar.update(1)
+            if self.step % self.cfg.log.every_steps == 0:
+                self._log_window(window, bar)
+                window = _Window(self.device)
+            if self.cfg.checkpoint.every_steps and self.step % self.cfg.checkpoint.every_steps == 0:
+                self._check_finite(window)
+                self.save()
             if self.step % per_epoch == 0:
-                result = self._end_of_epoch(epoch)
+                result = self._end_of_epoch(self.step // per_epoch - 1)
+        feed.close()
         bar.close()
         mid_epoch = self.step % per_epoch != 0
         if mid_epoch:  # stopped by max_steps: keep the place, leave the schedule be
@@ -242,10 +245,11 @@ class Trainer:
         wrong, images = tally.tolist()
         train_top1 = wrong / images
         target = self.cfg.train.stop_at_train_error
-        self.reached_target = 0 < target and train_top1 <= target
         result = self.evaluate()
-        self.async_exchange.clock.reset()  # evaluation's exchanges are not the training step's
+        self.exchange.clock.reset()  # evaluation's exchanges are not the training step's
         dropped = self.schedule.step(result.top1)
+        converged = self.cfg.train.stop_when_converged and self.schedule.converged
+        self.reached_target = (0 < target and train_top1 <= target) or converged
         # Figure 3 as training goes: each tower's conv1 kernels and how colourful they are.
         log_conv1_kernels(self.logger, conv1_kernels(self.model, self.layout.tower_group), self.step)
         self.logger.scalars(self.step, {
@@ -254,7 +258,9 @@ class Trainer:
         })
         if self.plan.logs:
             note = f", lr dropped to {self.schedule.lr:g}" if dropped else ""
-            if self.reached_target:
+            if converged:
+                note += "; validation error stopped improving after the last lr drop, stopping"
+            elif self.reached_target:
                 note += f"; reached train.stop_at_train_error={target:g}, stopping"
             print(f"epoch {epoch + 1}: train top-1 error {train_top1:.4f}, val top-1 error {result.top1:.4f}, "
                   f"top-5 {result.top5:.4f}{note}", flush=True)
@@ -296,7 +302,7 @@ class Trainer:
             "time/data_wait_pct": 100 * window.data_wait / elapsed,
         }
         # Exposed exchange time: what the step spent waiting for exchanges to land.
-        clock = self.async_exchange.clock
+        clock = self.exchange.clock
         values["time/exchange_forward_s"] = clock.forward / steps
         values["time/exchange_backward_s"] = clock.backward / steps
         values["time/exchange_pct"] = 100 * (clock.forward + clock.backward) / elapsed

@@ -93,38 +93,39 @@ class Tower(nn.Module):
         self.dropout_p = cfg.dropout
 
     def to_conv3(self, image: torch.Tensor) -> torch.Tensor:
-        """conv1, conv2 (each ReLU, LRN, pool): this tower's half of conv3's input."""
+        """Stage 0. conv1, conv2 (each ReLU, LRN, pool): this tower's half of conv3's input."""
         x = self.pool(self.lrn(self.act(self.conv1(image))))
         return self.pool(self.lrn(self.act(self.conv2(x))))
 
     def to_fc6(self, both_towers: torch.Tensor) -> torch.Tensor:
-        """conv3 (both towers' maps), conv4, conv5, pool: this tower's half of FC6's input."""
+        """Stage 1. conv3 (both towers' maps), conv4, conv5, pool: this tower's half of FC6's input."""
         x = self.act(self.conv3(both_towers))
         x = self.act(self.conv4(x))
         return self.pool(self.act(self.conv5(x))).flatten(1)
 
-    def stage(self, index: int, x: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
-        """Stage `index` of STAGES: what this tower computes between two exchanges."""
-        if index == 0:
-            return self.to_conv3(x)
-        if index == 1:
-            return self.to_fc6(x)
-        if index == 2:
-            return self.fc(self.fc6, x, rng)
-        return self.fc8(self.fc(self.fc7, x, rng))
+    def to_fc7(self, both_towers: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Stage 2. FC6 on both towers' pool5 maps, ReLU, dropout: this tower's half of FC7's input."""
+        return dropped(self.act(self.fc6(both_towers)), keep)
 
-    def fc(self, layer: nn.Linear, both_towers: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
-        """FC6 or FC7 on both towers' activations, ReLU, then dropout drawn from `rng`."""
-        return self.dropout(self.act(layer(both_towers)), rng)
+    def to_logits(self, both_towers: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Stage 3. FC7 on both towers' FC6 outputs, ReLU, dropout, then this tower's part of FC8's logits."""
+        return self.fc8(dropped(self.act(self.fc7(both_towers)), keep))
 
-    def dropout(self, x: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
-        # Each tower draws its masks from its own generator, so a tower's masks do not
-        # depend on whether the other tower lives in the same process.
+    def stages(self) -> tuple:
+        """The four stage functions, in order; stages 2 and 3 also take a dropout mask (or None)."""
+        return (self.to_conv3, self.to_fc6, self.to_fc7, self.to_logits)
+
+    def dropout_mask(self, images: int, rng: torch.Generator | None, device: torch.device) -> torch.Tensor | None:
+        """The kept units of FC6 or FC7 for `images` images, scaled by 1/keep (inverted dropout); None in eval.
+
+        Drawn outside the stage functions, from the tower's own generator, so a tower's masks
+        do not depend on whether the other tower lives in the same process, and a compiled
+        stage is a pure function of its inputs.
+        """
         if not self.training or self.dropout_p == 0:
-            return x
+            return None
         keep = 1.0 - self.dropout_p
-        mask = torch.empty_like(x).bernoulli_(keep, generator=rng)
-        return x * mask / keep
+        return torch.empty(images, self.fc7.out_features, device=device).bernoulli_(keep, generator=rng).div_(keep)
 
     def init_paper(self, weight_std: float, bias_init: float, rng: torch.Generator) -> None:
         """Weights ~ N(0, weight_std^2); biases `bias_init` in BIAS_ONE_LAYERS, else 0."""
@@ -154,6 +155,7 @@ class AlexNet(nn.Module):
         self.towers = nn.ModuleDict({str(i): Tower(cfg, i) for i in indices})
         self.exchange = exchange or LocalExchange()
         self.dropout_rngs: dict[str, torch.Generator] = {}
+        self.compiled: dict[str, tuple] = {}
 
     def init_paper(self, seed: int) -> None:
         """The paper's init, each tower from its own seed so every layout starts equal.
@@ -174,9 +176,22 @@ class AlexNet(nn.Module):
             for key, t in self.towers.items()
         }
 
+    def compile_stages(self) -> None:
+        """torch.compile each tower's stage functions for training. Each stage is its own function,
+        so each compiles once per input shape; evaluation (other batch sizes, no dropout) stays eager
+        rather than spending a recompilation on every shape it meets."""
+        self.compiled = {key: tuple(torch.compile(f, dynamic=False) for f in t.stages()) for key, t in self.towers.items()}
+
     def stage(self, index: int, x: torch.Tensor) -> list[torch.Tensor]:
         """Stage `index` of every tower this process holds, on the exchanged input `x`."""
-        return [t.stage(index, x, self.dropout_rngs.get(k)) for k, t in self.towers.items()]
+        outputs = []
+        for key, tower in self.towers.items():
+            run = (self.compiled[key] if self.training and self.compiled else tower.stages())[index]
+            if index < 2:
+                outputs.append(run(x))
+            else:
+                outputs.append(run(x, tower.dropout_mask(x.shape[0], self.dropout_rngs.get(key), x.device)))
+        return outputs
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits: the stages joined by gathers, FC8's partial logits summed across towers."""
@@ -190,7 +205,12 @@ class AlexNet(nn.Module):
         x = image
         for index in range(STAGES - 1):
             x = self.exchange.gather(self.stage(index, x))
-        return self.exchange.gather([t.fc(t.fc7, x, None) for t in self.towers.values()])
+        return self.exchange.gather([t.act(t.fc7(x)) for t in self.towers.values()])
+
+
+def dropped(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """x with dropout's scaled mask applied, or x itself without one."""
+    return x if keep is None else x * keep
 
 
 def tower_seed(seed: int, tower: int, purpose: str) -> int:

@@ -65,3 +65,10 @@ def test_plateau_patience_and_state_round_trip():
     sched2.load_state_dict(sched.state_dict())
     assert sched2.state_dict() == sched.state_dict()
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_converged_once_every_drop_is_spent_and_patience_runs_out():
+    _, schedule = _schedule(patience=2, drops=1)
+    for error, converged in [(0.5, False), (0.6, False), (0.6, False), (0.4, False), (0.5, False), (0.5, True)]:
+        schedule.step(error)  # the drop comes at the third error; the last two fail to beat 0.4
+        assert schedule.converged == converged, (error, schedule.state_dict())

@@ -18,7 +18,7 @@ from distributed import checkpoint, layout
 from distributed.config import ConfigError, load_config
 from distributed.trainer import NonFiniteLoss, Trainer
 from tests.conftest import ROOT, free_port, run_workers
-from tests.trainer_runs import SMALL, weights_and_velocity
+from tests.trainer_runs import SMALL, small_config, weights_and_velocity
 
 # Crops, reflections and colour noise are drawn for the whole batch, the same in every layout;
 # dropout masks are drawn per replica's towers, so the layout comparison turns dropout off.
@@ -26,11 +26,8 @@ DETERMINISTIC = ["model.dropout=0", "train.batch_size=4", "train.max_steps=3", "
 
 
 def _small(run_dir: Path, *overrides: str):
-    """trainer_runs.SMALL, later overrides replacing earlier ones (load_config refuses a key given twice)."""
-    # Batches of 2-4 images: one micro-batch each unless a test asks for more.
-    given = ["train.micro_batches=1", *SMALL, f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck", *overrides]
-    last = {o.partition("=")[0]: o for o in given}
-    return load_config([ROOT / "config.yaml"], last.values())
+    """trainer_runs.small_config with batches of 2-4 images: one micro-batch each unless a test asks for more."""
+    return small_config(run_dir, "train.micro_batches=1", *overrides)
 
 
 def train(run_dir: Path, *overrides: str) -> Trainer:

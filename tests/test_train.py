@@ -124,3 +124,13 @@ def test_epoch_training_error_is_logged_and_can_end_the_run(tmp_path):
     per_step = train_scalars(tmp_path, "error/train_top1")[:4]
     [epoch_error] = train_scalars(tmp_path, "error/train_epoch_top1")
     assert abs(epoch_error - sum(per_step) / 4) < 1e-6
+
+
+def test_a_converged_run_stops_at_the_first_epoch_without_gain_once_drops_are_spent(tmp_path):
+    # No drops to spend, patience 1: the run ends at the first epoch whose validation error is not
+    # below the best before it, and not earlier.
+    trainer = train(tmp_path, "train.stop_when_converged=true", "train.lr_drops=0", "train.epochs=5")
+    errors = train_scalars(tmp_path, "error/val_top1")
+    assert trainer.step == 4 * len(errors)
+    stalled = [i for i in range(1, len(errors)) if errors[i] >= min(errors[:i])]
+    assert (stalled[:1] == [len(errors) - 1]) if stalled else len(errors) == 5, errors

@@ -18,7 +18,10 @@ SMALL = [
 
 
 def small_config(run_dir: Path, *overrides: str):
-    return load_config([ROOT / "config.yaml"], [*SMALL, f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck", *overrides])
+    """SMALL, then the run's folders, then `overrides`; a later value of a key replaces an earlier one
+    (load_config itself refuses a key given twice)."""
+    given = [*SMALL, f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck", *overrides]
+    return load_config([ROOT / "config.yaml"], {o.partition("=")[0]: o for o in given}.values())
 
 
 def train(run_dir: Path, *overrides: str) -> Trainer:
@@ -44,3 +47,4 @@ def weights_and_velocity(trainer: Trainer) -> dict[str, torch.Tensor]:
     for name, p in trainer.model.named_parameters():
         state[f"velocity/{name}"] = trainer.optimizer.state[p]["momentum_buffer"].clone()
     return state
+
