@@ -26,7 +26,7 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,8 +48,10 @@ VARIANTS = {
     "bf16": ("bf16", "off", "off"),
     "bf16+channels_last": ("bf16", "on", "off"),
     "bf16+channels_last+compile": ("bf16", "on", "on"),
+    "bf16+channels_last+cudagraphs": ("bf16", "on", "cudagraphs"),
 }
 """name -> (train.precision, train.channels_last, train.compile)."""
+GPU_ONLY = ("tf32", "bf16+channels_last+cudagraphs")
 
 
 @dataclass
@@ -159,7 +161,8 @@ def synthetic_batches(dev: Device, batch: int):
         yield images, labels
 
 
-def measure_ours(dev: Device, pack: Path, work: Path, sizes: Sizes, peak: float, record) -> None:
+def measure_ours(dev: Device, pack: Path, work: Path, sizes: Sizes, peak: float, record, variants: list[str],
+                 packed: bool) -> None:
     def run(variant: str, batch: int, m: int, data: str) -> None:
         torch._dynamo.reset()  # each variant compiles (or not) from scratch
         dev.reset_memory()
@@ -175,15 +178,16 @@ def measure_ours(dev: Device, pack: Path, work: Path, sizes: Sizes, peak: float,
         if data != "synthetic":
             batches.close()
 
+    variants = [v for v in variants if dev.cuda or v not in GPU_ONLY]
     for batch in sizes.batches:
-        for variant in VARIANTS:
-            if dev.cuda or variant != "tf32":  # TF32 is a GPU format
-                run(variant, batch, 1, "synthetic")
-    best_eager = "bf16+channels_last"
-    for m in sizes.micro_batch_rows:
-        run(best_eager, sizes.batches[0], m, "synthetic")
-    for variant in (best_eager, "bf16+channels_last+compile"):
-        run(variant, sizes.batches[0], 1, "packed")
+        for variant in variants:
+            run(variant, batch, 1, "synthetic")
+    if "bf16+channels_last" in variants:  # what cutting the batch into micro-batches costs in one process
+        for m in sizes.micro_batch_rows:
+            run("bf16+channels_last", sizes.batches[0], m, "synthetic")
+    if packed:
+        for variant in variants[-2:]:
+            run(variant, sizes.batches[0], 1, "packed")
 
 
 def measure_examples(dev: Device, jpegs: Path, sizes: Sizes, peak: float, record) -> None:
@@ -244,16 +248,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu.md and gpu.json")
     parser.add_argument("--smoke", action="store_true", help="every row at tiny sizes (CI)")
     parser.add_argument("--work", type=Path, help="scratch folder for the JPEGs, the pack and runs (default: a temporary one)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="this trainer's variants to time (default: all; the last two also run on packed data)")
+    parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 128 and 512 on a GPU)")
+    parser.add_argument("--only-synthetic", action="store_true",
+                        help="this trainer on device batches only: no packed rows, no torchvision baseline")
     args = parser.parse_args(argv)
     dev = Device()
     sizes = SMOKE if args.smoke else FULL if dev.cuda else CPU
+    if args.batches:
+        sizes = replace(sizes, batches=tuple(args.batches))
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        make_jpegs(work / "jpegs", sizes.jpegs, workers=all_cores())
+        # Device batches need a pack only to open a trainer: a small one will do.
+        make_jpegs(work / "jpegs", 256 if args.only_synthetic else sizes.jpegs, workers=all_cores())
         pack_jpegs(work / "jpegs", work / "pack", workers=all_cores())
-        print(f"{sizes.jpegs} JPEGs made and packed in {time.perf_counter() - start:.1f} s", flush=True)
+        print(f"JPEGs made and packed in {time.perf_counter() - start:.1f} s", flush=True)
         peak_bf16 = matmul_tflops(dev, torch.bfloat16, sizes.matmul, tf32=False)
         peak_fp = matmul_tflops(dev, torch.float32, sizes.matmul, tf32=dev.cuda)
         meta = {
@@ -270,8 +282,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r.step_ms:8.1f} ms  MFU {100 * r.mfu:5.1f}%  {r.peak_memory_gib:6.2f} GiB", flush=True)
             (args.out / "gpu.json").write_text(json.dumps({"meta": meta, "rows": [asdict(x) for x in rows]}, indent=1))
 
-        measure_ours(dev, work / "pack", work, sizes, peak_bf16, record)
-        measure_examples(dev, work / "jpegs", sizes, peak_bf16, record)
+        measure_ours(dev, work / "pack", work, sizes, peak_bf16, record, args.variants, not args.only_synthetic)
+        if not args.only_synthetic:
+            measure_examples(dev, work / "jpegs", sizes, peak_bf16, record)
     table = markdown(meta, rows)
     (args.out / "gpu.md").write_text(table)
     print("\n" + table, flush=True)

@@ -61,7 +61,8 @@ class TrainConfig:
     channels_last: str = "auto"
     """on, off or auto: activations and conv weights in NHWC (distributed/fast_path.py)."""
     compile: str = "auto"
-    """on, off or auto: torch.compile each tower's stages, once per shape (distributed/fast_path.py)."""
+    """on, off, cudagraphs (compiled stages replayed as CUDA graphs; GPU) or auto: torch.compile each
+    tower's stages, once per shape (distributed/fast_path.py)."""
     cudnn_benchmark: str = "auto"
     """on, off or auto (on with a GPU): let cuDNN time its convolution algorithms on the first step."""
     stop_at_train_error: float = 0.0
@@ -80,7 +81,7 @@ class TrainConfig:
             "device": ("auto", "cpu", "cuda"),
             "precision": ("auto", "fp32", "tf32", "bf16"),
             "channels_last": SWITCH,
-            "compile": SWITCH,
+            "compile": (*SWITCH, "cudagraphs"),
             "cudnn_benchmark": SWITCH,
         }.items():
             if getattr(self, key) not in allowed:

@@ -96,6 +96,8 @@ class ProcessGroupExchange:
     and slower than NCCL between two GPUs.
     """
 
+    in_process = False
+
     def __init__(self, group: ProcessGroup, staged: bool = False) -> None:
         self.group, self.staged = group, staged
         self.clock = ExchangeClock()
@@ -153,6 +155,8 @@ class ProcessGroupExchange:
 
 class LocalAsyncExchange(LocalExchange):
     """Both towers in this process: the model's concatenation, and the pipelined step's exchanges done at once."""
+
+    in_process = True
 
     def __init__(self) -> None:
         self.clock = ExchangeClock()

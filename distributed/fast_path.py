@@ -22,21 +22,31 @@ class FastPath:
     precision: str
     """fp32 (no TF32 anywhere), tf32 (fp32 storage, TF32 matrix units) or bf16 (autocast)."""
     channels_last: bool
-    compile: bool
+    compile: str
+    """off, on (torch.compile's default mode) or cudagraphs (its reduce-overhead mode: each compiled
+    stage replays as a CUDA graph, which cuts the host's launch work; a GPU feature)."""
     cudnn_benchmark: bool
 
     @staticmethod
     def resolve(train: TrainConfig, device: torch.device) -> "FastPath":
         """The config's switches with every `auto` replaced by AUTO's choice for `device`."""
         best = AUTO["cuda" if device.type == "cuda" else "cpu"]
+        compile_ = best.compile if train.compile == "auto" else train.compile
+        if train.channels_last == "auto":
+            # Measured on a GPU: NHWC pays only when compiled (eager LRN in NHWC is slower; BENCHMARKS.md).
+            channels_last = best.channels_last and compile_ != "off"
+        else:
+            channels_last = train.channels_last == "on"
         chosen = FastPath(
             precision=best.precision if train.precision == "auto" else train.precision,
-            channels_last=best.channels_last if train.channels_last == "auto" else train.channels_last == "on",
-            compile=best.compile if train.compile == "auto" else train.compile == "on",
+            channels_last=channels_last,
+            compile=compile_,
             cudnn_benchmark=best.cudnn_benchmark if train.cudnn_benchmark == "auto" else train.cudnn_benchmark == "on",
         )
         if device.type != "cuda" and chosen.precision == "tf32":
             raise ConfigError("train.precision=tf32 needs a GPU (TF32 is a GPU matrix-unit format); use fp32 or bf16")
+        if device.type != "cuda" and chosen.compile == "cudagraphs":
+            raise ConfigError("train.compile=cudagraphs needs a GPU (CUDA graphs); use on or off")
         return chosen
 
     def apply_process_flags(self) -> None:
@@ -60,11 +70,11 @@ class FastPath:
 
     def describe(self) -> str:
         return (f"precision {self.precision}, channels_last {'on' if self.channels_last else 'off'}, "
-                f"compile {'on' if self.compile else 'off'}, cudnn_benchmark {'on' if self.cudnn_benchmark else 'off'}")
+                f"compile {self.compile}, cudnn_benchmark {'on' if self.cudnn_benchmark else 'off'}")
 
 
 AUTO = {
-    "cuda": FastPath(precision="bf16", channels_last=True, compile=False, cudnn_benchmark=True),
-    "cpu": FastPath(precision="fp32", channels_last=False, compile=False, cudnn_benchmark=False),
+    "cuda": FastPath(precision="bf16", channels_last=True, compile="on", cudnn_benchmark=True),
+    "cpu": FastPath(precision="fp32", channels_last=False, compile="off", cudnn_benchmark=False),
 }
 """What `auto` means on each kind of device, from the measurements in docs/BENCHMARKS.md."""

@@ -30,6 +30,8 @@ class PipelinedStep:
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, micro_batches: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate d(mean loss over the batch)/d(params) into .grad; returns (summed loss, wrong top-1/5)."""
+        if micro_batches == 1 and self.exchange.in_process and self.replica_group is None:
+            return self._whole_batch(inputs, labels, autocast)
         xs, ys = inputs.chunk(micro_batches), labels.chunk(micro_batches)
         m, towers = len(xs), len(self.model.towers)
         leaves = [[None] * m for _ in range(STAGES)]  # each stage's exchanged input, a leaf that collects its grad
@@ -69,6 +71,16 @@ class PipelinedStep:
         for finish in replica_sync:
             finish()
         return loss_sum, wrong
+
+    def _whole_batch(self, inputs: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nothing to overlap (both towers here, one micro-batch, no replicas): one forward and one
+        backward through autograd: the same arithmetic and dropout draws as the staged schedule,
+        without the per-stage bookkeeping whose host time a GPU would wait on (docs/BENCHMARKS.md)."""
+        with autocast():
+            logits = self.model(inputs)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        (loss / len(labels)).backward()
+        return loss.detach(), topk_wrong(logits.detach(), labels)
 
     def _start_replica_mean(self, params: list[torch.nn.Parameter]):
         """Average these gradients over replicas, in flight; returns the function that lands them."""

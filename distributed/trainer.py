@@ -64,8 +64,8 @@ class Trainer:
         self.model = AlexNet(cfg.model, self.plan.tower_indices(cfg.model.towers), self.exchange)
         self.model.init_paper(cfg.train.seed)
         self.model.to(self.device, memory_format=self.fast.memory_format)
-        if self.fast.compile:
-            self.model.compile_stages()
+        if self.fast.compile != "off":
+            self.model.compile_stages("reduce-overhead" if self.fast.compile == "cudagraphs" else None)
         self.pipeline = PipelinedStep(self.model, self.exchange, layout.replica_group)
         t = cfg.train
         self.optimizer = build_optimizer(self.model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)

@@ -176,11 +176,13 @@ class AlexNet(nn.Module):
             for key, t in self.towers.items()
         }
 
-    def compile_stages(self) -> None:
-        """torch.compile each tower's stage functions for training. Each stage is its own function,
-        so each compiles once per input shape; evaluation (other batch sizes, no dropout) stays eager
-        rather than spending a recompilation on every shape it meets."""
-        self.compiled = {key: tuple(torch.compile(f, dynamic=False) for f in t.stages()) for key, t in self.towers.items()}
+    def compile_stages(self, mode: str | None = None) -> None:
+        """torch.compile each tower's stage functions for training, in torch.compile's `mode`. Each stage
+        is its own function, so each compiles once per input shape; evaluation (other batch sizes, no
+        dropout) stays eager rather than spending a recompilation on every shape it meets."""
+        self.compiled = {
+            key: tuple(torch.compile(f, dynamic=False, mode=mode) for f in t.stages()) for key, t in self.towers.items()
+        }
 
     def stage(self, index: int, x: torch.Tensor) -> list[torch.Tensor]:
         """Stage `index` of every tower this process holds, on the exchanged input `x`."""

@@ -87,6 +87,19 @@ def test_bf16_on_cuda_tracks_fp32_over_20_steps(tmp_path):
     assert bf16[-1] < bf16[0] and not torch.equal(fp32, bf16)
 
 
+def test_cudagraphs_mode_trains_as_eager(tmp_path):
+    # Dropout on: its masks are fresh inputs every step, which the replayed graphs must copy in.
+    run = ["train.lr=0.001", "train.lr_drops=0", "data.synthetic_train_images=16", "train.epochs=10",
+           *CUDA, "train.precision=fp32", "train.cudnn_benchmark=off", "train.channels_last=off"]
+    train(tmp_path / "eager", *run, "train.compile=off")
+    trainer = train(tmp_path / "graphs", *run, "train.compile=cudagraphs")
+    assert trainer.fast.compile == "cudagraphs"
+    eager = torch.tensor(train_scalars(tmp_path / "eager", "loss/train"))
+    graphs = torch.tensor(train_scalars(tmp_path / "graphs", "loss/train"))
+    assert len(eager) == len(graphs) == 20
+    assert ((graphs - eager).abs() / eager).max() < 1e-2, (eager, graphs)
+
+
 def test_a_checkpoint_written_on_cuda_loads_on_cpu_and_back(tmp_path):
     gpu = train(tmp_path / "gpu", *CUDA, "train.max_steps=2")
     saved = {k: v.cpu() for k, v in weights_and_velocity(gpu).items()}

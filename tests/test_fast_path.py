@@ -108,7 +108,7 @@ def test_bf16_logits_stay_within_bf16_tolerance_of_fp32():
     net.eval()
     x, _ = _inputs()
     ref = net(x)
-    with FastPath("bf16", False, False, False).autocast(torch.device("cpu")):
+    with FastPath("bf16", False, "off", False).autocast(torch.device("cpu")):
         low = net(x).float()
     relative = ((low - ref).norm() / ref.norm()).item()
     assert 1e-5 < relative < 3e-2  # really in bf16 (not fp32), and near fp32
@@ -157,12 +157,18 @@ def test_compiled_channels_last_run_resumes_an_eager_checkpoint_and_back(tmp_pat
     _assert_equal(back, compiled)
 
 
-def test_auto_resolves_per_device_and_tf32_needs_a_gpu():
+def test_auto_resolves_per_device_and_gpu_formats_need_a_gpu():
     cpu = FastPath.resolve(TrainConfig(), torch.device("cpu"))
-    assert cpu.precision == "fp32"  # the exact reproduction stays the CPU default
+    assert (cpu.precision, cpu.compile, cpu.channels_last) == ("fp32", "off", False)  # exact reproduction on CPU
+    gpu = FastPath.resolve(TrainConfig(), torch.device("cuda"))
+    assert (gpu.precision, gpu.compile, gpu.channels_last, gpu.cudnn_benchmark) == ("bf16", "on", True, True)
+    # channels_last's auto follows compilation: NHWC measured slower in eager on a GPU.
+    assert not FastPath.resolve(TrainConfig(compile="off"), torch.device("cuda")).channels_last
     chosen = FastPath.resolve(TrainConfig(precision="bf16", compile="on", channels_last="off"), torch.device("cpu"))
-    assert (chosen.precision, chosen.compile, chosen.channels_last) == ("bf16", True, False)
+    assert (chosen.precision, chosen.compile, chosen.channels_last) == ("bf16", "on", False)
     with pytest.raises(ConfigError, match="train.precision=tf32 needs a GPU"):
         FastPath.resolve(TrainConfig(precision="tf32"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="train.compile=cudagraphs needs a GPU"):
+        FastPath.resolve(TrainConfig(compile="cudagraphs"), torch.device("cpu"))
     # YAML 1.1 reads `on` as a boolean; the switch accepts it.
     assert small_config(Path("/unused"), "train.compile=on").train.compile == "on"
