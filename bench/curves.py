@@ -44,7 +44,7 @@ def plot(log_dir: Path, target: Path, title: str) -> None:
         steps, values = s["lr"]
         lr_ax.plot([x / steps_per_epoch for x in steps], values, color="grey", linestyle=":", label="learning rate")
         lr_ax.set(ylabel="learning rate (dotted)", yscale="log")
-    error_ax.legend(loc="upper right")
+    error_ax.legend(loc="center right", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(target, dpi=110)

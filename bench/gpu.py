@@ -230,8 +230,8 @@ def measure_examples(dev: Device, jpegs: Path, sizes: Sizes, peak: float, record
 def markdown(meta: dict, rows: list[Row]) -> str:
     lines = [
         f"{meta['device']}, torch {meta['torch']}, torchvision {meta['torchvision']}, {meta['cores']} cores, "
-        f"{meta['date']}. Peaks measured here: bf16 {meta['peak_bf16_tflops']:.0f} TFLOP/s, "
-        f"{meta['peak_fp_name']} {meta['peak_fp_tflops']:.0f} TFLOP/s. MFU: images/s x 4.35 GFLOP over the bf16 peak.",
+        f"{meta['date']}. Peaks measured here: bf16 {meta['peak_bf16_tflops']:.3g} TFLOP/s, "
+        f"{meta['peak_fp_name']} {meta['peak_fp_tflops']:.3g} TFLOP/s. MFU: images/s x 4.35 GFLOP over the bf16 peak.",
         "",
         "| what | data | batch | m | images/s | step | MFU | peak memory |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
