@@ -191,8 +191,7 @@ class Trainer:
             p = self.plan
             print(f"processes: {p.world} ({p.replicas} replica(s) x {p.tower_processes} tower process(es)) on "
                   f"{self.device}, backend {p.backend}; {self.fast.describe()}", flush=True)
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-        if self.cfg.train.resume or restarted:
+        if self.cfg.train.resume or self._any_process_restarted():
             self.resume()
         self.logger.text("config", "```\n" + yaml.safe_dump(to_dict(self.cfg), sort_keys=False) + "\n```")
         per_epoch = self.order.steps_per_epoch
@@ -237,6 +236,15 @@ class Trainer:
         })
         self.logger.close()
         return result
+
+    def _any_process_restarted(self) -> bool:
+        """Whether torchrun restarted any process of the run. A machine whose agent was lost and is
+        started again counts its workers' restarts from 0 while the survivors' agents count 1, so
+        the processes agree by a MAX over all of them: every process resumes, or none."""
+        restarted = torch.tensor([float(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(restarted, op=dist.ReduceOp.MAX)
+        return restarted.item() > 0
 
     def _end_of_epoch(self, epoch: int) -> Evaluation:
         tally = self.epoch_tally.clone()

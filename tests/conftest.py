@@ -1,7 +1,9 @@
 """Shared test helpers: start gloo worker processes on CPU."""
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,3 +47,26 @@ def run_workers(world: int, fn, *args, init: bool = True) -> None:
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start a command in its own session, output to files; whatever is left of it is killed at the end."""
+    from tests.processes import CPU_ENV
+
+    started: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+        out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or CPU_ENV, stdout=out, stderr=err, start_new_session=True)
+        proc.out, proc.err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from distributed import checkpoint, layout
 from distributed.config import ConfigError, load_config
 from distributed.trainer import NonFiniteLoss, Trainer
 from tests.conftest import ROOT, free_port, run_workers
+from tests.processes import CPU_ENV, children, final_state, wait_for
 from tests.trainer_runs import SMALL, small_config, weights_and_velocity
 
 # Crops, reflections and colour noise are drawn for the whole batch, the same in every layout;
@@ -64,7 +64,7 @@ def test_replicas_match_one_process_with_the_whole_batch(tmp_path):
     plain = weights_and_velocity(train(tmp_path / "plain", *DETERMINISTIC, "train.max_steps=1"))
     grouped = weights_and_velocity(train(tmp_path / "grouped", *DETERMINISTIC, "train.micro_batches=2"))
     run_workers(4, _two_by_two, str(tmp_path / "four"), str(tmp_path), init=False)
-    first = _final_state(tmp_path / "four" / "ck" / "step_00000001")
+    first = final_state(tmp_path / "four" / "ck" / "step_00000001")
     assert first.keys() >= plain.keys()
     for key, value in plain.items():
         torch.testing.assert_close(first[key], value, rtol=1e-4, atol=1e-7)
@@ -78,64 +78,10 @@ def test_replicas_match_one_process_with_the_whole_batch(tmp_path):
 # -- processes that die -----------------------------------------------------------------------
 
 
-def _children(parent: int) -> list[int]:
-    """Pids of `parent`'s child processes running distributed.main (scanned from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and b"distributed.main" in cmdline:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 300) -> None:
-    deadline = time.monotonic() + limit_s
-    while not path.is_dir():
-        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {path.name} appeared"
-        assert time.monotonic() < deadline, f"no {path.name} after {limit_s}s"
-        time.sleep(0.05)
-
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def launch(tmp_path):
-    """Start a command in its own session, output to files; whatever is left of it is killed at the end."""
-    started: list[subprocess.Popen] = []
-
-    def start(cmd: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
-        out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=out, stderr=err, start_new_session=True)
-        proc.out, proc.err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 def _torchrun(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
             "-m", "distributed.main", *CLI, "checkpoint.every_steps=3", "parallel.timeout_s=30",
             f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck"]
-
-
-def _final_state(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors, read in this one process without a process group."""
-    flat = path.parent / f"{path.name}.pt"
-    dcp_to_torch_save(path, flat)
-    state = torch.load(flat, weights_only=True)
-    return {f"{group}/{name}": value for group, entries in state.items() for name, value in entries.items()}
 
 
 def test_killed_worker_restarts_and_finishes_bitwise_equal(tmp_path, launch):
@@ -147,10 +93,10 @@ def test_killed_worker_restarts_and_finishes_bitwise_equal(tmp_path, launch):
     store; docs/SCALING.md tells users to launch with it.
     """
     whole = launch(_torchrun(tmp_path / "whole", "--max-restarts=1"), "whole")  # never restarts: only warned
-    restartable = {**ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    restartable = {**CPU_ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     killed = launch(_torchrun(tmp_path / "killed", "--max-restarts=1"), "killed", restartable)
-    _wait_for(tmp_path / "killed" / "ck" / "step_00000003", killed)
-    workers = _children(killed.pid)
+    wait_for(tmp_path / "killed" / "ck" / "step_00000003", killed)
+    workers = children(killed.pid)
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGKILL)
     for proc in (whole, killed):
@@ -160,7 +106,7 @@ def test_killed_worker_restarts_and_finishes_bitwise_equal(tmp_path, launch):
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in killed.err.read_text()
     final = [checkpoint.latest(tmp_path / run / "ck") for run in ("whole", "killed")]
     assert [p.name for p in final] == ["step_00000006"] * 2
-    a, b = (_final_state(p) for p in final)
+    a, b = (final_state(p) for p in final)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -171,7 +117,7 @@ def _pair(launch, run_dir: Path) -> list[subprocess.Popen]:
     port = str(free_port())
     procs = []
     for rank in range(2):
-        env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank), "WORLD_SIZE": "2",
+        env = {**CPU_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank), "WORLD_SIZE": "2",
                "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
         cmd = [sys.executable, "-m", "distributed.main", *CLI, "checkpoint.every_steps=2", "parallel.timeout_s=10",
                f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck"]
@@ -186,7 +132,7 @@ def test_survivor_names_rank_and_step_within_the_timeout(tmp_path, launch, how):
     A dead gloo peer closes its sockets, so the survivor fails at once; a stalled one is waited for until the timeout.
     """
     survivor, victim = _pair(launch, tmp_path)
-    _wait_for(tmp_path / "ck" / "step_00000002", survivor)
+    wait_for(tmp_path / "ck" / "step_00000002", survivor)
     os.kill(victim.pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
     start = time.monotonic()
     assert survivor.wait(timeout=60) == 1, survivor.err.read_text()[-3000:]
@@ -284,7 +230,7 @@ def test_full_disk_stops_the_run_before_the_first_step(tmp_path, monkeypatch):
 
 
 def _main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distributed.main", *args], cwd=ROOT, env=env or ENV,
+    return subprocess.run([sys.executable, "-m", "distributed.main", *args], cwd=ROOT, env=env or CPU_ENV,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -299,7 +245,7 @@ def test_missing_or_empty_data_root_fails_before_the_process_group(tmp_path, roo
     message = message.replace("EMPTY", str(tmp_path / "empty"))
     # WORLD_SIZE=2 with no rendezvous address: joining a process group would fail or hang, so
     # a clean config error proves the check ran before it.
-    env = {**ENV, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    env = {**CPU_ENV, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     proc = _main(f"data.root={root}", "train.device=cpu", env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"config error: {message}" in proc.stderr
@@ -323,7 +269,7 @@ def test_torchrun_refuses_a_batch_replicas_cannot_share_on_every_rank(tmp_path):
     """4 processes = 2 replicas; batch 6 over 2 replicas x 2 micro-batches: every rank exits 2 before any group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
            "distributed.main", "train.device=cpu", "train.batch_size=6", "train.micro_batches=2"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, cwd=ROOT, env=CPU_ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0
     message = "config error: train.batch_size=6 is not divisible by 2 replica(s) x train.micro_batches=2"
     assert proc.stderr.count(message) == 4, proc.stderr[-3000:]
@@ -331,7 +277,7 @@ def test_torchrun_refuses_a_batch_replicas_cannot_share_on_every_rank(tmp_path):
 
 def test_odd_world_size_is_refused_by_the_entry_point():
     """Three processes, one tower each: refused by `python -m distributed.main` before joining any group."""
-    env = {**ENV, "WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}
+    env = {**CPU_ENV, "WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}
     proc = _main("train.device=cpu", env=env)
     assert proc.returncode == 2
     assert "config error: world size 3: one tower per process needs 1, 2 or an even number" in proc.stderr
@@ -347,7 +293,7 @@ def test_absurd_learning_rate_stops_with_the_last_good_checkpoint(tmp_path):
               "data.synthetic_val_images=2")
     last = checkpoint.latest(tmp_path / "ck")
     assert last.name == "step_00000001"
-    state = _final_state(last)
+    state = final_state(last)
     assert int(state["progress/step"]) == 1
     weights = {k: v for k, v in state.items() if not k.startswith("progress/")}  # progress/best starts at inf
     assert {k.split("/")[0] for k in weights} == {"model", "velocity"}
