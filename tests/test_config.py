@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from distributed.config import ConfigError, load_config
 from distributed.layout import plan_from_env
@@ -32,6 +33,9 @@ def test_base_config_holds_the_papers_values():
     ("model.input_size=225", "model.input_size=225"),
     ("data.mean=median", "data.mean='median'"),
     ("train.resume=maybe", "train.resume: expected bool"),
+    ("train.precision=fp16", "train.precision='fp16'"),
+    ("train.compile=maybe", "train.compile='maybe'"),
+    ("parallel.backend=mpi", "parallel.backend='mpi'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -84,3 +88,19 @@ def test_entry_point_reports_config_errors_before_starting():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "config error: train.momentum=2.0: must be in [0, 1)" in proc.stderr
+
+
+def test_backends_and_two_tower_processes_sharing_one_gpu(monkeypatch):
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    cpu = plan_from_env(load_config([BASE], ["train.device=cpu"]), env)
+    assert (cpu.backend, cpu.staged_exchange) == ("gloo", False)
+    with pytest.raises(ConfigError, match="parallel.backend=nccl needs a GPU per process"):
+        plan_from_env(load_config([BASE], ["train.device=cpu", "parallel.backend=nccl"]), env)
+    # One GPU, two tower processes: NCCL is refused with both ways out named; gloo shares the GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="2 processes on this node but 1 GPU.*parallel.backend=gloo"):
+        plan_from_env(load_config([BASE], []), env)
+    shared = plan_from_env(load_config([BASE], ["parallel.backend=gloo"]), env)
+    assert (shared.device, shared.backend, shared.staged_exchange) == (torch.device("cuda", 0), "gloo", True)
+    assert shared.fast.precision == "bf16" and shared.fast.compile == "on"  # auto on a GPU
