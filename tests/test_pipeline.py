@@ -70,3 +70,44 @@ def test_two_process_asynchronous_pipeline_equals_synchronous_whole_batch(tmp_pa
         for m, (loss, grads) in results.items():
             assert all(name.startswith(f"towers.{rank}.") for name in grads)
             _assert_same(loss, grads, ref_loss, {n: ref_grads[n] for n in grads})
+
+
+DROPOUT = ModelConfig(num_classes=10)  # the paper's dropout 0.5
+
+
+def _with_dropout(net: AlexNet, step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The paper's init and dropout generators seeded alike, in training mode, then `step`."""
+    net.init_paper(seed=5)
+    net.seed_dropout(seed=9)
+    net.train()
+    x, y = _batch()
+    loss = step(net, x, y)
+    return loss, {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def _plain(net, x, y):
+    loss = F.cross_entropy(net(x), y, reduction="sum")
+    (loss / BATCH).backward()
+    return loss.detach()
+
+
+def _dropout_worker(rank: int, world: int, out: str) -> None:
+    exchange = ProcessGroupExchange(dist.group.WORLD)
+    net = AlexNet(DROPOUT, tower_indices=(rank,), exchange=exchange)
+    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    result = _with_dropout(net, lambda n, x, y: PipelinedStep(n, exchange, None)(x, y, 1, no_autocast)[0])
+    torch.save(result, f"{out}/rank{rank}.pt")
+
+
+def test_two_process_pipeline_with_dropout_equals_the_plain_forward(tmp_path):
+    """Dropout on: each tower draws its masks from its own generator, so the pipelined step in two
+    processes equals one process's plain forward and backward with the same seeds. (A step that
+    left dropout off would differ in every FC gradient.)"""
+    ref_loss, ref_grads = _with_dropout(AlexNet(DROPOUT), _plain)
+    _, no_dropout = _with_dropout(AlexNet(DROPOUT), lambda n, x, y: _plain(n.eval(), x, y))
+    assert (no_dropout["towers.0.fc7.weight"] - ref_grads["towers.0.fc7.weight"]).abs().max() > 1e-3 * ref_grads[
+        "towers.0.fc7.weight"].abs().max()
+    run_workers(2, _dropout_worker, str(tmp_path))
+    for rank in range(2):
+        loss, grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        _assert_same(loss, grads, ref_loss, {n: ref_grads[n] for n in grads})

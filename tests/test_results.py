@@ -12,7 +12,7 @@ from torchvision.io import write_jpeg, write_png
 
 from distributed import checkpoint, layout
 from distributed.config import load_config
-from distributed.evaluate import evaluate, load_network
+from distributed.evaluate import centre_probabilities, evaluate, load_network, ten_patch_ensemble
 from distributed.figures import PADDING, PER_ROW, TOWER_GAP, colourfulness, conv1_figure, conv1_kernels, log_conv1_kernels
 from distributed.main import main
 from distributed.metrics import MetricLogger
@@ -90,6 +90,26 @@ def test_evaluate_ensemble_matches_direct_computation(trained, tmp_path):
         top1, top5 = errors(direct_probabilities(nets, trainer.data.stats, images, patches), labels)
         assert (rates[way].top1, rates[way].top5) == pytest.approx((top1, top5)), way
         assert rates[way].images == len(labels)
+
+
+@torch.no_grad()
+def test_ensemble_probabilities_per_image_against_direct_computation(trained):
+    """Per image, on probabilities rather than error rates (which a 2-step net predicting one class
+    for every image cannot tell apart): two nets whose predictions differ, and their ensemble,
+    which must be neither of them."""
+    trainer, _, overrides = trained
+    cfg = config(overrides)
+    other = AlexNet(cfg.model)
+    other.init_paper(seed=7)
+    nets = [load_network(cfg, checkpoint.latest(cfg.checkpoint.dir), torch.device("cpu")), other.eval()]
+    images, _ = trainer.data.val.load(torch.arange(len(trainer.data.val)))
+    for ensemble, patches in ((centre_probabilities, 1), (ten_patch_ensemble, 10)):
+        got = ensemble(nets, trainer.augment, images)
+        torch.testing.assert_close(got, direct_probabilities(nets, trainer.data.stats, images, patches),
+                                   rtol=1e-4, atol=1e-6, msg=ensemble.__name__)
+        for member in nets:
+            alone = ensemble([member], trainer.augment, images)
+            assert (got - alone).abs().max() > 1e-3, f"{ensemble.__name__}: the ensemble equals one member"
 
 
 def test_evaluate_one_checkpoint_matches_trainer(trained):

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -170,3 +171,15 @@ def test_a_training_step_is_the_papers_step_with_dropout_on(tmp_path):
     # The comparison can tell: without dropout the same step moves FC7 differently by far more.
     moved = (without_dropout["towers.0.fc7.weight"] - expected["towers.0.fc7.weight"]).abs().max().item()
     assert moved > 1e-2 * (expected["towers.0.fc7.weight"] - start["towers.0.fc7.weight"]).abs().max().item()
+
+
+def test_the_plateau_lowers_the_rate_the_optimiser_uses(tmp_path):
+    # A rate too small to change any prediction: validation error cannot improve after epoch 1,
+    # so with patience 1 the rate drops at epochs 2 and 3, in the schedule and in the optimiser.
+    trainer = train(tmp_path, "train.lr=1e-9", "train.epochs=3", "train.plateau_patience=1", "data.synthetic_train_images=8")
+    errors = train_scalars(tmp_path, "error/val_top1")
+    assert len(errors) == 3 and errors[0] == errors[1] == errors[2]
+    assert trainer.schedule.drops == 2
+    assert all(group["lr"] == pytest.approx(1e-11) for group in trainer.optimizer.param_groups)
+    logged = train_scalars(tmp_path, "lr")  # per log step: epoch 3 trained at the rate of the first drop
+    assert logged[0] == pytest.approx(1e-9) and logged[-1] == pytest.approx(1e-10)

@@ -7,6 +7,7 @@ import torch
 from distributed import layout
 from distributed.config import load_config
 from distributed.trainer import Trainer
+from model.alexnet import AlexNet
 from tests.conftest import ROOT
 
 SMALL = [
@@ -48,3 +49,12 @@ def weights_and_velocity(trainer: Trainer) -> dict[str, torch.Tensor]:
         state[f"velocity/{name}"] = trainer.optimizer.state[p]["momentum_buffer"].clone()
     return state
 
+
+
+def initial_state(cfg) -> dict[str, torch.Tensor]:
+    """weights_and_velocity's entries before the first step: the paper's init from the run's seed, zero velocity."""
+    net = AlexNet(cfg.model)
+    net.init_paper(cfg.train.seed)
+    state = {f"model/{k}": v for k, v in net.state_dict().items()}
+    state.update({f"velocity/{k}": torch.zeros_like(v) for k, v in net.named_parameters()})
+    return state
