@@ -4,6 +4,9 @@
 # Both create .venv and install requirements.txt first when needed (or use $PYTHON as it is, below).
 # With no arguments the main job runs: experiments/quickstart.yaml on the embedded data.
 # NPROC overrides the processes per node (default: 2 on CPU, 1 per GPU up to 2).
+# On one GPU, `NPROC=2 ./run.sh parallel.backend=gloo` puts the two tower processes on it (NCCL refuses
+# two ranks on one device); their exchanges go through host memory: it tests the two-process CUDA path,
+# while one process holding both towers is the fast layout there.
 set -euo pipefail
 cd "$(dirname "$0")"
 
