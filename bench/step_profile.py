@@ -2,28 +2,26 @@
 
     python -m bench.step_profile --out DIR [--smoke]
 
-For bf16+channels_last eager and compiled, and for torch.compile's CUDA-graph mode:
+For bf16+channels_last eager, with its stages compiled, with them replayed as CUDA graphs (GPU), and
+with the whole model compiled as one graph:
 - wall time per step (synchronised) against host time per step (the Python thread's time to
   enqueue the step's work, not waiting for the GPU): when they are equal, the GPU waits for the host;
 - the parts of Trainer.train_step on their own (augmentation, the pipelined forward and backward,
   the optimiser), each synchronised;
-- the same network trained by one plain autograd call (no stage-by-stage pipeline), eager and with
-  the whole model compiled: what the pipeline's bookkeeping costs in one process;
 - the packed-data loader alone (no training) at several worker counts.
 torch.profiler's tables (top host and device operators) go to DIR/profile_*.txt.
 """
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bench.gpu import Device, our_trainer, synthetic_batches
 from bench.images import all_cores, make_jpegs, pack_jpegs
-from model.alexnet import AlexNet
 
 
 def per_step(dev: Device, fn, steps: int) -> tuple[float, float]:
@@ -79,84 +77,59 @@ def parts(dev: Device, trainer, images, labels, steps: int) -> dict[str, float]:
     return out
 
 
-def plain_step(dev: Device, trainer, images, labels, compiled: bool):
-    """The same network, augmentation and optimiser, trained by one autograd call instead of the pipeline."""
-    model: AlexNet = trainer.model
-    run = torch.compile(model) if compiled else model
-    rng = torch.Generator().manual_seed(0)
-
-    def step():
-        model.train()
-        model.seed_dropout(trainer.step)
-        inputs = trainer.augment.train(images, rng).contiguous(memory_format=trainer.fast.memory_format)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        with trainer._autocast():
-            loss = F.cross_entropy(run(inputs).float(), labels)
-        loss.backward()
-        trainer.optimizer.step()
-        trainer.step += 1
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.step_profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/step_profile"))
+    parser.add_argument("--work", type=Path, help="scratch folder for the JPEGs, the pack and runs (default: a temporary one)")
     args = parser.parse_args()
     dev = Device()
     batch, steps = (8, 2) if args.smoke else (128, 30)
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.work
-    make_jpegs(work / "jpegs", 64 if args.smoke else 12_800, workers=all_cores())
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        measure(dev, Path(tmp), args.out, batch, steps, args.smoke)
+
+
+def measure(dev: Device, work: Path, out: Path, batch: int, steps: int, smoke: bool) -> None:
+    make_jpegs(work / "jpegs", 64 if smoke else 12_800, workers=all_cores())
     pack_jpegs(work / "jpegs", work / "pack", workers=all_cores())
     results: dict = {"device": dev.name(), "torch": torch.__version__, "batch": batch}
 
     def save(key, value):
         results[key] = value
         print(key, json.dumps(value), flush=True)
-        (args.out / "step_profile.json").write_text(json.dumps(results, indent=1))
+        (out / "step_profile.json").write_text(json.dumps(results, indent=1))
 
-    for label, variant, mode in (("eager", "bf16+channels_last", None),
-                                 ("compile", "bf16+channels_last+compile", None),
-                                 ("compile reduce-overhead", "bf16+channels_last+compile", "reduce-overhead")):
+    rows = [("eager", "bf16+channels_last", False), ("compile", "bf16+channels_last+compile", False),
+            ("whole model compiled", "bf16+channels_last", True)]
+    if dev.cuda:
+        rows.insert(2, ("compile cudagraphs", "bf16+channels_last+cudagraphs", False))
+    for label, variant, whole_model in rows:
         torch._dynamo.reset()
         trainer = our_trainer(work / "pack", work / "run", variant, batch, 1, 1)
-        if mode:
-            trainer.model.compiled = {k: tuple(torch.compile(f, dynamic=False, mode=mode) for f in t.stages())
-                                      for k, t in trainer.model.towers.items()}
+        if whole_model:  # one graph for both towers and their exchanges, in place of the per-stage graphs
+            trainer.model.compile()
         images, labels = next(synthetic_batches(dev, batch))
         step = trainer_step(trainer, images, labels)
         try:
             wall, host = per_step(dev, step, steps)
             save(f"{label}: step", {"wall_ms": 1000 * wall, "host_ms": 1000 * host, "images_per_s": batch / wall})
-            if mode is None:
+            if label in ("eager", "compile"):
                 save(f"{label}: parts", parts(dev, trainer, images, labels, steps))
-                profile_table(dev, step, args.out / f"profile_{label.replace(' ', '_')}.txt")
+                profile_table(dev, step, out / f"profile_{label}.txt")
         except Exception as err:  # a mode that does not work here is a finding, not the end of the run
             save(f"{label}: failed", repr(err)[:2000])
         del trainer
 
-    for label, compiled in (("plain autograd, eager", False), ("plain autograd, whole model compiled", True)):
-        torch._dynamo.reset()
-        trainer = our_trainer(work / "pack", work / "run", "bf16+channels_last", batch, 1, 1)
-        images, labels = next(synthetic_batches(dev, batch))
-        try:
-            wall, host = per_step(dev, plain_step(dev, trainer, images, labels, compiled), steps)
-            save(label, {"wall_ms": 1000 * wall, "host_ms": 1000 * host, "images_per_s": batch / wall})
-        except Exception as err:
-            save(f"{label}: failed", repr(err)[:2000])
-        del trainer
-
-    for workers in ((1,) if args.smoke else (4, 8, 12, 16)):
+    for workers in ((1,) if smoke else (4, 8, 12, 16)):
         trainer = our_trainer(work / "pack", work / "run", "bf16+channels_last", batch, 1, workers)
         feed = trainer.feed(0)
         for _ in range(10):
             next(feed)
         dev.sync()
         start = time.perf_counter()
-        count = 2 if args.smoke else 150
+        count = 2 if smoke else 150
         for _ in range(count):
             images, _ = next(feed)
         dev.sync()
