@@ -125,6 +125,7 @@ class Tower(nn.Module):
         if not self.training or self.dropout_p == 0:
             return None
         keep = 1.0 - self.dropout_p
+        # FC6 and FC7 are equally wide in a tower, so one shape serves both masks.
         return torch.empty(images, self.fc7.out_features, device=device).bernoulli_(keep, generator=rng).div_(keep)
 
     def init_paper(self, weight_std: float, bias_init: float, rng: torch.Generator) -> None:
