@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.alexnet import AlexNet
+from model.alexnet import AlexNet, Tower
 from model.config import ModelConfig
 from model.export import grouped_state_dict
 from model.summary import layer_rows
@@ -127,3 +127,14 @@ def test_grouped_export_shapes():
     assert exported["fc8.weight"].shape == (1000, 4096)
     assert exported["fc8.bias"].shape == (1000,)
     assert sum(t.numel() for t in exported.values()) == 60_965_224
+
+
+def test_dropout_masks_drop_half_of_fc6_and_fc7_and_scale_the_rest_by_two():
+    # PAPER.md: dropout p = 0.5 after FC6 and FC7; inverted here (kept units x2 in training).
+    tower = Tower(ModelConfig(), 0).train()
+    mask = tower.dropout_mask(64, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert mask.shape == (64, 2048) == (64, tower.fc6.out_features)
+    assert set(mask.unique().tolist()) == {0.0, 2.0}
+    assert abs((mask == 0).float().mean().item() - 0.5) < 0.01  # 131,072 draws: 0.5 +- 0.0014 (1 sd)
+    assert tower.eval().dropout_mask(64, None, torch.device("cpu")) is None
+    assert Tower(ModelConfig(dropout=0.0), 0).train().dropout_mask(64, None, torch.device("cpu")) is None
