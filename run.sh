@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ./run.sh [--config FILE] [section.key=value ...]   train under torchrun
-# ./run.sh test [pytest arguments]                   run the test suite
+# ./run.sh test [pytest arguments]                   lint (ruff), then run the test suite
 # Both create .venv and install requirements.txt first when needed (or use $PYTHON as it is, below).
 # With no arguments the main job runs: experiments/quickstart.yaml on the embedded data.
 # NPROC overrides the processes per node (default: 2 on CPU, 1 per GPU up to 2).
@@ -28,6 +28,14 @@ fi
 
 if [ "${1:-}" = "test" ]; then
   shift
+  # The linter first (rules in ruff.toml); an interpreter given as $PYTHON may lack it (a GPU image).
+  if "$python" -m ruff --version >/dev/null 2>&1; then
+    "$python" -m ruff check .
+  elif [ -z "${PYTHON:-}" ]; then
+    echo "ruff is missing from $venv: rm -rf $venv and run again" >&2; exit 1
+  else
+    echo "note: $python has no ruff; lint skipped" >&2
+  fi
   exec "$python" -m pytest -q tests "$@"
 fi
 

@@ -28,6 +28,7 @@ import torch
 
 from bench.images import examples_loader, make_jpegs, pack_jpegs
 from data.augment import Augmenter
+from data.config import DataConfig
 from data.loader import train_batches
 from data.order import EpochOrder
 from data.packed import open_packed
@@ -60,7 +61,7 @@ def baseline(folder: Path, batch: int, workers: int):
 def packed(root: Path, batch: int, workers: int, augment: bool):
     data = open_packed(str(root))
     order = EpochOrder(len(data.train), batch, seed=0)
-    augmenter = Augmenter(data.stats, crop=227, mean="image", flip=True, pca_std=0.1, device=torch.device("cpu"))
+    augmenter = Augmenter.from_config(data.stats, DataConfig(), 227, torch.device("cpu"))
     rng = torch.Generator().manual_seed(0)
 
     def epoch_batches(epoch: int):

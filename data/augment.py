@@ -9,6 +9,7 @@ so both towers of a replica draw the same crops, flips and colour noise.
 
 import torch
 
+from data.config import DataConfig
 from data.stats import ImageStats
 
 
@@ -24,6 +25,11 @@ class Augmenter:
         # We read it in [0, 1] units (lambda/255^2, shift*255), which gives shifts of a few
         # grey levels; read in 0..255 units it would add hundreds of levels and drown the image.
         self.pca_basis = (stats.eigenvectors * stats.eigenvalues / 255.0).to(device)
+
+    @staticmethod
+    def from_config(stats: ImageStats, data: DataConfig, crop: int, device: torch.device) -> "Augmenter":
+        """The augmentation `data` configures, to crops of `crop` (model.input_size)."""
+        return Augmenter(stats, crop, data.mean, data.flip, data.pca_std, device)
 
     def train(self, images: torch.Tensor, rng: torch.Generator, first: int = 0, total: int | None = None) -> torch.Tensor:
         """Random patches for images [first, first + N) of a batch of `total`.

@@ -5,8 +5,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.imageset import ImageSet
 from data.order import EpochOrder
-from data.sources import ImageSet
 
 
 class _StepBatches(Dataset):

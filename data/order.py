@@ -2,6 +2,8 @@
 
 import torch
 
+from model.seeds import derive_seed
+
 
 class EpochOrder:
     """Epoch e visits the training set in the permutation seeded by (seed, e).
@@ -21,7 +23,7 @@ class EpochOrder:
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if self._cached is None or self._cached[0] != epoch:
-            rng = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            rng = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
             self._cached = (epoch, torch.randperm(self.size, generator=rng))
         return self._cached[1]
 

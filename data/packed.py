@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from data.sources import Datasets
+from data.imageset import SIDE, Datasets
 from data.stats import ImageStats
 
 FORMAT = "alexnet-packed"
 VERSION = 1
-SIDE = 256
 IMAGE_BYTES = 3 * SIDE * SIDE
 SPLITS = ("train", "val")
 MAKE_ONE = "make one with python -m data.prepare SRC DST"
@@ -108,8 +107,8 @@ class PackedImages:
         return images, labels
 
 
-def open_packed(root: str) -> Datasets:
-    """The training and validation splits and training statistics of the pack at `root`."""
+def read_pack_meta(root: str) -> dict:
+    """The pack's meta.json, checked: a folder that is not a finished pack of this format is refused, naming why."""
     path = Path(root)
     if not path.is_dir():
         raise ValueError(f"data.root={root}: no such folder; {MAKE_ONE}")
@@ -130,6 +129,13 @@ def open_packed(root: str) -> Datasets:
     missing = [split for split in SPLITS if split not in meta["splits"]]
     if missing:
         raise ValueError(f"data.root={root}: the pack has no {' or '.join(missing)} split; add it with prepare's --val-src")
+    return meta
+
+
+def open_packed(root: str) -> Datasets:
+    """The training and validation splits and training statistics of the pack at `root`."""
+    path = Path(root)
+    meta = read_pack_meta(root)
     train, val = (PackedImages(path / split, meta["names"], meta["ids"]) for split in SPLITS)
     stats = ImageStats(**torch.load(path / "stats.pt", weights_only=True))
     return Datasets(train, val, stats)

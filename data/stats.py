@@ -26,7 +26,7 @@ class ImageStats:
 class StatsAccumulator:
     """Running sums over uint8 batches, in float64 so a million images lose nothing."""
 
-    def __init__(self, side: int = 256) -> None:
+    def __init__(self, side: int) -> None:
         self.count = 0
         self.pixel_sum = torch.zeros(3, side, side, dtype=torch.float64)
         self.rgb_sum = torch.zeros(3, dtype=torch.float64)
@@ -64,9 +64,9 @@ class StatsAccumulator:
         )
 
 
-def compute_stats(batches: Iterable[torch.Tensor]) -> ImageStats:
-    """Statistics of all images in `batches` (uint8 [N, 3, H, W] each)."""
-    acc = StatsAccumulator()
+def compute_stats(batches: Iterable[torch.Tensor], side: int) -> ImageStats:
+    """Statistics of all images in `batches` (uint8 [N, 3, side, side] each)."""
+    acc = StatsAccumulator(side)
     for images in batches:
         acc.add(images)
     return acc.result()

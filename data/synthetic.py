@@ -11,17 +11,20 @@ import math
 
 import torch
 
-SIDE = 256
+from data.imageset import SIDE
+from model.seeds import derive_seed
+
+
+def synthetic_classes(classes: int) -> list[str]:
+    return [f"grating_{c:02d}" for c in range(classes)]
 
 
 class SyntheticImages:
     """`size` uint8 3x256x256 images of `classes` classes, image i a pure function of (seed, split, i)."""
 
     def __init__(self, classes: int, size: int, seed: int, split: str) -> None:
-        self.classes = [f"grating_{c:02d}" for c in range(classes)]
-        self.size = size
-        self.seed = seed
-        self.split_offset = {"train": 0, "val": 1}[split]
+        self.classes = synthetic_classes(classes)
+        self.size, self.seed, self.split = size, seed, split
         self.labels = torch.arange(size) % classes
 
     def __len__(self) -> int:
@@ -33,7 +36,7 @@ class SyntheticImages:
         return images, self.labels[indices]
 
     def _image(self, index: int) -> torch.Tensor:
-        rng = torch.Generator().manual_seed((self.seed * 7919 + self.split_offset) * 10_000_019 + index)
+        rng = torch.Generator().manual_seed(derive_seed(self.seed, "image", self.split, index))
         label = int(self.labels[index])
         classes = len(self.classes)
         u = torch.rand(6, generator=rng)

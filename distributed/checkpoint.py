@@ -19,6 +19,9 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.optim import Optimizer
 
+from distributed.checkpoint_reader import CorruptCheckpoint, UnsafeCheckpoint, load_checkpoint
+from distributed.errors import UserError
+
 _NAME = re.compile(r"^step_(\d{8})$")
 PARTIAL = ".partial"
 
@@ -117,15 +120,13 @@ def _causes(err: BaseException) -> str:
 
 
 def load(state: dict, path: str | Path) -> None:
-    """Fill `state`'s tensors in place from the checkpoint at `path`."""
+    """Fill `state`'s tensors in place from the checkpoint at `path`, read by distributed/checkpoint_reader.py:
+    a folder someone else made is hostile until proven otherwise, and DCP's own reader unpickles it."""
     try:
-        dcp.load(state, checkpoint_id=Path(path))
-    except Exception as err:  # DCP wraps per-rank failures; name the file and the cause
-        raise RuntimeError(
-            f"checkpoint {path} does not match this model (was it saved with another model config?): {err}"
-        ) from err
-
-
-def load_model_weights(model: nn.Module, path: str | Path) -> None:
-    """Only the weights, e.g. for evaluation or export."""
-    load({"model": model.state_dict()}, path)
+        load_checkpoint(state, path)
+    except (UnsafeCheckpoint, CorruptCheckpoint) as err:
+        raise UserError(str(err)) from None
+    except dcp.CheckpointException as err:  # a BaseException: per-rank failures, e.g. shapes that differ
+        raise UserError(
+            f"checkpoint {path} does not match this model (was it saved with another model config?): {_causes(err)}"
+        ) from None

@@ -14,10 +14,11 @@ from typing import Any, Iterable, get_type_hints
 import yaml
 
 from data.config import DataConfig
+from distributed.errors import UserError
 from model.config import ModelConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value, file or launch setting that cannot work; the message names it."""
 
 

@@ -5,19 +5,15 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from data.imageset import IMAGE_SHAPE, ImageSet
 from data.loader import eval_batches, eval_share
-from data.sources import ImageSet
 from distributed.config import Config
 from distributed.layout import Layout
-
-IMAGE_SHAPE = (3, 256, 256)
-"""Every dataset stores the paper's 256x256 images; the receiving process allocates this shape."""
 
 
 def shared_batches(
     loaded: Iterator[tuple[torch.Tensor, torch.Tensor]] | None,
     sizes: list[int],
-    image_shape: tuple[int, ...],
     group: dist.ProcessGroup | None,
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -34,7 +30,7 @@ def shared_batches(
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
         else:
-            images = torch.empty((size, *image_shape), dtype=torch.uint8, device=device)
+            images = torch.empty((size, *IMAGE_SHAPE), dtype=torch.uint8, device=device)
             labels = torch.empty(size, dtype=torch.int64, device=device)
         if group is not None:
             dist.broadcast(images, group=group, group_src=0)
@@ -51,4 +47,4 @@ def validation_batches(val: ImageSet, cfg: Config, run: Layout) -> Iterator[tupl
     if plan.loads_data:
         loaded = eval_batches(val, batch_size, plan.replica, plan.replicas, cfg.data.workers, cfg.data.prefetch,
                               plan.device.type == "cuda")
-    return shared_batches(loaded, sizes, IMAGE_SHAPE, run.tower_group, plan.device)
+    return shared_batches(loaded, sizes, run.tower_group, plan.device)

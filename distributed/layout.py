@@ -4,6 +4,7 @@ World size W = replicas x tower processes. With tower processes 2 the ranks
 (2r, 2r+1) hold towers 0 and 1 of replica r; with 1, each rank holds both towers
 of its own replica. The arithmetic is checked from torchrun's environment before
 any process group starts; the groups come from a DeviceMesh (replica, tower).
+`plan_from_env` is the one place the program reads torchrun's environment.
 """
 
 import os
@@ -12,10 +13,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import init_device_mesh
 
 from distributed.config import Config, ConfigError
-from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
 from distributed.fast_path import FastPath
 
 
@@ -33,6 +33,10 @@ class Plan:
     backend: str
     """nccl or gloo."""
     fast: FastPath
+    restarts: int = 0
+    """Times torchrun has restarted this process's workers (TORCHELASTIC_RESTART_COUNT)."""
+    restarts_share_store: bool = False
+    """torchrun may restart workers into the store the dead ones used (pytorch#135712): worth a warning."""
 
     @property
     def replica(self) -> int:
@@ -88,7 +92,11 @@ def plan_from_env(cfg: Config, env: dict[str, str] | None = None) -> Plan:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
         raise ConfigError("parallel.backend=nccl needs a GPU per process; use gloo (or auto) on CPU")
-    return Plan(world, rank, local_rank, tower_processes, replicas, device, backend, FastPath.resolve(cfg.train, device))
+    # torchrun keeps the dead generation's keys in the store it shares with restarted workers,
+    # so a restart can dial a dead peer and fail; a store per generation (docs/SCALING.md) avoids it.
+    shares_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+    return Plan(world, rank, local_rank, tower_processes, replicas, device, backend, FastPath.resolve(cfg.train, device),
+                int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), shares_store)
 
 
 def _device(choice: str, local_rank: int, local_world: int, backend: str) -> torch.device:
@@ -114,21 +122,14 @@ class Layout:
     """A plan with its process groups (None where a group would hold one rank)."""
 
     plan: Plan
-    mesh: DeviceMesh | None
     tower_group: dist.ProcessGroup | None
     replica_group: dist.ProcessGroup | None
-
-    def exchange(self) -> LocalAsyncExchange | ProcessGroupExchange:
-        """How this process's towers meet the others': over the tower group, or within the process."""
-        if self.tower_group is None:
-            return LocalAsyncExchange()
-        return ProcessGroupExchange(self.tower_group, staged=self.plan.staged_exchange)
 
 
 def start(plan: Plan, timeout_s: float) -> Layout:
     """Join the process group (when there is more than one process) and build the mesh."""
     if plan.world == 1:
-        return Layout(plan, None, None, None)
+        return Layout(plan, None, None)
     if plan.device.type == "cuda":
         torch.cuda.set_device(plan.device)
     # The timeout bounds every collective: a dead or stalled peer fails the survivors
@@ -139,7 +140,7 @@ def start(plan: Plan, timeout_s: float) -> Layout:
     )
     tower_group = mesh.get_group("tower") if plan.tower_processes > 1 else None
     replica_group = mesh.get_group("replica") if plan.replicas > 1 else None
-    return Layout(plan, mesh, tower_group, replica_group)
+    return Layout(plan, tower_group, replica_group)
 
 
 def stop() -> None:

@@ -1,44 +1,22 @@
-"""Entry point: `torchrun --nproc_per_node=2 -m distributed.main [--config F]... [section.key=value ...]`.
+"""The training job: `torchrun --nproc_per_node=2 -m distributed.main [--config F]... [section.key=value ...]`.
 
-Loads and checks the config before any process group starts, then trains (or,
-with --describe, prints the layer table) and always tears the group down.
---evaluate, --predict, --figures and --onnx use a trained net instead (distributed/tools.py).
+Commands (distributed/cli.py): train (the default), describe (the layer table),
+evaluate (validation error of checkpoints, alone or as an ensemble, in the layout
+torchrun starts). The config is loaded and checked before any process group starts;
+the group is always torn down. The commands that use one trained net in one process
+are `python -m results`.
 """
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 import torch.distributed as dist
 
-from distributed import layout, tools
-from distributed.config import Config, ConfigError, load_config
+from distributed import cli, layout
+from distributed.build import check_data
+from distributed.checkpoint import CheckpointError
+from distributed.trained import checkpoint_paths
 from model.summary import layer_table
-
-BASE_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m distributed.main", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="YAML layered over config.yaml, in order (repeatable)")
-    parser.add_argument("--describe", action="store_true", help="print the layer table and exit")
-    tools.add_arguments(parser)
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    return tools.take_overrides(parser, parser.parse_args(argv))
-
-
-def check_data(cfg: Config) -> None:
-    """Open the packed data once here: a bad data.root must fail before the process group, not inside it."""
-    if cfg.data.root:
-        from data.packed import open_packed
-
-        try:
-            open_packed(cfg.data.root)
-        except (OSError, ValueError) as err:
-            raise ConfigError(str(err)) from None
 
 
 def lost_peer(err: RuntimeError) -> bool:
@@ -46,37 +24,19 @@ def lost_peer(err: RuntimeError) -> bool:
     return isinstance(err, dist.DistError) or "/gloo/" in str(err)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = load_config([BASE_CONFIG, *args.config], args.overrides)
-        plan = layout.plan_from_env(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    if args.describe:
-        if plan.rank == 0:
-            print(layer_table(cfg.model))
-        return 0
-    if tools.requested(args):
-        return tools.run(args, cfg, plan)
-    from distributed.checkpoint import CheckpointError  # heavy imports only when training
-    from distributed.trainer import Trainer
+def train(args: argparse.Namespace) -> int:
+    from distributed.trainer import Trainer  # heavy imports only when training
 
-    if plan.logs and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" \
-            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
-        # torchrun keeps the dead generation's keys in the store it shares with restarted workers,
-        # so a restart can dial a dead peer and fail (pytorch#135712); a store per generation avoids it.
+    cfg = cli.load(args)
+    plan = layout.plan_from_env(cfg)
+    check_data(cfg)
+    if plan.logs and plan.restarts_share_store:
         print("warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
               "or a restart may fail to connect (docs/SCALING.md)", file=sys.stderr, flush=True)
     trainer = None
     try:
-        check_data(cfg)  # before the group starts; only training reads the data (not --describe, --export)
         trainer = Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s))
         trainer.run()
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
     except CheckpointError as err:
         print(f"rank {plan.rank}: {err}", file=sys.stderr, flush=True)
         return 1
@@ -89,6 +49,46 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         layout.stop()
     return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    cfg = cli.load(args)
+    if layout.plan_from_env(cfg).rank == 0:
+        print(layer_table(cfg.model))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from distributed.evaluation import evaluate_checkpoints, report
+
+    cfg = cli.load(args)
+    plan = layout.plan_from_env(cfg)
+    paths = checkpoint_paths(cfg, args.checkpoint)  # every process checks, so none waits for a peer that gave up
+    check_data(cfg)
+    try:
+        rates = evaluate_checkpoints(cfg, paths, layout.start(plan, cfg.parallel.timeout_s))
+    finally:
+        layout.stop()
+    if plan.rank == 0:
+        print(report(paths, rates), flush=True)
+    return 0
+
+
+def _checkpoints(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                        help="a checkpoint folder (repeat for an ensemble); default: the newest in checkpoint.dir")
+
+
+COMMANDS = {
+    "train": cli.Command("train (the default command)", train),
+    "describe": cli.Command("print the layer table", describe),
+    "evaluate": cli.Command("top-1/top-5 validation error, centre crop and ten patches, of a checkpoint "
+                            "or an ensemble of checkpoints", evaluate, _checkpoints),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main("python -m distributed.main", __doc__, COMMANDS, argv, default="train")
 
 
 if __name__ == "__main__":

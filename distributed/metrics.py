@@ -1,23 +1,60 @@
-"""Error rates and the one logger: TensorBoard on rank 0, nothing on the others."""
+"""Error counts, and the one logger: TensorBoard on rank 0, nothing on the others."""
 
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from model.alexnet import AlexNet
+
+KERNELS_PER_ROW = 16
+"""Kernels per row: the paper's Figure 3 is 6 rows of 16, three rows per tower."""
 
 
-def topk_wrong(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
-    """How many of the images have their label outside the top k, for each k (float tensor, no sync)."""
-    k_max = min(max(ks), logits.shape[1])
-    top = logits.topk(k_max, dim=1).indices
+def topk_wrong(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """How many of the images have their label outside the top k of `scores` (logits or
+    log-probabilities), for each k (float tensor, no sync)."""
+    k_max = min(max(ks), scores.shape[1])
+    top = scores.topk(k_max, dim=1).indices
     hits = top == labels[:, None]
     return torch.stack([(~hits[:, : min(k, k_max)].any(1)).sum() for k in ks]).float()
 
 
-def ten_patch_probabilities(model: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
-    """The paper's test-time prediction: the softmax of each of the ten patches
-    ([10, N, 3, H, W], data.augment.Augmenter.ten_patches), averaged over the patches."""
-    return torch.stack([model(p).float().softmax(dim=1) for p in patches]).mean(0)
+def conv1_kernels(model: AlexNet, tower_group: dist.ProcessGroup | None = None) -> dict[int, torch.Tensor]:
+    """{tower: conv1 weights [kernels, 3, 11, 11]} of every tower, on the CPU.
+
+    With `tower_group` (one tower per process) this is a collective: every process of
+    the group must call it, and each gets both towers' kernels.
+    """
+    local = {int(k): t.conv1.weight.detach() for k, t in model.towers.items()}
+    if tower_group is None:
+        return {k: w.cpu() for k, w in local.items()}
+    (mine,) = local.values()
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(tower_group))]
+    dist.all_gather(gathered, mine.contiguous(), group=tower_group)
+    return {t: w.cpu() for t, w in enumerate(gathered)}
+
+
+def kernel_grid(kernels: torch.Tensor, padding: int = 1) -> torch.Tensor:
+    """float [3, H, W] in [0, 1]: the kernels in rows of KERNELS_PER_ROW, each min-max normalised
+    on its own, as in the paper's Figure 3."""
+    return make_grid(kernels.float(), nrow=KERNELS_PER_ROW, padding=padding, normalize=True, scale_each=True,
+                     pad_value=1.0)
+
+
+def colourfulness(kernels: torch.Tensor) -> float:
+    """Mean over kernels of (std across RGB at each pixel, averaged over pixels) / the kernel's whole std.
+
+    0 for kernels that weigh the three channels alike (colour-agnostic); larger for
+    kernels that respond to one colour against another: the paper notes one tower's
+    conv1 kernels are largely colour-agnostic and the other's colour-specific.
+    """
+    k = kernels.double()
+    across_rgb = k.std(dim=1, unbiased=False).mean(dim=(1, 2))
+    overall = k.flatten(1).std(dim=1, unbiased=False)
+    return (across_rgb / overall.clamp_min(1e-12)).mean().item()
 
 
 class MetricLogger:
@@ -35,9 +72,13 @@ class MetricLogger:
         if self.writer:
             self.writer.add_text(tag, text)
 
-    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+    def conv1_kernels(self, kernels: dict[int, torch.Tensor], step: int) -> None:
+        """Figure 3 as training goes: each tower's kernel grid (`kernels/conv1_tower<t>`) and
+        colourfulness (`kernels/colour_tower<t>`), from `conv1_kernels`."""
         if self.writer:
-            self.writer.add_image(tag, image, step)
+            for t, w in kernels.items():
+                self.writer.add_image(f"kernels/conv1_tower{t}", kernel_grid(w), step)
+            self.scalars(step, {f"kernels/colour_tower{t}": colourfulness(w) for t, w in kernels.items()})
 
     def close(self) -> None:
         if self.writer:

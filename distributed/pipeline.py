@@ -1,72 +1,87 @@
 """One training step as a pipeline over micro-batches, every exchange in flight while the
 next micro-batch computes (a GPipe schedule: all forwards, then all backwards).
 
-Forward runs stage by stage (model/alexnet.py STAGES); within a stage, micro-batch
-i+1 computes while micro-batch i's all-gather travels. Backward is driven here,
-stage by stage in reverse: each stage's input is a detached leaf, so its gradient
-can be sent (reduce-scatter, the gather's dual) while the next micro-batch's
-backward computes. With replicas, a stage's parameter gradients are all-reduced
-across replicas as soon as every micro-batch has passed that stage, under the
-backward of the stages before it.
+Forward runs stage by stage (model/layers.py STAGES); within a stage, micro-batch
+i+1 computes while micro-batch i's exchange travels. Backward is driven here, stage
+by stage in reverse: each stage's input is a detached leaf, so its gradient can be
+sent (the exchange's dual) while the next micro-batch's backward computes. With
+replicas, a stage's parameter gradients are all-reduced across replicas as soon as
+every micro-batch has passed that stage, under the backward of the stages before it.
 """
+
+import time
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from distributed.metrics import topk_wrong
-from model.alexnet import STAGE_LAYERS, STAGES, AlexNet
+from model.alexnet import AlexNet
+from model.exchange import Exchange, Pending
+from model.layers import STAGES
+
+
+class ExposedTime:
+    """Host seconds the step spent waiting for exchanges to land, forward and backward: exact for
+    gloo, whose collectives block; on NCCL the caller syncs on log steps before reading it."""
+
+    def __init__(self) -> None:
+        self.forward = self.backward = 0.0
+
+    def wait(self, pending: Pending, direction: str):
+        start = time.perf_counter()
+        result = pending.wait()
+        setattr(self, direction, getattr(self, direction) + time.perf_counter() - start)
+        return result
 
 
 class PipelinedStep:
     """Forward and backward of one batch, cut into micro-batches, for the towers this process holds."""
 
-    def __init__(self, model: AlexNet, exchange, replica_group: dist.ProcessGroup | None) -> None:
+    def __init__(self, model: AlexNet, exchange: Exchange, replica_group: dist.ProcessGroup | None) -> None:
         self.model, self.exchange, self.replica_group = model, exchange, replica_group
         towers = list(model.towers.values())
+        # One gradient bucket per stage, averaged over replicas once every micro-batch has passed it.
         self.stage_params = [
-            [p for t in towers for name in names for p in getattr(t, name).parameters()] for names in STAGE_LAYERS
+            [p for t in towers for layer in stage.layers for p in getattr(t, layer.name).parameters()] for stage in STAGES
         ]
+        self.exposed = ExposedTime()
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, micro_batches: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate d(mean loss over the batch)/d(params) into .grad; returns (summed loss, wrong top-1/5)."""
         if micro_batches == 1 and self.exchange.in_process and self.replica_group is None:
             return self._whole_batch(inputs, labels, autocast)
         xs, ys = inputs.chunk(micro_batches), labels.chunk(micro_batches)
-        m, towers = len(xs), len(self.model.towers)
-        leaves = [[None] * m for _ in range(STAGES)]  # each stage's exchanged input, a leaf that collects its grad
-        outputs = [[None] * m for _ in range(STAGES)]  # this process's towers' outputs of each stage
+        m, towers, wait = len(xs), len(self.model.towers), self.exposed.wait
+        leaves = [[None] * m for _ in STAGES]  # each stage's exchanged input, a leaf that collects its grad
+        outputs = [[None] * m for _ in STAGES]  # this process's towers' outputs of each stage
         pending = [None] * m
 
-        for k in range(STAGES):
+        for k, stage in enumerate(STAGES):
             for i in range(m):
-                x = xs[i] if k == 0 else pending[i].wait().detach().requires_grad_()
+                x = xs[i] if k == 0 else wait(pending[i], "forward").detach().requires_grad_()
                 leaves[k][i] = x
                 with autocast():
                     outputs[k][i] = self.model.stage(k, x)
-                last = k == STAGES - 1
-                pending[i] = self.exchange.start_sum(outputs[k][i]) if last else self.exchange.start_gather(outputs[k][i])
+                pending[i] = self.exchange.start(stage.exchange, outputs[k][i])
 
         loss_sum = torch.zeros((), device=inputs.device)
         wrong = torch.zeros(2, device=inputs.device)
-        grads = [None] * m
         for i in range(m):
-            logits = pending[i].wait().detach().requires_grad_()
+            logits = wait(pending[i], "forward").detach().requires_grad_()
             loss = F.cross_entropy(logits.float(), ys[i], reduction="sum")
             (loss / len(labels)).backward()
-            # FC8's partial logits were summed, so every tower's part receives the logits' gradient.
-            grads[i] = [logits.grad] * towers
+            pending[i] = self.exchange.start_dual(STAGES[-1].exchange, logits.grad, towers)
             loss_sum += loss.detach()
             wrong += topk_wrong(logits.detach(), ys[i])
 
         replica_sync = []
-        for k in reversed(range(STAGES)):
+        for k in reversed(range(len(STAGES))):
             for i in range(m):
-                parts = grads[i] if k == STAGES - 1 else pending[i].wait()
-                torch.autograd.backward(outputs[k][i], parts)
+                torch.autograd.backward(outputs[k][i], wait(pending[i], "backward"))
                 outputs[k][i] = None  # this micro-batch's stage graph is spent
                 if k > 0:
-                    pending[i] = self.exchange.start_gather_grad(leaves[k][i].grad, towers)
+                    pending[i] = self.exchange.start_dual(STAGES[k - 1].exchange, leaves[k][i].grad, towers)
             replica_sync.append(self._start_replica_mean(self.stage_params[k]))
         for finish in replica_sync:
             finish()

@@ -1,96 +1,53 @@
-"""The training loop: forward, loss, backward, step; evaluation, logs and checkpoints around it."""
+"""The training loop: forward, loss, backward, step; evaluation, logs and checkpoints at its edges."""
 
 import math
-import os
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from data.augment import Augmenter
 from data.loader import train_batches
-from data.order import EpochOrder
-from data.sources import open_datasets
 from distributed import checkpoint
-from distributed.config import Config, ConfigError, to_dict
-from distributed.feed import IMAGE_SHAPE, shared_batches, validation_batches
-from distributed.figures import conv1_kernels, log_conv1_kernels
+from distributed.build import build
+from distributed.config import Config, to_dict
+from distributed.evaluation import CENTRE, TEN_PATCHES, ErrorRates, evaluate
+from distributed.feed import shared_batches, validation_batches
 from distributed.layout import Layout
-from distributed.metrics import MetricLogger, ten_patch_probabilities, topk_wrong
-from distributed.optimizer import PlateauSchedule, build_optimizer
-from distributed.pipeline import PipelinedStep
-from model.alexnet import AlexNet
+from distributed.metrics import conv1_kernels
+from model.seeds import derive_seed
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclass
-class Evaluation:
-    """Validation error rates over the whole validation set."""
-
-    top1: float
-    top5: float
-    loss: float
-
-
-def step_seed(seed: int, step: int, replica: int, purpose: int) -> int:
-    """A seed per (step, replica, use): a resumed run redraws exactly what it would have drawn."""
-    return ((seed * 1_000_003 + step) * 1009 + replica) * 8 + purpose
-
-
 class Trainer:
-    """Owns the model, the optimiser, the data feed and the run's progress for one process."""
+    """Runs one process's share of training: the loop, and the end of each epoch."""
 
     def __init__(self, cfg: Config, layout: Layout) -> None:
         self.cfg, self.layout, self.plan = cfg, layout, layout.plan
-        self.device = self.plan.device
-        self.data = open_datasets(cfg.data, cfg.train.seed)
-        if len(self.data.classes) > cfg.model.num_classes:
-            raise ConfigError(
-                f"model.num_classes={cfg.model.num_classes} but the data has {len(self.data.classes)} classes"
-            )
+        self.device, self.fast = self.plan.device, self.plan.fast
+        parts = build(cfg, layout)
+        self.data, self.order, self.model, self.pipeline = parts.data, parts.order, parts.model, parts.pipeline
+        self.optimizer, self.schedule, self.augment, self.logger = parts.optimizer, parts.schedule, parts.augment, parts.logger
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
-        self.order = EpochOrder(len(self.data.train), cfg.train.batch_size, cfg.train.seed)
-        self.exchange = layout.exchange()
-        self.fast = self.plan.fast
-        self.fast.apply_process_flags()
-        # Init on the CPU so every layout and device starts from the same numbers.
-        self.model = AlexNet(cfg.model, self.plan.tower_indices(cfg.model.towers), self.exchange)
-        self.model.init_paper(cfg.train.seed)
-        self.model.to(self.device, memory_format=self.fast.memory_format)
-        if self.fast.compile != "off":
-            self.model.compile_stages("reduce-overhead" if self.fast.compile == "cudagraphs" else None)
-        self.pipeline = PipelinedStep(self.model, self.exchange, layout.replica_group)
-        t = cfg.train
-        self.optimizer = build_optimizer(self.model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
-        self.schedule = PlateauSchedule(self.optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
-        self.augment = Augmenter(
-            self.data.stats, cfg.model.input_size, cfg.data.mean, cfg.data.flip, cfg.data.pca_std, self.device
-        )
-        self.logger = MetricLogger(cfg.log.dir, enabled=self.plan.logs)
         self.step = 0
         # Training top-1 errors and images of the epoch so far, over this replica (the paper's Figure 1 axis).
         self.epoch_tally = torch.zeros(2, device=self.device)
         self.reached_target = False
-        self.total_steps = t.epochs * self.order.steps_per_epoch
-        if t.max_steps:
-            self.total_steps = min(self.total_steps, t.max_steps)
-
-    # -- the step ---------------------------------------------------------------------------
+        self.total_steps = cfg.train.epochs * self.order.steps_per_epoch
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on a replica batch; returns (summed loss, wrong top-1/top-5) without syncing."""
         self.model.train()
-        replica = self.plan.replica
+        seed, replica = self.cfg.train.seed, self.plan.replica
         # Augmentation is drawn for the whole batch (the same in every layout); dropout per replica.
-        aug_rng = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, self.step, 0, 0))
-        self.model.seed_dropout(step_seed(self.cfg.train.seed, self.step, replica, 1))
+        aug_rng = torch.Generator().manual_seed(derive_seed(seed, "augment", self.step))
+        self.model.seed_dropout(derive_seed(seed, "dropout", self.step, replica))
         inputs = self.augment.train(images, aug_rng, replica * len(labels), self.cfg.train.batch_size)
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
         inputs = inputs.contiguous(memory_format=self.fast.memory_format)
@@ -102,8 +59,6 @@ class Trainer:
     def _autocast(self):
         return self.fast.autocast(self.device)
 
-    # -- data ------------------------------------------------------------------------------
-
     def feed(self, first_step: int):
         """Every remaining step's batch: one loader for the run, prefetching across epoch ends (and so
         under the evaluation at each), instead of new loading processes every epoch."""
@@ -114,29 +69,12 @@ class Trainer:
                 self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
             )
         sizes = [self.replica_batch] * (self.total_steps - first_step)
-        return shared_batches(loaded, sizes, IMAGE_SHAPE, self.layout.tower_group, self.device)
+        return shared_batches(loaded, sizes, self.layout.tower_group, self.device)
 
-    # -- evaluation ------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self, patches: int = 1) -> Evaluation:
-        """Top-1/top-5 error and loss over the validation set, summed across replicas: from the
-        centre crop (patches=1) or the softmax averaged over the paper's ten patches (patches=10)."""
-        self.model.eval()
+    def evaluate(self, ways=(CENTRE,)) -> dict[str, ErrorRates]:
+        """The validation set's error rates, summed over replicas (distributed/evaluation.py)."""
         batches = validation_batches(self.data.val, self.cfg, self.layout)
-        totals = torch.zeros(4, device=self.device)  # wrong top-1, wrong top-5, loss sum, images
-        for images, labels in batches:
-            with self._autocast():
-                if patches == 10:
-                    log_probs = ten_patch_probabilities(self.model, self.augment.ten_patches(images)).log()
-                else:
-                    log_probs = self.model(self.augment.centre(images)).float().log_softmax(dim=1)
-            totals[:2] += topk_wrong(log_probs, labels)
-            totals[2] += F.nll_loss(log_probs, labels, reduction="sum")
-            totals[3] += len(labels)
-        self._sum_over_replicas(totals)
-        top1, top5, loss, count = totals.tolist()
-        return Evaluation(top1 / count, top5 / count, loss / count)
+        return evaluate([self.model], self.augment, batches, self.layout.replica_group, self._autocast, ways)
 
     def _sum_over_replicas(self, t: torch.Tensor) -> None:
         if self.layout.replica_group is not None:
@@ -184,7 +122,7 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def run(self) -> Evaluation:
+    def run(self) -> ErrorRates:
         """Train to the configured length, evaluating and checkpointing each epoch."""
         self._check_checkpoint_space()
         if self.plan.logs:
@@ -213,20 +151,23 @@ class Trainer:
             if self.step % self.cfg.log.every_steps == 0:
                 self._log_window(window, bar)
                 window = _Window(self.device)
-            if self.cfg.checkpoint.every_steps and self.step % self.cfg.checkpoint.every_steps == 0:
+            epoch_end = self.step % per_epoch == 0
+            if epoch_end:
+                result = self._end_of_epoch(self.step // per_epoch - 1)
+            elif self.cfg.checkpoint.every_steps and self.step % self.cfg.checkpoint.every_steps == 0:
                 self._check_finite(window)
                 self.save()
-            if self.step % per_epoch == 0:
-                result = self._end_of_epoch(self.step // per_epoch - 1)
         feed.close()
         bar.close()
         mid_epoch = self.step % per_epoch != 0
         if mid_epoch:  # stopped by max_steps: keep the place, leave the schedule be
             self._check_finite(window)
             self.save()
-        if mid_epoch or result is None:  # None: resumed a run that had already finished
-            result = self.evaluate()
-        ten = self.evaluate(patches=10)
+        # The last epoch's centre-crop rates stand unless steps followed it (or, resumed after the
+        # last epoch, there are none): then the centre crop is measured with the ten patches.
+        final = self.evaluate((TEN_PATCHES,) if result and not mid_epoch else (CENTRE, TEN_PATCHES))
+        result = final.get(CENTRE, result)
+        ten = final[TEN_PATCHES]
         if self.plan.logs:
             print(f"final validation (centre crop): top-1 error {result.top1:.4f}, top-5 error {result.top5:.4f}", flush=True)
             print(f"final validation (10 patches): top-1 error {ten.top1:.4f}, top-5 error {ten.top5:.4f}", flush=True)
@@ -241,25 +182,23 @@ class Trainer:
         """Whether torchrun restarted any process of the run. A machine whose agent was lost and is
         started again counts its workers' restarts from 0 while the survivors' agents count 1, so
         the processes agree by a MAX over all of them: every process resumes, or none."""
-        restarted = torch.tensor([float(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))], device=self.device)
+        restarted = torch.tensor([float(self.plan.restarts)], device=self.device)
         if dist.is_initialized():
             dist.all_reduce(restarted, op=dist.ReduceOp.MAX)
         return restarted.item() > 0
 
-    def _end_of_epoch(self, epoch: int) -> Evaluation:
+    def _end_of_epoch(self, epoch: int) -> ErrorRates:
         tally = self.epoch_tally.clone()
         self._sum_over_replicas(tally)
         self.epoch_tally.zero_()
         wrong, images = tally.tolist()
         train_top1 = wrong / images
         target = self.cfg.train.stop_at_train_error
-        result = self.evaluate()
-        self.exchange.clock.reset()  # evaluation's exchanges are not the training step's
+        result = self.evaluate()[CENTRE]
         dropped = self.schedule.step(result.top1)
         converged = self.cfg.train.stop_when_converged and self.schedule.converged
         self.reached_target = (0 < target and train_top1 <= target) or converged
-        # Figure 3 as training goes: each tower's conv1 kernels and how colourful they are.
-        log_conv1_kernels(self.logger, conv1_kernels(self.model, self.layout.tower_group), self.step)
+        self.logger.conv1_kernels(conv1_kernels(self.model, self.layout.tower_group), self.step)
         self.logger.scalars(self.step, {
             "error/val_top1": result.top1, "error/val_top5": result.top5, "loss/val": result.loss, "epoch": epoch + 1,
             "error/train_epoch_top1": train_top1,
@@ -299,6 +238,7 @@ class Trainer:
         self._stop_if_not_finite(loss)
         elapsed = time.perf_counter() - window.start
         steps = self.cfg.log.every_steps
+        exposed = self.pipeline.exposed  # what the steps spent waiting for exchanges to land
         values = {
             "loss/train": loss / images,
             "error/train_top1": wrong1 / images,
@@ -308,13 +248,11 @@ class Trainer:
             "time/step_s": elapsed / steps,
             "time/data_wait_s": window.data_wait / steps,
             "time/data_wait_pct": 100 * window.data_wait / elapsed,
+            "time/exchange_forward_s": exposed.forward / steps,
+            "time/exchange_backward_s": exposed.backward / steps,
+            "time/exchange_pct": 100 * (exposed.forward + exposed.backward) / elapsed,
         }
-        # Exposed exchange time: what the step spent waiting for exchanges to land.
-        clock = self.exchange.clock
-        values["time/exchange_forward_s"] = clock.forward / steps
-        values["time/exchange_backward_s"] = clock.backward / steps
-        values["time/exchange_pct"] = 100 * (clock.forward + clock.backward) / elapsed
-        clock.reset()
+        exposed.forward = exposed.backward = 0.0
         self.logger.scalars(self.step, values)
         bar.set_postfix(loss=f"{values['loss/train']:.3f}", img_s=f"{values['throughput/images_per_s']:.0f}")
 

@@ -1,5 +1,6 @@
 """Hyperparameters of the network itself (PAPER.md, "The network")."""
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -52,3 +53,16 @@ class ModelConfig:
                 raise ValueError(f"{key}={getattr(self, key)}: must be at least 1")
         if self.weight_std <= 0:
             raise ValueError(f"weight_std={self.weight_std}: must be positive")
+
+    def differences(self, saved: dict) -> list[str]:
+        """`key: saved value -> this value` for every architecture key where `saved` (a ModelConfig
+        as a dict, recorded with trained weights) differs from this config. Options that keep
+        the shapes but change the function (LRN, activation, pooling, input size) count too."""
+        mine = {k: v for k, v in dataclasses.asdict(self).items() if k not in TRAINING_ONLY}
+        keys = sorted(set(mine) | set(saved) - TRAINING_ONLY)
+        return [f"model.{k}: {saved.get(k, '(absent)')!r} -> {mine.get(k, '(absent)')!r}"
+                for k in keys if saved.get(k) != mine.get(k)]
+
+
+TRAINING_ONLY = {"dropout", "weight_std", "bias_init"}
+"""ModelConfig keys that shape training (the init, dropout's rate) but not the trained net's function."""

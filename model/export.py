@@ -1,26 +1,66 @@
-"""The towers' weights as one grouped network, in the layout Caffe's bvlc_alexnet uses.
+"""The towers as one grouped network, in the layout Caffe's bvlc_alexnet uses.
 
-conv2, conv4 and conv5 become `groups=2` convolutions whose weights stack the two
-towers' kernels; conv1, conv3 and the FC layers become whole layers. The result
-loads into any plain grouped AlexNet (Caffe names: conv1..conv5, fc6..fc8).
+conv2, conv4 and conv5 become `groups=towers` convolutions whose weights stack the
+towers' kernels; conv1, conv3 and the FC layers become whole layers; LRN runs on each
+tower's channels separately (a window across towers would mix them, which the paper's
+net never does). Both are read off model/layers.py's STAGES, as the towers are, so
+`grouped_network` loads `grouped_state_dict` as it is and gives the towers' numbers
+with no exchange in sight.
 """
 
-import torch
+from collections import OrderedDict
 
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.layers import LAYERS, STAGES, build_layer, companions, fan_ins, reads_whole_input, split_by_input, widths
 
 
 def grouped_state_dict(towers_state: dict[str, torch.Tensor], towers: int = 2) -> dict[str, torch.Tensor]:
     """Merge `towers.<i>.<layer>.<param>` entries of all towers into Caffe-named whole layers.
 
-    Output kernels of every layer but FC8 are stacked tower after tower, which is the
-    channel order the exchange produces. FC8 was split by input, so its weights are
-    joined along the input dimension and its bias is tower 0's.
+    Output kernels of every layer are stacked tower after tower, which is the channel
+    order the exchange produces; FC8 was split by input, so its weights are joined along
+    the input dimension and its bias is tower 0's.
     """
     out: dict[str, torch.Tensor] = {}
     for layer in LAYERS:
+        by_input = split_by_input(layer)
         weights = [towers_state[f"towers.{t}.{layer}.weight"] for t in range(towers)]
-        out[f"{layer}.weight"] = torch.cat(weights, dim=1 if layer == "fc8" else 0)
-        biases = [towers_state[f"towers.{t}.{layer}.bias"] for t in range(towers) if layer != "fc8" or t == 0]
+        out[f"{layer}.weight"] = torch.cat(weights, dim=1 if by_input else 0)
+        biases = [towers_state[f"towers.{t}.{layer}.bias"] for t in range(towers) if not by_input or t == 0]
         out[f"{layer}.bias"] = torch.cat(biases)
     return out
+
+
+class TowerLRN(nn.Module):
+    """LRN applied to each tower's channels on its own: the channels split into `towers` equal parts."""
+
+    def __init__(self, lrn: nn.Module, towers: int) -> None:
+        super().__init__()
+        self.lrn, self.towers = lrn, towers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.lrn(part) for part in x.chunk(self.towers, dim=1)], dim=1)
+
+
+def grouped_network(cfg: ModelConfig) -> nn.Sequential:
+    """The whole net for inference (no dropout), its layers Caffe-named conv1..fc8."""
+    t = cfg.towers
+    width, fan_in = widths(cfg), fan_ins(cfg)
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    for stage in STAGES:
+        for layer in stage.layers:
+            name = layer.name
+            if split_by_input(name):  # one whole layer over every tower's input
+                modules[name] = build_layer(cfg, layer, fan_in[name] * t, width[name])
+            elif reads_whole_input(name):  # every tower's kernels side by side, reading the one input
+                modules[name] = build_layer(cfg, layer, fan_in[name], width[name] * t)
+            else:  # each tower's own input: a grouped convolution
+                modules[name] = build_layer(cfg, layer, fan_in[name] * t, width[name] * t, groups=t)
+            for step in layer.after:
+                if step != "dropout":
+                    module = companions(cfg)[step]
+                    modules[f"{step}_{name}"] = TowerLRN(module, t) if step == "lrn" and cfg.lrn != "none" else module
+    return nn.Sequential(modules).eval()

@@ -4,8 +4,7 @@ import torch
 
 from model.alexnet import AlexNet
 from model.config import ModelConfig
-
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+from model.layers import LAYERS, split_by_input
 
 
 def layer_rows(cfg: ModelConfig) -> list[dict]:
@@ -27,12 +26,12 @@ def layer_rows(cfg: ModelConfig) -> list[dict]:
         weight = layers[0].weight
         total = sum(p.numel() for layer in layers for p in layer.parameters())
         per_tower = weight.shape[0]
-        kernels = cfg.num_classes if name == "fc8" else per_tower * len(layers)
+        kernels = per_tower if split_by_input(name) else per_tower * len(layers)
         side = shapes[name][-1] if len(shapes[name]) == 4 else None
         rows.append({
             "layer": name,
             "kernels": kernels,
-            "per_tower": kernels if name == "fc8" else per_tower,
+            "per_tower": per_tower,
             "kernel": "x".join(map(str, weight.shape[2:])) + f"x{weight.shape[1]}" if weight.dim() == 4 else f"{weight.shape[1]} in",
             "output": f"{side}x{side}x{kernels}" if side else str(kernels),
             "params": total,

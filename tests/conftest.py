@@ -1,47 +1,16 @@
-"""Shared test helpers: start gloo worker processes on CPU."""
+"""Shared test fixtures: thread count, and commands launched in their own session."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, init: bool, fn, args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    if init:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_workers(world: int, fn, *args, init: bool = True) -> None:
-    """Run fn(rank, world, *args) in `world` gloo processes, as torchrun would set them up.
-
-    fn must be importable (module level). With init=False the process group is left to
-    fn (the trainer joins it itself from the environment).
-    """
-    mp.spawn(_worker, args=(world, free_port(), init, fn, args), nprocs=world, join=True)
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +39,18 @@ def launch(tmp_path):
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(trainer, run dir, the override words that name its config) after a two-step run, shared by
+    the tests of what a trained net is used for."""
+    from distributed.trainer import Trainer
+    from tests.trainer_runs import small_config, small_words, start
+
+    run_dir = tmp_path_factory.mktemp("run")
+    words = small_words(run_dir, "train.max_steps=2", "train.epochs=1", "data.synthetic_val_images=4")
+    cfg = small_config(run_dir, *words)
+    trainer = Trainer(cfg, start(cfg))
+    trainer.run()
+    return trainer, run_dir, words

@@ -29,9 +29,9 @@ def _coordinates(n: int) -> torch.Tensor:
     return img.expand(n, 3, SIDE, SIDE).contiguous()
 
 
-def _zero_mean_stats() -> ImageStats:
+def _zero_mean_stats(side: int = SIDE) -> ImageStats:
     s = _stats()
-    return ImageStats(torch.zeros(3, SIDE, SIDE), torch.zeros(3), s.eigenvalues, s.eigenvectors)
+    return ImageStats(torch.zeros(3, side, side), torch.zeros(3), s.eigenvalues, s.eigenvectors)
 
 
 def test_crops_stay_inside_and_cover_every_offset_and_flip_about_half():
@@ -113,13 +113,15 @@ def test_slicing_and_gather_paths_agree_exactly():
 
 
 def test_ten_patch_prediction_averages_the_softmax_of_each_patch():
-    from distributed.metrics import ten_patch_probabilities
+    from distributed.evaluation import TEN_PATCHES, log_probabilities
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
-    patches = torch.randn(10, 3, 3, 4, 4)
+    images = torch.randint(0, 256, (3, 3, 6, 6), dtype=torch.uint8)
+    aug = Augmenter(_zero_mean_stats(6), 4, "image", False, 0.0, torch.device("cpu"))
+    patches = aug.ten_patches(images)
     direct = sum(torch.softmax(model(patches[k]), dim=1) for k in range(10)) / 10
-    got = ten_patch_probabilities(model, patches)
+    got = log_probabilities([model], aug, images, TEN_PATCHES).exp()
     torch.testing.assert_close(got, direct)
     torch.testing.assert_close(got.sum(1), torch.ones(3))
     mean_logits = torch.stack([model(p) for p in patches]).mean(0)

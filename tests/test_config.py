@@ -87,7 +87,7 @@ def test_entry_point_reports_config_errors_before_starting():
     proc = subprocess.run([sys.executable, "-m", "distributed.main", "train.momentum=2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "config error: train.momentum=2.0: must be in [0, 1)" in proc.stderr
+    assert "error: train.momentum=2.0: must be in [0, 1)" in proc.stderr
 
 
 def test_backends_and_two_tower_processes_sharing_one_gpu(monkeypatch):

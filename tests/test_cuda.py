@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 from distributed import checkpoint, layout
 from distributed.trainer import Trainer
+from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
-from tests.conftest import ROOT, run_workers
+from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
 
 pytestmark = [

@@ -14,9 +14,9 @@ from distributed.config import ConfigError, TrainConfig
 from distributed.exchange import ProcessGroupExchange
 from distributed.fast_path import FastPath
 from distributed.trainer import Trainer
+from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
-from tests.conftest import run_workers
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
 
 CFG = ModelConfig(num_classes=10)

@@ -132,9 +132,12 @@ def test_grouped_export_shapes():
 def test_dropout_masks_drop_half_of_fc6_and_fc7_and_scale_the_rest_by_two():
     # PAPER.md: dropout p = 0.5 after FC6 and FC7; inverted here (kept units x2 in training).
     tower = Tower(ModelConfig(), 0).train()
-    mask = tower.dropout_mask(64, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert mask.shape == (64, 2048) == (64, tower.fc6.out_features)
-    assert set(mask.unique().tolist()) == {0.0, 2.0}
-    assert abs((mask == 0).float().mean().item() - 0.5) < 0.01  # 131,072 draws: 0.5 +- 0.0014 (1 sd)
-    assert tower.eval().dropout_mask(64, None, torch.device("cpu")) is None
-    assert Tower(ModelConfig(dropout=0.0), 0).train().dropout_mask(64, None, torch.device("cpu")) is None
+    cpu = torch.device("cpu")
+    for stage, layer in ((2, tower.fc6), (3, tower.fc7)):
+        mask = tower.dropout_mask(stage, 64, torch.Generator().manual_seed(0), cpu)
+        assert mask.shape == (64, 2048) == (64, layer.out_features)
+        assert set(mask.unique().tolist()) == {0.0, 2.0}
+        assert abs((mask == 0).float().mean().item() - 0.5) < 0.01  # 131,072 draws: 0.5 +- 0.0014 (1 sd)
+    assert [tower.dropout_mask(k, 64, None, cpu) for k in (0, 1)] == [None, None]  # no dropout in the conv stages
+    assert tower.eval().dropout_mask(3, 64, None, cpu) is None
+    assert Tower(ModelConfig(dropout=0.0), 0).train().dropout_mask(3, 64, None, cpu) is None

@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed import checkpoint
 from bench.netns import Namespaces, namespaces_unavailable
-from tests.conftest import free_port
+from distributed import checkpoint
+from distributed.workers import free_port
 from tests.processes import CPU_ENV, children, final_state, wait_for
-from tests.test_scale_and_faults import DETERMINISTIC, assert_moved_alike, train
-from tests.trainer_runs import SMALL, initial_state, small_config, weights_and_velocity
+from tests.test_scale_and_faults import assert_moved_alike
+from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
 
-RUN = [o for o in SMALL if not o.startswith(("train.batch_size", "train.epochs"))] + [
-    *DETERMINISTIC, "train.micro_batches=1", "parallel.timeout_s=30"]
+RUN = [*DETERMINISTIC, "train.micro_batches=1", "parallel.timeout_s=30"]
 """4 images a step over 2 replicas, dropout off: the 2x2 comparison of test_scale_and_faults."""
 
 ENV = {**CPU_ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
@@ -29,11 +28,10 @@ ENV = {**CPU_ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 def agent(endpoint: str, run_dir: Path, *overrides: str, restarts: int = 0, node: tuple[str, ...] = ()) -> list[str]:
     """One node's torchrun: 2 processes, joining a 2-node run at `endpoint` (HOST:PORT); `node`: more
     torchrun options for this node. Later overrides replace earlier ones."""
-    given = [*RUN, f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck", *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2",
             "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_dir.name}",
             f"--max-restarts={restarts}", *node, "-m", "distributed.main",
-            *{o.partition("=")[0]: o for o in given}.values()]
+            *small_words(run_dir, *RUN, *overrides)]
 
 
 def finish(*procs: subprocess.Popen, limit_s: float = 300) -> None:
@@ -47,8 +45,8 @@ def assert_two_by_two_follows_one_process(tmp_path: Path, run_dir: Path) -> None
     4 images; the final weights equal one process taking them as 2 micro-batches (the same grouping)."""
     torch.set_num_threads(1)
     start = initial_state(small_config(tmp_path / "start", *DETERMINISTIC))
-    plain = weights_and_velocity(train(tmp_path / "plain", *DETERMINISTIC, "train.max_steps=1"))
-    grouped = weights_and_velocity(train(tmp_path / "grouped", *DETERMINISTIC, "train.micro_batches=2"))
+    plain = weights_and_velocity(train(tmp_path / "plain", *RUN, "train.max_steps=1"))
+    grouped = weights_and_velocity(train(tmp_path / "grouped", *RUN, "train.micro_batches=2"))
     first = final_state(run_dir / "ck" / "step_00000001")
     last = final_state(run_dir / "ck" / "step_00000003")  # read in this one process, whatever wrote it
     for reference, state in ((plain, first), (grouped, last)):

@@ -5,11 +5,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from distributed.exchange import LocalAsyncExchange, ProcessGroupExchange
+from distributed.exchange import ProcessGroupExchange
 from distributed.pipeline import PipelinedStep
+from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
-from tests.conftest import run_workers
+from model.exchange import LocalExchange
 
 # Dropout off: the pipeline draws masks stage by stage, the plain pass micro-batch by micro-batch.
 CFG = ModelConfig(num_classes=10, dropout=0.0)
@@ -48,7 +49,7 @@ def _assert_same(loss, grads, ref_loss, ref_grads):
 @pytest.mark.parametrize("micro_batches", [1, 2, 4])
 def test_one_process_micro_batches_equal_the_whole_batch(micro_batches):
     ref_loss, ref_grads = _reference()
-    loss, grads = _pipelined(AlexNet(CFG), LocalAsyncExchange(), micro_batches)
+    loss, grads = _pipelined(AlexNet(CFG), LocalExchange(), micro_batches)
     assert grads.keys() == ref_grads.keys()
     _assert_same(loss, grads, ref_loss, ref_grads)
 

@@ -16,37 +16,20 @@ import torch
 from distributed import checkpoint, layout
 from distributed.config import ConfigError, load_config
 from distributed.trainer import NonFiniteLoss, Trainer
-from tests.conftest import ROOT, free_port, run_workers
+from distributed.workers import free_port, run_workers
+from tests.conftest import ROOT
 from tests.processes import CPU_ENV, children, final_state, wait_for
-from tests.trainer_runs import SMALL, initial_state, small_config, weights_and_velocity
-
-# Crops, reflections and colour noise are drawn for the whole batch, the same in every layout;
-# dropout masks are drawn per replica's towers, so the layout comparison turns dropout off.
-DETERMINISTIC = ["model.dropout=0", "train.batch_size=4", "train.max_steps=3", "data.synthetic_val_images=4"]
-
-
-def _small(run_dir: Path, *overrides: str):
-    """trainer_runs.small_config with batches of 2-4 images: one micro-batch each unless a test asks for more."""
-    return small_config(run_dir, "train.micro_batches=1", *overrides)
-
-
-def train(run_dir: Path, *overrides: str) -> Trainer:
-    """trainer_runs.train, with smaller batches."""
-    cfg = _small(run_dir, *overrides)
-    trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s))
-    trainer.run()
-    return trainer
-
+from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
 
 # A tiny run through `python -m distributed.main`, for the subprocess tests: 6 steps of 2 images.
-CLI = [o for o in SMALL if not o.startswith(("train.batch_size", "train.epochs", "data.synthetic"))] + [
-    "train.batch_size=2", "train.micro_batches=1", "train.epochs=1", "data.synthetic_train_images=12",
-    "data.synthetic_val_images=2",
-    "checkpoint.keep=1"]
+CLI = ["train.batch_size=2", "train.micro_batches=1", "train.epochs=1", "data.synthetic_train_images=12",
+       "data.synthetic_val_images=2", "checkpoint.keep=1"]
+ONE_PIECE = "train.micro_batches=1"
+"""Batches of 2-4 images go through whole unless a test asks for micro-batches."""
 
 
 def _two_by_two(rank: int, world: int, run_dir: str, out: str) -> None:
-    trainer = train(Path(run_dir), *DETERMINISTIC, "checkpoint.every_steps=1", "checkpoint.keep=3")
+    trainer = train(Path(run_dir), ONE_PIECE, *DETERMINISTIC, "checkpoint.every_steps=1", "checkpoint.keep=3")
     assert (trainer.plan.replicas, trainer.plan.tower_processes, trainer.replica_batch) == (2, 2, 2)
     torch.save(weights_and_velocity(trainer), f"{out}/rank{rank}.pt")
 
@@ -61,8 +44,8 @@ def test_replicas_match_one_process_with_the_whole_batch(tmp_path):
     training, so "several steps at 1e-4" only holds for the like-for-like grouping.
     """
     torch.set_num_threads(1)  # as in each worker: another thread count sums convolutions in another order
-    start = initial_state(_small(tmp_path / "start", *DETERMINISTIC))
-    plain = weights_and_velocity(train(tmp_path / "plain", *DETERMINISTIC, "train.max_steps=1"))
+    start = initial_state(small_config(tmp_path / "start", *DETERMINISTIC))
+    plain = weights_and_velocity(train(tmp_path / "plain", ONE_PIECE, *DETERMINISTIC, "train.max_steps=1"))
     grouped = weights_and_velocity(train(tmp_path / "grouped", *DETERMINISTIC, "train.micro_batches=2"))
     run_workers(4, _two_by_two, str(tmp_path / "four"), str(tmp_path), init=False)
     first = final_state(tmp_path / "four" / "ck" / "step_00000001")
@@ -92,8 +75,7 @@ def assert_moved_alike(got: torch.Tensor, expected: torch.Tensor, start: torch.T
 
 def _torchrun(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
-            "-m", "distributed.main", *CLI, "checkpoint.every_steps=3", "parallel.timeout_s=30",
-            f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck"]
+            "-m", "distributed.main", *small_words(run_dir, *CLI, "checkpoint.every_steps=3", "parallel.timeout_s=30")]
 
 
 def test_killed_worker_restarts_and_finishes_bitwise_equal(tmp_path, launch):
@@ -131,8 +113,8 @@ def _pair(launch, run_dir: Path) -> list[subprocess.Popen]:
     for rank in range(2):
         env = {**CPU_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank), "WORLD_SIZE": "2",
                "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
-        cmd = [sys.executable, "-m", "distributed.main", *CLI, "checkpoint.every_steps=2", "parallel.timeout_s=10",
-               f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck"]
+        cmd = [sys.executable, "-m", "distributed.main",
+               *small_words(run_dir, *CLI, "checkpoint.every_steps=2", "parallel.timeout_s=10")]
         procs.append(launch(cmd, f"rank{rank}", env))
     return procs
 
@@ -163,7 +145,7 @@ def test_survivor_names_rank_and_step_within_the_timeout(tmp_path, launch, how):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     """A save that dies after writing some files, and leftovers of other crashes: the previous checkpoint stays latest and loads."""
-    cfg = _small(tmp_path)
+    cfg = small_config(tmp_path, ONE_PIECE)
     trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
     trainer.step = 1
     trainer.save()
@@ -222,14 +204,14 @@ def test_space_check_counts_the_checkpoints_kept_and_the_one_being_written(tmp_p
 
 def test_full_disk_stops_the_run_before_the_first_step(tmp_path, monkeypatch):
     """The estimate the trainer checks is what a checkpoint really takes; too little room fails at step 0."""
-    trainer = train(tmp_path, "train.max_steps=1", "checkpoint.keep=1")
+    trainer = train(tmp_path, ONE_PIECE, "train.max_steps=1", "checkpoint.keep=1")
     written = sum(f.stat().st_size for f in checkpoint.latest(tmp_path / "ck").rglob("*") if f.is_file())
     estimates = []
     monkeypatch.setattr(checkpoint, "check_space", lambda d, size, keep: estimates.append(size))
     trainer._check_checkpoint_space()
     assert written * 0.99 < estimates[0] <= written
     monkeypatch.undo()
-    cfg = _small(tmp_path / "full")
+    cfg = small_config(tmp_path / "full", ONE_PIECE)
     trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
     _disk_with_free(monkeypatch, estimates[0] * 3 - 1)  # keep=2 on an empty folder needs 3
     with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint.dir={tmp_path}/full/ck"):
@@ -260,7 +242,7 @@ def test_missing_or_empty_data_root_fails_before_the_process_group(tmp_path, roo
     env = {**CPU_ENV, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     proc = _main(f"data.root={root}", "train.device=cpu", env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"config error: {message}" in proc.stderr
+    assert f"error: {message}" in proc.stderr
 
 
 @pytest.mark.parametrize("override, message", [
@@ -283,7 +265,7 @@ def test_torchrun_refuses_a_batch_replicas_cannot_share_on_every_rank(tmp_path):
            "distributed.main", "train.device=cpu", "train.batch_size=6", "train.micro_batches=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=CPU_ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0
-    message = "config error: train.batch_size=6 is not divisible by 2 replica(s) x train.micro_batches=2"
+    message = "error: train.batch_size=6 is not divisible by 2 replica(s) x train.micro_batches=2"
     assert proc.stderr.count(message) == 4, proc.stderr[-3000:]
 
 
@@ -292,7 +274,7 @@ def test_odd_world_size_is_refused_by_the_entry_point():
     env = {**CPU_ENV, "WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}
     proc = _main("train.device=cpu", env=env)
     assert proc.returncode == 2
-    assert "config error: world size 3: one tower per process needs 1, 2 or an even number" in proc.stderr
+    assert "error: world size 3: one tower per process needs 1, 2 or an even number" in proc.stderr
 
 
 # -- NaN ---------------------------------------------------------------------------------------
@@ -301,7 +283,7 @@ def test_odd_world_size_is_refused_by_the_entry_point():
 def test_absurd_learning_rate_stops_with_the_last_good_checkpoint(tmp_path):
     """lr=1e6: step 1's loss is finite, step 2's is not; the run stops there and checkpoint 1 loads, all finite."""
     with pytest.raises(NonFiniteLoss, match=r"training loss became nan by step 2 \(rank 0\); stopped, the last good"):
-        train(tmp_path, "train.lr=1e6", "checkpoint.every_steps=1", "train.batch_size=2", "train.max_steps=6",
+        train(tmp_path, ONE_PIECE, "train.lr=1e6", "checkpoint.every_steps=1", "train.batch_size=2", "train.max_steps=6",
               "data.synthetic_val_images=2")
     last = checkpoint.latest(tmp_path / "ck")
     assert last.name == "step_00000001"

@@ -4,9 +4,9 @@ import torch
 import torch.distributed as dist
 
 from distributed.exchange import ProcessGroupExchange
+from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
-from tests.conftest import run_workers
 
 CFG = ModelConfig(num_classes=20)
 

@@ -1,4 +1,8 @@
-"""Small training runs for the tests: the real trainer on a few tiny batches of the embedded data."""
+"""Small training runs for the tests: the real trainer on a few tiny batches of the embedded data.
+
+`small_words` is the one builder: the override words of a small run in `run_dir` (for the
+command line, torchrun, or `small_config`); later words replace earlier ones of the same key.
+"""
 
 from pathlib import Path
 
@@ -17,19 +21,30 @@ SMALL = [
     "log.every_steps=1", "log.progress=false",
 ]
 
+DETERMINISTIC = ["model.dropout=0", "train.batch_size=4", "train.max_steps=3", "data.synthetic_val_images=4"]
+"""Dropout off (its masks are drawn per replica's towers, so layouts differ by design), 3 steps of 4."""
 
-def small_config(run_dir: Path, *overrides: str):
+
+def small_words(run_dir: Path, *overrides: str) -> list[str]:
     """SMALL, then the run's folders, then `overrides`; a later value of a key replaces an earlier one
     (load_config itself refuses a key given twice)."""
     given = [*SMALL, f"log.dir={run_dir}", f"checkpoint.dir={run_dir}/ck", *overrides]
-    return load_config([ROOT / "config.yaml"], {o.partition("=")[0]: o for o in given}.values())
+    return list({o.partition("=")[0]: o for o in given}.values())
+
+
+def small_config(run_dir: Path, *overrides: str):
+    return load_config([ROOT / "config.yaml"], small_words(run_dir, *overrides))
+
+
+def start(cfg, env: dict | None = None) -> layout.Layout:
+    """The layout of this process (world size from the environment, or `env`)."""
+    return layout.start(layout.plan_from_env(cfg, env), cfg.parallel.timeout_s)
 
 
 def train(run_dir: Path, *overrides: str) -> Trainer:
     """Train in this process (world size from the environment) and return the trainer."""
     cfg = small_config(run_dir, *overrides)
-    run = layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
-    trainer = Trainer(cfg, run)
+    trainer = Trainer(cfg, start(cfg))
     trainer.run()
     return trainer
 
@@ -48,7 +63,6 @@ def weights_and_velocity(trainer: Trainer) -> dict[str, torch.Tensor]:
     for name, p in trainer.model.named_parameters():
         state[f"velocity/{name}"] = trainer.optimizer.state[p]["momentum_buffer"].clone()
     return state
-
 
 
 def initial_state(cfg) -> dict[str, torch.Tensor]:

@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
-from distributed.neighbours import nearest
-from distributed.predict import Predictor
+from data.imageset import IMAGE_SHAPE
+from results.neighbours import nearest
+from results.predict import Predictor
 
 THUMB = 128
 """Side of each image in the figures, in pixels."""
@@ -50,7 +51,7 @@ def predictions_picture(images: torch.Tensor, tops: Sequence[Sequence[tuple[str,
 
 def neighbours_picture(queries: torch.Tensor, neighbours: torch.Tensor) -> Image.Image:
     """One row per query: the query, then its training neighbours (uint8 [Q, k, 3, 256, 256])."""
-    q, k = neighbours.shape[:2]
+    k = neighbours.shape[1]
     rows = torch.cat([queries.cpu()[:, None], neighbours], dim=1).flatten(0, 1)
     grid = make_grid(thumbnails(rows), nrow=k + 1, padding=4, pad_value=255)
     return to_pil_image(grid)
@@ -62,7 +63,7 @@ def save_figure4(predictor: Predictor, files: Sequence[str | Path], folder: Path
     tops = predictor.top5(images)
     found = nearest(predictor.net, predictor.augment, images, predictor.data.train, NEIGHBOURS,
                     predictor.cfg.train.batch_size, predictor.cfg.data.workers)
-    train_images = predictor.data.train.load(found.indices.flatten())[0].view(*found.indices.shape, 3, 256, 256)
+    train_images = predictor.data.train.load(found.indices.flatten())[0].view(*found.indices.shape, *IMAGE_SHAPE)
     paths = [folder / "figure4_predictions.png", folder / "figure4_neighbours.png"]
     predictions_picture(images, tops).save(paths[0])
     neighbours_picture(images, train_images).save(paths[1])

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from data.augment import Augmenter
+from data.imageset import ImageSet
 from data.loader import eval_batches
-from data.sources import ImageSet
 from model.alexnet import AlexNet
 
 
@@ -29,7 +29,7 @@ class Neighbours:
 def fc7(net: AlexNet, augment: Augmenter, images: torch.Tensor) -> torch.Tensor:
     """float [N, 4096] FC7 activations of the centre crops of uint8 `images` (no dropout)."""
     net.eval()
-    return net.fc7_features(augment.centre(images)).float()
+    return net.features(augment.centre(images), "fc7").float()
 
 
 @torch.no_grad()

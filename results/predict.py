@@ -1,4 +1,4 @@
-"""Top-5 classes of image files from the newest checkpoint, tested as the paper tests: ten patches.
+"""Top-5 classes of image files from a trained net, tested as the paper tests: ten patches.
 
 Files are decoded the way the data was packed (data/decode.py: shorter side to 256,
 the central 256x256), less the training set's mean, and the softmax is averaged
@@ -12,9 +12,13 @@ from typing import Sequence
 import torch
 
 from data.augment import Augmenter
-from data.sources import Datasets, open_datasets
-from distributed.config import Config, ConfigError
-from distributed.evaluate import checkpoint_paths, load_network, ten_patch_ensemble
+from data.decode import DECODE_ERRORS, decode_file
+from data.imageset import Datasets
+from data.sources import open_datasets
+from distributed.config import Config
+from distributed.errors import UserError
+from distributed.evaluation import TEN_PATCHES, log_probabilities
+from distributed.trained import load_network
 from model.alexnet import AlexNet
 
 TOP = 5
@@ -28,35 +32,31 @@ class Predictor:
     net: AlexNet
     data: Datasets
     augment: Augmenter
-    device: torch.device
 
     @staticmethod
-    def from_config(cfg: Config, device: torch.device, path: str | Path | None = None) -> "Predictor":
-        """The checkpoint at `path`, or the newest one in checkpoint.dir."""
-        source = Path(path) if path else checkpoint_paths(cfg, [])[0]
+    def load(cfg: Config, source: Path, device: torch.device) -> "Predictor":
+        """The trained net at `source` on `device`, with both towers."""
         data = open_datasets(cfg.data, cfg.train.seed)
-        augment = Augmenter(data.stats, cfg.model.input_size, cfg.data.mean, cfg.data.flip, cfg.data.pca_std, device)
-        return Predictor(cfg, load_network(cfg, source, device), data, augment, device)
+        augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
+        return Predictor(cfg, load_network(cfg, source, device), data, augment)
 
     @property
     def classes(self) -> list[str]:
         return self.data.classes
 
     def decode(self, files: Sequence[str | Path]) -> torch.Tensor:
-        """uint8 [N, 3, 256, 256] from image files; an unreadable file is a ConfigError naming it."""
-        from data.decode import DECODE_ERRORS, decode_file
-
+        """uint8 [N, 3, 256, 256] from image files; an unreadable file is a UserError naming it."""
         images = []
         for f in files:
             try:
                 images.append(decode_file(f))
             except DECODE_ERRORS as err:
-                raise ConfigError(f"cannot read image {f}: {err}") from None
-        return torch.stack(images).to(self.device)
+                raise UserError(f"cannot read image {f}: {err}") from None
+        return torch.stack(images).to(self.augment.mean.device)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """[N, classes]: the ten-patch softmax of uint8 `images`."""
-        return ten_patch_ensemble([self.net], self.augment, images).cpu()
+        return log_probabilities([self.net], self.augment, images, TEN_PATCHES).exp().cpu()
 
     def top5(self, images: torch.Tensor) -> list[list[tuple[str, float]]]:
         """(class name, probability) of the five likeliest classes of each image, likeliest first.

@@ -1,0 +1,36 @@
+"""What every data set here is: labelled uint8 images of the paper's 256x256, addressed by index."""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from data.stats import ImageStats
+
+SIDE = 256
+"""The paper's images: the shorter side rescaled to 256, then the central 256x256."""
+IMAGE_SHAPE = (3, SIDE, SIDE)
+
+
+class ImageSet(Protocol):
+    """Labelled uint8 [3, 256, 256] RGB images addressed by index."""
+
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [N, 3, 256, 256] images and int64 [N] labels of `indices`."""
+
+
+@dataclass
+class Datasets:
+    """A training set, a validation set and the training set's statistics."""
+
+    train: ImageSet
+    val: ImageSet
+    stats: ImageStats
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes

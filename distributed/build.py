@@ -1,0 +1,68 @@
+"""Building a training run's parts from the config and the layout, apart from running them."""
+
+from dataclasses import dataclass
+
+from torch.optim import Optimizer
+
+from data.augment import Augmenter
+from data.imageset import Datasets
+from data.order import EpochOrder
+from data.sources import class_names, open_datasets
+from distributed.config import Config, ConfigError
+from distributed.exchange import for_layout
+from distributed.layout import Layout
+from distributed.metrics import MetricLogger
+from distributed.optimizer import PlateauSchedule, build_optimizer
+from distributed.pipeline import PipelinedStep
+from model.alexnet import AlexNet
+
+
+@dataclass
+class Parts:
+    """What one process of a run trains with."""
+
+    data: Datasets
+    order: EpochOrder
+    model: AlexNet
+    pipeline: PipelinedStep
+    optimizer: Optimizer
+    schedule: PlateauSchedule
+    augment: Augmenter
+    logger: MetricLogger
+
+
+def check_data(cfg: Config) -> None:
+    """Open the data's description only (no images) and check it fits the model: run in every process
+    before any process group starts, so bad data fails there and not inside a collective."""
+    try:
+        classes = len(class_names(cfg.data))
+    except (OSError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    if classes > cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the data has {classes} classes")
+
+
+def build(cfg: Config, layout: Layout) -> Parts:
+    """The parts of a run on this process, its fast path applied. The weights start from the
+    paper's init on the CPU, so every layout and device starts from the same numbers."""
+    plan, t = layout.plan, cfg.train
+    fast = plan.fast
+    fast.apply_process_flags()
+    data = open_datasets(cfg.data, t.seed)
+    exchange = for_layout(layout)
+    model = AlexNet(cfg.model, plan.tower_indices(cfg.model.towers), exchange)
+    model.init_paper(t.seed)
+    model.to(plan.device, memory_format=fast.memory_format)
+    if fast.compile != "off":
+        model.compile_stages("reduce-overhead" if fast.compile == "cudagraphs" else None)
+    optimizer = build_optimizer(model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
+    return Parts(
+        data=data,
+        order=EpochOrder(len(data.train), t.batch_size, t.seed),
+        model=model,
+        pipeline=PipelinedStep(model, exchange, layout.replica_group),
+        optimizer=optimizer,
+        schedule=PlateauSchedule(optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience),
+        augment=Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, plan.device),
+        logger=MetricLogger(cfg.log.dir, enabled=plan.logs),
+    )

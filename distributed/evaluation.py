@@ -1,0 +1,96 @@
+"""Validation error of one net or of an ensemble: the one evaluation loop, in any layout.
+
+The paper reports top-1/top-5 error from the centre crop and from ten patches (the
+softmax averaged over the four corners, the centre and their reflections), and for
+ensembles whose predictions are averaged. Here every net's softmax (averaged over its
+patches) is averaged over the nets and the error counted on that average; the trainer
+calls this with its one net at each epoch's end, `evaluate` with a list of checkpoints.
+In one process each net holds both towers; under torchrun each process holds its tower
+of every net, the tower pair sees the same batches (distributed/feed.py), and replicas
+split the validation set and sum their counts.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from data.augment import Augmenter
+from data.sources import open_datasets
+from distributed.config import Config
+from distributed.feed import validation_batches
+from distributed.layout import Layout
+from distributed.metrics import topk_wrong
+from distributed.trained import load_network
+from model.alexnet import AlexNet
+
+CENTRE, TEN_PATCHES = "centre", "ten_patches"
+WAYS = (CENTRE, TEN_PATCHES)
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """Top-1 and top-5 error and mean loss of one way of testing, over `images` validation images."""
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+
+
+@torch.no_grad()
+def log_probabilities(nets: Sequence[AlexNet], augment: Augmenter, images: torch.Tensor, way: str) -> torch.Tensor:
+    """float [N, classes]: the log of the nets' softmax of uint8 `images` (each net's averaged over
+    the ten patches first, for TEN_PATCHES), averaged over the nets. Averaged in log space
+    (logsumexp), so a probability that underflows in float32 still gives a finite loss."""
+    views = augment.ten_patches(images) if way == TEN_PATCHES else augment.centre(images)[None]
+    per_view = torch.stack([torch.stack([net(v).float().log_softmax(dim=1) for v in views]) for net in nets])
+    return per_view.flatten(0, 1).logsumexp(dim=0) - math.log(per_view.shape[0] * per_view.shape[1])
+
+
+def evaluate(
+    nets: Sequence[AlexNet], augment: Augmenter, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    replica_group: dist.ProcessGroup | None, autocast: Callable, ways: Sequence[str] = WAYS,
+) -> dict[str, ErrorRates]:
+    """{way: ErrorRates} of the ensemble `nets` over `batches` (this replica's share of the
+    validation set), summed over replicas: every process of the layout calls this and all get the same."""
+    for net in nets:
+        net.eval()
+    device = next(nets[0].parameters()).device
+    totals = torch.zeros(len(ways), 3, device=device)  # wrong top-1, wrong top-5, loss sum
+    images = torch.zeros((), device=device)
+    for batch, labels in batches:
+        with autocast():
+            for k, way in enumerate(ways):
+                log_probs = log_probabilities(nets, augment, batch, way)
+                totals[k, :2] += topk_wrong(log_probs, labels)
+                totals[k, 2] += F.nll_loss(log_probs, labels, reduction="sum")
+        images += len(labels)
+    if replica_group is not None:
+        dist.all_reduce(totals, group=replica_group)
+        dist.all_reduce(images, group=replica_group)
+    count = images.item()
+    return {way: ErrorRates(*(totals[k] / count).tolist(), int(count)) for k, way in enumerate(ways)}
+
+
+def report(sources: Sequence[object], rates: dict[str, ErrorRates]) -> str:
+    """The lines `evaluate` prints."""
+    nets = f"{len(sources)} nets" if len(sources) > 1 else "1 net"
+    lines = [f"validation, {nets}: " + ", ".join(str(p) for p in sources)]
+    for way, r in rates.items():
+        lines.append(f"  {way:<12} top-1 error {r.top1:.4f}  top-5 error {r.top5:.4f}  ({r.images} images)")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dict[str, ErrorRates]:
+    """The ensemble of the checkpoints at `paths` (one: a single net) over the whole validation set."""
+    device = run.plan.device
+    data = open_datasets(cfg.data, cfg.train.seed)
+    augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
+    nets = [load_network(cfg, p, device, run) for p in paths]
+    batches = validation_batches(data.val, cfg, run)
+    return evaluate(nets, augment, batches, run.replica_group, lambda: run.plan.fast.autocast(device))

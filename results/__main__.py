@@ -1,0 +1,110 @@
+"""`python -m results COMMAND [--config F]... [section.key=value ...]`: use a trained net in one process.
+
+Commands: predict (top-5 classes of images), figures (the paper's Figure 3, and
+Figure 4 for images given), export (one grouped, Caffe-named state dict), onnx (one
+ONNX graph). Each loads the newest checkpoint in checkpoint.dir, or --checkpoint DIR;
+the config gives the model's shape and the data (class names, mean) as for training.
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from distributed import cli
+from distributed.config import Config
+from distributed.errors import UserError
+from distributed.trained import checkpoint_paths, load_network
+from model.export import grouped_state_dict
+
+CPU = torch.device("cpu")
+
+
+def _device(cfg: Config) -> torch.device:
+    return torch.device("cuda") if cfg.train.device != "cpu" and torch.cuda.is_available() else CPU
+
+
+def _loaded(args: argparse.Namespace) -> tuple[Config, Path]:
+    cfg = cli.load(args)
+    return cfg, checkpoint_paths(cfg, [args.checkpoint] if args.checkpoint else [])[0]
+
+
+def predict(args: argparse.Namespace) -> int:
+    from results.predict import Predictor, format_predictions
+
+    cfg, source = _loaded(args)
+    predictor = Predictor.load(cfg, source, _device(cfg))
+    for image, top in zip(args.image, predictor.top5(predictor.decode(args.image))):
+        print(format_predictions(image, top), flush=True)
+    return 0
+
+
+def figures(args: argparse.Namespace) -> int:
+    from results.figure3 import save_conv1_figure
+    from results.predict import Predictor
+
+    cfg, source = _loaded(args)
+    predictor = Predictor.load(cfg, source, _device(cfg))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path, colour = save_conv1_figure(predictor.net, args.out / "figure3_conv1.png")
+    print(f"wrote {path}; colourfulness per tower: " + ", ".join(f"{t}: {c:.3f}" for t, c in colour.items()))
+    if args.image:
+        from results.figure4 import save_figure4
+
+        for path in save_figure4(predictor, args.image, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Both towers merged by model.export into one grouped state dict, written atomically."""
+    cfg, source = _loaded(args)
+    net = load_network(cfg, source, CPU)
+    partial = args.out.with_name(args.out.name + ".partial")
+    torch.save(grouped_state_dict(net.state_dict(), cfg.model.towers), partial)
+    partial.rename(args.out)
+    print(f"exported {source} to {args.out}")
+    return 0
+
+
+def onnx(args: argparse.Namespace) -> int:
+    from results.onnx import export_onnx
+
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:  # torch's exporter needs both: say so before loading anything
+        raise UserError(f"onnx needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    cfg, source = _loaded(args)
+    net = load_network(cfg, source, CPU)
+    export_onnx(cfg.model, grouped_state_dict(net.state_dict(), cfg.model.towers), args.out)
+    print(f"exported {source} to {args.out}")
+    return 0
+
+
+def _options(out: str | None = None, images: str | None = None, required: bool = False):
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder (default: the newest in checkpoint.dir)")
+        if out:
+            parser.add_argument("--out", type=Path, required=True, metavar=out.split()[0], help=out)
+        if images:
+            parser.add_argument("--image", action="append", default=[], required=required, metavar="FILE", help=images)
+    return add
+
+
+COMMANDS = {
+    "predict": cli.Command("print the top-5 classes of each image (ten patches)", predict,
+                           _options(images="an image file (repeatable)", required=True)),
+    "figures": cli.Command("write Figure 3 (conv1 kernels), and Figure 4 (top-5 and FC7 neighbours) of the images given",
+                           figures, _options(out="DIR to write the PNGs into", images="an image for Figure 4 (repeatable)")),
+    "export": cli.Command("write one grouped, Caffe-named state dict", export, _options(out="FILE to write")),
+    "onnx": cli.Command("write one ONNX graph", onnx, _options(out="FILE to write")),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main("python -m results", __doc__, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
