@@ -9,6 +9,7 @@ newest folder without the suffix is always complete. A write that fails (a full
 disk, most often) removes its partial folder and leaves the older checkpoints be.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -21,8 +22,11 @@ from torch.optim import Optimizer
 
 from distributed.checkpoint_reader import CorruptCheckpoint, UnsafeCheckpoint, load_checkpoint
 from distributed.errors import UserError
+from model.config import ModelConfig
 
 _NAME = re.compile(r"^step_(\d{8})$")
+MODEL_FILE = "model.json"
+"""The ModelConfig the weights were trained with, as JSON, in each checkpoint folder."""
 PARTIAL = ".partial"
 
 
@@ -119,9 +123,15 @@ def _causes(err: BaseException) -> str:
     return repr(err)
 
 
-def load(state: dict, path: str | Path) -> None:
+def load(state: dict, path: str | Path, model: ModelConfig | None = None) -> None:
     """Fill `state`'s tensors in place from the checkpoint at `path`, read by distributed/checkpoint_reader.py:
-    a folder someone else made is hostile until proven otherwise, and DCP's own reader unpickles it."""
+    a folder someone else made is hostile until proven otherwise, and DCP's own reader unpickles it.
+    With `model`, a checkpoint that recorded another architecture is refused, naming each difference."""
+    recorded = Path(path) / MODEL_FILE
+    if model is not None and recorded.is_file():
+        differences = model.differences(json.loads(recorded.read_text()))
+        if differences:
+            raise UserError(f"checkpoint {path} was trained with another model config: " + "; ".join(differences))
     try:
         load_checkpoint(state, path)
     except (UnsafeCheckpoint, CorruptCheckpoint) as err:

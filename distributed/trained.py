@@ -32,5 +32,5 @@ def load_network(cfg: Config, path: str | Path, device: torch.device, layout: La
     joined by its exchange, or (no layout) every tower in this one process."""
     towers = layout.plan.tower_indices(cfg.model.towers) if layout else None
     net = AlexNet(cfg.model, towers, for_layout(layout))
-    checkpoint.load({"model": net.state_dict()}, path)
+    checkpoint.load({"model": net.state_dict()}, path, cfg.model)
     return net.to(device).eval()
