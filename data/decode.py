@@ -1,5 +1,12 @@
-"""Encoded image files to the paper's 256x256: the shorter side rescaled to 256, then the central 256x256."""
+"""Encoded image files to the paper's 256x256: the shorter side rescaled to 256, then the central 256x256.
 
+Files come from anywhere, so nothing in one is trusted: the size its header declares
+is checked against a pixel limit before anything is decompressed, any bit depth
+becomes 8 bits, and no step makes an intermediate larger than the decoded file.
+"""
+
+import struct
+import sys
 import warnings
 from pathlib import Path
 
@@ -7,32 +14,175 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
-from data.packed import SIDE
-
-# torchvision 0.29 announces that its decoders will move to TorchCodec. We pin
-# torchvision, and without this every packing process would print it once.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated")
+from data.imageset import SIDE
 
 DECODE_ERRORS = (RuntimeError, ValueError, OSError)
-"""What a corrupt, truncated, empty or unreadable file raises; anything else is a bug and is not caught."""
+"""What a corrupt, truncated, empty, oversized or unreadable file raises; anything else is a bug and is not caught."""
+MAX_PIXELS = 89_478_485
+"""Largest image decoded (width x height x frames): PIL's default MAX_IMAGE_PIXELS, 256 MiB as 8-bit RGB.
+
+A PNG of zeros compresses about 1000:1, so a 3 MB file can declare 30000x30000
+(2.7 GB decoded as RGB); as a 1-bit image, in 110 kB."""
+
+PNG = b"\x89PNG\r\n\x1a\n"
+JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""The SOF markers, whose segment holds the image size (C4, C8 and CC are other segments)."""
+JPEG_NO_LENGTH = {0x00, 0x01, *range(0xD0, 0xD8)}
+"""Markers without a segment after them (00 is a stuffed zero byte, not a marker: scanning goes on after it)."""
+
+
+def quiet_decoder_warnings() -> None:
+    """Silence torchvision 0.29's notice that its decoders move to TorchCodec: we pin torchvision.
+
+    Called where a program starts (data.prepare's and data.fashion_mnist's main, each
+    packing process), not at import: importing a module should not change the warning
+    filters of the program that imports it.
+    """
+    notice = "The image decoding and encoding capabilities of TorchVision are deprecated"
+    warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
 
 
 def rescale(image: torch.Tensor) -> torch.Tensor:
-    """uint8 [C, H, W] -> uint8 [C, 256, 256]: shorter side to 256 (antialiased), then the centre crop."""
-    image = F.resize(image, [SIDE], antialias=True)
-    return F.center_crop(image, [SIDE, SIDE])
+    """uint8 [C, H, W] -> uint8 [C, 256, 256]: shorter side to 256 (antialiased), then the centre crop.
+
+    Done the other way round: the central square of the source (its side the shorter
+    side), then that square resized to 256x256. Resizing first would make a
+    1x20000 image 256x5,120,000 (3.9 GB) to keep 256x256 of it; cropping first never
+    holds more than the source and the result. The two agree up to where the filter
+    meets the crop's edges and to a shift of at most half a source pixel (centring
+    rounds in source pixels rather than in resized ones).
+    """
+    height, width = image.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return F.resize(image[..., top : top + side, left : left + side], [SIDE, SIDE], antialias=True)
 
 
-def decode_file(path: str | Path) -> torch.Tensor:
+def to_8_bits(image: torch.Tensor) -> torch.Tensor:
+    """uint8 or uint16 [..., W] -> uint8: a 16-bit value v becomes v >> 8.
+
+    That is torchvision's to_dtype(uint8, scale=True), which gets there through a
+    float32 copy of the whole image (4 bytes a value); the high byte of each value is
+    a view instead.
+    """
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype != torch.uint16:
+        raise ValueError(f"decoded to {image.dtype}, neither 8 nor 16 bits")
+    high = 1 if sys.byteorder == "little" else 0
+    return image.contiguous().view(torch.uint8)[..., high::2]
+
+
+def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """uint8 [3, 256, 256] from a JPEG, PNG, WebP or GIF file.
 
-    ImageReadMode.RGB makes greyscale, palette, RGBA and CMYK files RGB; JPEG goes
-    through libjpeg-turbo. Raises one of DECODE_ERRORS for a file it cannot decode.
+    ImageReadMode.RGB makes greyscale, palette, RGBA and CMYK files RGB (alpha is
+    dropped); JPEG goes through libjpeg-turbo; 16-bit PNGs become 8 bits. A file
+    whose header declares more than `max_pixels` is refused before it is decompressed.
+    Raises one of DECODE_ERRORS for a file it cannot or will not decode.
     """
     data = Path(path).read_bytes()
     if not data:
         raise ValueError("empty file")
+    check_size(data, max_pixels)
     image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     if image.ndim != 3:
         raise ValueError(f"animated image with {image.shape[0]} frames")
-    return rescale(image)
+    return rescale(to_8_bits(image))
+
+
+def check_size(data: bytes, max_pixels: int) -> None:
+    """Refuse a decompression bomb: an image whose header declares more than `max_pixels`."""
+    width, height, frames = declared_size(data)
+    pixels = width * height * frames
+    if pixels > max_pixels:
+        size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+        raise ValueError(f"{size} is {pixels} pixels, over the limit of {max_pixels}")
+
+
+def declared_size(data: bytes) -> tuple[int, int, int]:
+    """(width, height, frames) as the header of a PNG, JPEG, GIF or WebP file declares them, without decoding.
+
+    Read here rather than with PIL, whose own decompression-bomb check would refuse
+    some files before it told their size, whatever limit was asked for.
+    """
+    try:
+        if data.startswith(PNG):
+            return _png_size(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_size(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return _gif_size(data)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+    except (struct.error, IndexError):
+        raise ValueError("truncated file: it ends before its image size is known") from None
+    raise ValueError("not a JPEG, PNG, GIF or WebP file")
+
+
+def _png_size(data: bytes) -> tuple[int, int, int]:
+    if data[12:16] != b"IHDR":
+        raise ValueError("PNG without a header chunk (IHDR)")
+    width, height = struct.unpack_from(">II", data, 16)
+    return width, height, 1
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int, int]:
+    """From the first SOF segment; bytes between segments are skipped, as libjpeg does."""
+    at = 2
+    while True:
+        at = data.find(b"\xff", at)
+        if at < 0:
+            raise ValueError("truncated JPEG: no frame header (SOF)")
+        while data[at] == 0xFF:
+            at += 1
+        marker = data[at]
+        at += 1
+        if marker in JPEG_FRAMES:
+            height, width = struct.unpack_from(">xxxHH", data, at)
+            return width, height, 1
+        if marker in (0xDA, 0xD9):
+            raise ValueError("JPEG without a frame header (SOF) before its image data")
+        if marker not in JPEG_NO_LENGTH:
+            at += struct.unpack_from(">H", data, at)[0]
+
+
+def _gif_size(data: bytes) -> tuple[int, int, int]:
+    """The screen grown to every frame's extent, and the number of frames (giflib keeps all of them)."""
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    at, frames = 13 + _gif_colour_table(flags), 0
+    while at < len(data) and data[at] != 0x3B:  # 0x3B: the trailer
+        block = data[at]
+        if block == 0x21:  # an extension: its label, then sub-blocks
+            at = _gif_skip_sub_blocks(data, at + 2)
+        elif block == 0x2C:  # an image: its descriptor, colours, LZW code size, then sub-blocks
+            left, top, w, h, flags = struct.unpack_from("<HHHHB", data, at + 1)
+            width, height, frames = max(width, left + w), max(height, top + h), frames + 1
+            at = _gif_skip_sub_blocks(data, at + 11 + _gif_colour_table(flags))
+        else:
+            raise ValueError(f"GIF with an unknown block 0x{block:02x}")
+    return width, height, frames
+
+
+def _gif_colour_table(flags: int) -> int:
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _gif_skip_sub_blocks(data: bytes, at: int) -> int:
+    while data[at]:
+        at += data[at] + 1
+    return at + 1
+
+
+def _webp_size(data: bytes) -> tuple[int, int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: the canvas, 24-bit sizes minus one
+        width, height = (int.from_bytes(size, "little") + 1 for size in struct.unpack_from("3s3s", data, 24))
+    elif chunk == b"VP8L":  # lossless: 14-bit sizes minus one after a signature byte
+        bits = struct.unpack_from("<I", data, 21)[0]
+        width, height = (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    elif chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
+        width, height = (size & 0x3FFF for size in struct.unpack_from("<HH", data, 26))
+    else:
+        raise ValueError(f"WebP with an unknown first chunk {chunk!r}")
+    return width, height, 1

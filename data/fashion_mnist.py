@@ -11,12 +11,13 @@ import gzip
 import math
 import os
 import struct
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.decode import rescale
+from data.decode import quiet_decoder_warnings, rescale
 from data.packing import Split, pack
 from data.prepare import SHARD_SIZE, report
 
@@ -80,9 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers < 1 or args.shard_size < 1:
         parser.error("--workers and --shard-size must be at least 1")
+    quiet_decoder_warnings()
     try:
         converted = convert(args.src, args.dst, args.workers, args.shard_size)
-    except ValueError as error:
+    except (ValueError, BrokenProcessPool) as error:
         raise SystemExit(f"error: {error}") from None
     report(args.dst, converted)
 

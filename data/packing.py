@@ -8,13 +8,21 @@ its sidecar exists; both files are written under temporary names and renamed, so
 killed run leaves no half shard that a later run would mistake for a finished one.
 When every shard of a split is done, the sidecars are combined into labels.npy,
 index.json and (training split) stats.pt; meta.json is written last.
+
+A packing process can die (the out-of-memory killer, a crash in a decoder); the
+pool then fails every shard in flight. Those shards are packed again, and the ones
+that were decoding run alone: a file that kills its process there too is skipped,
+with that reason, and the shard packed without it.
 """
 
+import ctypes
 import hashlib
 import json
 import math
-from dataclasses import dataclass
-from multiprocessing import Pool
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,9 +30,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.decode import DECODE_ERRORS
-from data.packed import FORMAT, SIDE, SPLITS, VERSION, read_json, shard_name, write_json
+from data.decode import DECODE_ERRORS, quiet_decoder_warnings
+from data.imageset import SIDE
+from data.packed import FORMAT, SPLITS, VERSION, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
+
+DIED = "the packing process died decoding it, even alone (out of memory? a crash in the decoder?)"
+"""skipped.txt's reason for a file that killed the process decoding it."""
+WRITING = -1
+"""In _decoding: the shard is being packed, and no image of it decoded just now."""
+_decoding = None
+"""In a packing process, shared with the parent: per shard, 1 + the position of the image being decoded, else
+WRITING once started (0 before). After a process dies, it says which shards were decoding and what."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,10 @@ class Split:
     labels: list[int]
     """Class index of each image."""
     decode: Callable[[Any], torch.Tensor]
-    """A module-level function: source -> uint8 [3, 256, 256]; raises one of DECODE_ERRORS for a bad image."""
+    """A module-level function (or a functools.partial of one): source -> uint8 [3, 256, 256]; raises one of
+    DECODE_ERRORS for a bad image."""
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(name, reason) of what was left out before decoding (a folder that cannot be read); listed first."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,8 @@ class _Shard:
     labels: list[int]
     decode: Callable[[Any], torch.Tensor]
     stats: bool
+    deadly: tuple[int, ...] = ()
+    """Positions in the shard of files that killed the process decoding them: skipped, not decoded again."""
 
 
 def pack(dst: Path, splits: list[Split], ids: list[str], names: list[str], shard_size: int, workers: int) -> int:
@@ -70,13 +92,13 @@ def pack(dst: Path, splits: list[Split], ids: list[str], names: list[str], shard
         if split.name not in SPLITS:
             raise ValueError(f"split {split.name!r}: must be one of {SPLITS}")
         if not split.files:
-            raise ValueError(f"{split.name}: no images to pack")
+            raise ValueError(f"{split.name}: no images to pack{_examples(split.skipped)}")
         folder = dst / split.name
         _check_plan(folder, split, ids, shard_size)
         if (folder / "index.json").is_file():
             continue
         decoded += _pack_shards(folder, split, shard_size, workers)
-        _assemble(dst, folder, math.ceil(len(split.files) / shard_size))
+        _assemble(dst, folder, math.ceil(len(split.files) / shard_size), split.skipped)
         assembled = True
     if assembled or not (dst / "meta.json").is_file():
         _write_meta(dst, ids, names)
@@ -107,18 +129,86 @@ def _pack_shards(folder: Path, split: Split, shard_size: int, workers: int) -> i
     if not tasks:
         return 0
     total = len(split.files)
-    skipped = 0
-    with tqdm(total=total, initial=total - todo, unit="img", desc=split.name) as bar, Pool(workers, _one_thread) as pool:
-        for done, bad in pool.imap_unordered(_pack_shard, tasks):
-            skipped += bad
-            bar.set_postfix(skipped=skipped, refresh=False)
-            bar.update(done)
+    with tqdm(total=total, initial=total - todo, unit="img", desc=split.name) as bar:
+        _Packer(math.ceil(total / shard_size), workers, bar).run(tasks)
     return todo
 
 
-def _one_thread() -> None:
-    # One packing process per core: torch's own threads would only contend with the others.
+class _Packer:
+    """Packs shards in a pool of processes, and goes on when one of them dies (the module doc says how)."""
+
+    def __init__(self, shards: int, workers: int, bar: tqdm) -> None:
+        self.workers, self.bar, self.skipped = workers, bar, 0
+        self.decoding = multiprocessing.RawArray(ctypes.c_int64, shards)
+
+    def run(self, tasks: list[_Shard]) -> None:
+        """Pack `tasks`; after a death, the shards that were decoding are packed alone, the others pooled again."""
+        while tasks:
+            self._pool(tasks, self.workers)
+            left = [task for task in tasks if not _sidecar(task.folder, task.index).is_file()]
+            suspects = [task for task in left if self.decoding[task.index] > 0]
+            if left and not suspects:
+                raise _died(left[0].folder, [task for task in left if self.decoding[task.index] == WRITING])
+            tasks = [task for task in left if self.decoding[task.index] <= 0]
+            for task in tasks:
+                self.decoding[task.index] = 0
+            for task in suspects:
+                self._alone(task)
+
+    def _alone(self, task: _Shard) -> None:
+        """Pack a shard whose process died while it was decoding, in a process of its own.
+
+        Its own image may not be what killed it: the pool stops every process when one
+        dies, and the out-of-memory killer picks a process, not a file. Alone, a file
+        that kills the process is the culprit.
+        """
+        while True:
+            self.decoding[task.index] = 0
+            self._pool([task], 1)
+            at = self.decoding[task.index]
+            if _sidecar(task.folder, task.index).is_file():
+                return
+            if at <= 0:
+                raise _died(task.folder, [task] if at == WRITING else [])
+            task = replace(task, deadly=task.deadly + (at - 1,))
+
+    def _pool(self, tasks: list[_Shard], workers: int) -> None:
+        """Pack `tasks` with `workers` processes, until all are done or one of the processes dies."""
+        pool = ProcessPoolExecutor(min(workers, len(tasks)), initializer=_start_worker, initargs=(self.decoding,))
+        futures = []
+        try:
+            try:
+                for task in tasks:
+                    futures.append(pool.submit(_pack_shard, task))
+            except BrokenProcessPool:
+                pass  # a process died already; the shards it did not take are packed again
+            for future in as_completed(futures):
+                try:
+                    done, skipped = future.result()
+                except BrokenProcessPool:
+                    continue
+                self.skipped += skipped
+                self.bar.set_postfix(skipped=self.skipped, refresh=False)
+                self.bar.update(done)
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _died(folder: Path, writing: list[_Shard]) -> BrokenProcessPool:
+    """The error for a packing process that died without decoding an image: no file to blame, so no way on."""
+    where = f"writing {', '.join(shard_name(task.index) for task in writing)}" if writing else "before packing a shard"
+    return BrokenProcessPool(
+        f"{folder}: a packing process died {where}, not while decoding an image (out of memory? killed?); "
+        "finished shards are kept: run the same command again to resume"
+    )
+
+
+def _start_worker(decoding) -> None:
+    """Set up a packing process: one process per core, so torch's own threads would only contend with the others."""
+    global _decoding
     torch.set_num_threads(1)
+    quiet_decoder_warnings()
+    _decoding = decoding
 
 
 def _sidecar(folder: Path, shard: int) -> Path:
@@ -131,13 +221,20 @@ def _pack_shard(shard: _Shard) -> tuple[int, int]:
     acc = StatsAccumulator(SIDE) if shard.stats else None
     labels, skipped = [], []
     tmp = path.with_name(path.name + ".tmp")
+    _decoding[shard.index] = WRITING
     with open(tmp, "wb") as out:
-        for name, source, label in zip(shard.files, shard.sources, shard.labels):
+        for at, (name, source, label) in enumerate(zip(shard.files, shard.sources, shard.labels)):
+            if at in shard.deadly:
+                skipped.append([name, DIED])
+                continue
+            _decoding[shard.index] = at + 1
             try:
                 image = shard.decode(source)
             except DECODE_ERRORS as error:
-                skipped.append([name, _reason(error)])
+                skipped.append([name, skip_reason(error)])
                 continue
+            finally:
+                _decoding[shard.index] = WRITING
             if image.shape != (3, SIDE, SIDE) or image.dtype != torch.uint8:
                 raise TypeError(f"{name}: decode gave {image.dtype} {tuple(image.shape)}, not uint8 (3, {SIDE}, {SIDE})")
             out.write(image.contiguous().numpy().data)
@@ -150,7 +247,7 @@ def _pack_shard(shard: _Shard) -> tuple[int, int]:
     return len(shard.files), len(skipped)
 
 
-def _reason(error: Exception) -> str:
+def skip_reason(error: Exception) -> str:
     """One line for skipped.txt: the exception's type and the first line of its message."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
@@ -162,9 +259,12 @@ def _save(value: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def _assemble(dst: Path, folder: Path, shards: int) -> None:
-    """Combine the shard sidecars of a finished split into labels.npy, index.json and stats.pt."""
-    counts, labels, skipped = [], [], []
+def _assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, str], ...]) -> None:
+    """Combine the shard sidecars of a finished split into labels.npy, index.json and stats.pt.
+
+    `left_out` (what was skipped before decoding) comes first in the skipped files.
+    """
+    counts, labels, skipped = [], [], [list(entry) for entry in left_out]
     acc = StatsAccumulator(SIDE)
     for k in range(shards):
         part = torch.load(_sidecar(folder, k), weights_only=True)
@@ -176,6 +276,12 @@ def _assemble(dst: Path, folder: Path, shards: int) -> None:
             shard_acc = StatsAccumulator(SIDE)
             shard_acc.__dict__.update(part["stats"])
             acc.merge(shard_acc)
+    if not sum(counts):
+        _write_skipped(dst, _lines(folder.name, skipped))
+        raise ValueError(
+            f"{folder.name}: not one image could be decoded; {dst / 'skipped.txt'} lists the {len(skipped)} "
+            f"skipped and why{_examples(skipped)}"
+        )
     with open(folder / "labels.npy.tmp", "wb") as f:
         np.save(f, torch.cat(labels).numpy())
     (folder / "labels.npy.tmp").replace(folder / "labels.npy")
@@ -184,13 +290,30 @@ def _assemble(dst: Path, folder: Path, shards: int) -> None:
     write_json(folder / "index.json", {"counts": counts, "skipped": skipped})
 
 
+def _examples(skipped: list | tuple) -> str:
+    """The first few skipped entries and why, for an error message."""
+    return "".join(["; for example:"] + [f"\n  {name}: {reason}" for name, reason in skipped[:3]]) if skipped else ""
+
+
 def _write_meta(dst: Path, ids: list[str], names: list[str]) -> None:
     """meta.json and skipped.txt for the splits finished in `dst`."""
-    splits, lines = {}, []
-    for split in SPLITS:
-        if (dst / split / "index.json").is_file():
-            index = read_json(dst / split / "index.json")
-            splits[split] = {"images": sum(index["counts"]), "skipped": len(index["skipped"])}
-            lines += [f"{split}\t{name}\t{reason}\n" for name, reason in index["skipped"]]
-    (dst / "skipped.txt").write_text("".join(lines))
+    finished = _finished(dst)
+    splits = {split: {"images": sum(index["counts"]), "skipped": len(index["skipped"])} for split, index in finished}
+    _write_skipped(dst, [])
     write_json(dst / "meta.json", {"format": FORMAT, "version": VERSION, "side": SIDE, "ids": ids, "names": names, "splits": splits})
+
+
+def _finished(dst: Path) -> list[tuple[str, dict]]:
+    """(split, its index.json) of each split finished in `dst`."""
+    indexes = [(split, dst / split / "index.json") for split in SPLITS]
+    return [(split, read_json(index)) for split, index in indexes if index.is_file()]
+
+
+def _write_skipped(dst: Path, more: list[str]) -> None:
+    """skipped.txt: the skipped files of the finished splits, then the lines `more`."""
+    lines = [line for split, index in _finished(dst) for line in _lines(split, index["skipped"])]
+    (dst / "skipped.txt").write_text("".join(lines + more))
+
+
+def _lines(split: str, skipped: list) -> list[str]:
+    return [f"{split}\t{name}\t{reason}\n" for name, reason in skipped]

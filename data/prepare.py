@@ -12,36 +12,50 @@ where LABEL is a class folder name of SRC (e.g. a wnid, n01440764) or the 0-base
 index of one in sorted order (Caffe's val.txt). The ILSVRC devkit's
 ground-truth file numbers classes 1..1000 in another order and cannot be used as is;
 docs/DATA.md shows how to make FILE for ImageNet. Every image is rescaled as in the
-paper (data/decode.py); files that cannot be decoded are skipped and listed in
-DST/skipped.txt. Running the same command again resumes an interrupted pack.
+paper (data/decode.py); files that cannot be decoded (or whose header declares
+more than --max-pixels), and folders that cannot be read, are skipped and listed in
+DST/skipped.txt. Links to folders are followed, each real folder once. Running the
+same command again resumes an interrupted pack.
 """
 
 import argparse
 import os
 import re
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
-from data.decode import decode_file
+from data.decode import MAX_PIXELS, decode_file, quiet_decoder_warnings
 from data.packed import read_json
-from data.packing import Split, pack
+from data.packing import Split, pack, skip_reason
 
 SHARD_SIZE = 1024
 """Images per shard (192 MiB): big enough for few files, small enough that a resume loses little work."""
 WNID = re.compile(r"n\d{8}")
 
 
-def prepare(src: Path, dst: Path, val_src: Path | None, val_labels: Path | None, workers: int, shard_size: int = SHARD_SIZE) -> int:
+def prepare(
+    src: Path,
+    dst: Path,
+    val_src: Path | None,
+    val_labels: Path | None,
+    workers: int,
+    shard_size: int = SHARD_SIZE,
+    max_pixels: int = MAX_PIXELS,
+) -> int:
     """Pack SRC (and VAL) into DST; returns how many images this run decoded (0 over a finished pack)."""
     if not src.is_dir():
         raise ValueError(f"{src}: no such folder")
     ids = class_folders(src)
-    splits = [train_split(src, ids)]
+    decode = partial(decode_file, max_pixels=max_pixels)
+    splits = [train_split(src, ids, decode)]
     if val_src is not None:
         if not val_src.is_dir():
             raise ValueError(f"{val_src}: no such folder")
         if val_labels is None:
             raise ValueError(f"{val_src}: validation images need a label file")
-        splits.append(val_split(val_src, val_labels, ids))
+        splits.append(val_split(val_src, val_labels, ids, decode))
     return pack(dst, splits, ids, readable_names(ids), shard_size, workers)
 
 
@@ -52,23 +66,70 @@ def class_folders(src: Path) -> list[str]:
     return ids
 
 
-def train_split(src: Path, ids: list[str]) -> Split:
-    """Every file under each class folder, in sorted path order."""
+def train_split(src: Path, ids: list[str], decode: Callable[[str], Any]) -> Split:
+    """Every file under each class folder, in sorted path order; the folders left out, and why, as skipped."""
+    tree = ClassTree(src, ids)
     files, labels = [], []
     for label, folder in enumerate(ids):
-        for parent, subfolders, names in os.walk(src / folder, followlinks=True):
-            subfolders.sort()
-            for name in sorted(names):
-                files.append(os.path.relpath(os.path.join(parent, name), src))
-                labels.append(label)
-    return Split("train", files, [str(src / f) for f in files], labels, decode_file)
+        found = tree.files(folder)
+        files += found
+        labels += [label] * len(found)
+    return Split("train", files, [str(src / f) for f in files], labels, decode, tuple(tree.skipped))
 
 
-def val_split(val_src: Path, val_labels: Path, ids: list[str]) -> Split:
+class ClassTree:
+    """The files under the class folders of `src`, following links to folders, each real folder once.
+
+    os.walk(followlinks=True) alone would go round a link to a folder above it until
+    the path grows too long, packing the same images again at every turn, and would
+    pack a folder twice that two links lead to (maybe as two classes). Here each real
+    folder (os.path.realpath) is walked once, by the first path that reaches it: src
+    and the class folders themselves are taken from the start, so a link to one of
+    them is not walked again from elsewhere. Each folder left out, and each folder
+    that cannot be read, is kept in `skipped` with the reason.
+    """
+
+    def __init__(self, src: Path, ids: list[str]) -> None:
+        self.src = src
+        self.skipped: list[tuple[str, str]] = []
+        self.walked = {os.path.realpath(src): str(src)}
+        """Real folder -> the path it is packed under (relative to src; src itself as given)."""
+        for folder in ids:
+            self.walked.setdefault(os.path.realpath(src / folder), folder)
+
+    def files(self, folder: str) -> list[str]:
+        """Paths relative to src of the files under the class folder `folder`, in sorted order."""
+        first = self.walked[os.path.realpath(self.src / folder)]
+        if first != folder:
+            self.skipped.append((folder, f"a second way to {first}, packed there"))
+            return []
+        found = []
+        for parent, subfolders, names in os.walk(self.src / folder, onerror=self._unreadable, followlinks=True):
+            subfolders[:] = [name for name in sorted(subfolders) if self._first_visit(parent, name)]
+            found += [os.path.relpath(os.path.join(parent, name), self.src) for name in sorted(names)]
+        return found
+
+    def _first_visit(self, parent: str, name: str) -> bool:
+        path = os.path.join(parent, name)
+        real = os.path.realpath(path)
+        if real not in self.walked:
+            self.walked[real] = os.path.relpath(path, self.src)
+            return True
+        first = self.walked[real]
+        loop = Path(os.path.realpath(parent)).is_relative_to(real)
+        why = f"a link loop, back to {first}" if loop else f"a second way to {first}, packed there"
+        self.skipped.append((os.path.relpath(path, self.src), why))
+        return False
+
+    def _unreadable(self, error: OSError) -> None:
+        self.skipped.append((os.path.relpath(error.filename, self.src), skip_reason(error)))
+
+
+def val_split(val_src: Path, val_labels: Path, ids: list[str], decode: Callable[[str], Any]) -> Split:
     """Every file of the flat folder `val_src`, labelled by the file `val_labels`."""
     files = sorted(p.name for p in val_src.iterdir() if p.is_file())
     labels = parse_val_labels(val_labels.read_text().splitlines(), files, ids, str(val_labels))
-    return Split("val", files, [str(val_src / f) for f in files], labels, decode_file)
+    return Split("val", files, [str(val_src / f) for f in files], labels, decode)
 
 
 def parse_val_labels(lines: list[str], files: list[str], ids: list[str], where: str) -> list[int]:
@@ -127,14 +188,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-labels", type=Path, help="their labels: 'LABEL' or 'FILENAME LABEL' lines")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="packing processes (default: every core)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"images per shard (default {SHARD_SIZE})")
+    parser.add_argument(
+        "--max-pixels", type=int, default=MAX_PIXELS,
+        help=f"skip images whose header declares more pixels, width x height x frames (default {MAX_PIXELS})",
+    )
     args = parser.parse_args(argv)
     if (args.val_src is None) != (args.val_labels is None):
         parser.error("--val-src and --val-labels go together")
-    if args.workers < 1 or args.shard_size < 1:
-        parser.error("--workers and --shard-size must be at least 1")
+    if args.workers < 1 or args.shard_size < 1 or args.max_pixels < 1:
+        parser.error("--workers, --shard-size and --max-pixels must be at least 1")
+    quiet_decoder_warnings()
     try:
-        decoded = prepare(args.src, args.dst, args.val_src, args.val_labels, args.workers, args.shard_size)
-    except ValueError as error:
+        decoded = prepare(
+            args.src, args.dst, args.val_src, args.val_labels, args.workers, args.shard_size, args.max_pixels
+        )
+    except (ValueError, BrokenProcessPool) as error:
         raise SystemExit(f"error: {error}") from None
     report(args.dst, decoded)
 

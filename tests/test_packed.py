@@ -16,8 +16,9 @@ from torchvision.io import encode_jpeg, encode_png
 
 from data.decode import decode_file
 from data.fashion_mnist import CLASSES, DEBIAN_SRC, FILES, convert, grey_to_rgb, read_idx
+from data.imageset import SIDE
 from data.loader import eval_batches
-from data.packed import SIDE, open_packed, read_json
+from data.packed import open_packed, read_json
 from data.prepare import main, parse_val_labels, prepare, readable_names
 
 # The files are made and read with torchvision.io, whose codecs announce a move to TorchCodec.
