@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from data.decode import quiet_decoder_warnings
 from distributed.config import Config, load_config
 from distributed.errors import UserError
 
@@ -63,6 +64,7 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated", FutureWarning)
     # One process reading a checkpoint several wrote is what evaluation and the result commands do.
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    quiet_decoder_warnings()
 
 
 def main(prog: str, doc: str, commands: dict[str, Command], argv: list[str] | None, default: str | None = None) -> int:
