@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from distributed.config import load_config
+from distributed.config_loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ABLATIONS = ROOT / "experiments" / "ablations"

@@ -35,7 +35,7 @@ import torchvision
 
 from bench.images import all_cores, examples_loader, make_jpegs, pack_jpegs
 from distributed import layout
-from distributed.config import load_config
+from distributed.config_loader import load_config
 from distributed.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from data.decode import quiet_decoder_warnings
-from distributed.config import Config, load_config
+from distributed.config import Config
+from distributed.config_loader import load_config
 from distributed.errors import UserError
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"

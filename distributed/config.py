@@ -1,17 +1,13 @@
-"""The one typed config: nested dataclasses loaded from YAML, overridden by `section.key=value`.
+"""The one typed config: nested dataclasses, each key documented where it is declared.
 
-Everything is checked here, before any process group starts: an unknown or
-duplicate key, a wrong type or an impossible value is a `ConfigError` that
-names the key.
+distributed/config_loader.py builds it from YAML files and `section.key=value`
+overrides; every value is checked there or in the sections' `__post_init__`, before
+any process group starts, and an impossible one is a `ConfigError` naming the key.
 """
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, get_type_hints
-
-import yaml
+from typing import Any
 
 from data.config import DataConfig
 from distributed.errors import UserError
@@ -22,6 +18,10 @@ class ConfigError(UserError):
     """A config value, file or launch setting that cannot work; the message names it."""
 
 
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
+"""A year, already "never" for one collective. torch keeps deadlines as 64-bit nanoseconds (292
+years); past them the group fails to start (gloo refuses 1e13 s, the TCP store times out at once at
+9.2e12 s) and timedelta overflows at 8.6e13 s."""
 SWITCH = ("auto", "on", "off")
 """The values of a fast-path switch; auto is chosen per device (distributed/fast_path.py)."""
 
@@ -114,8 +114,8 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"backend={self.backend!r}: must be one of ('auto', 'nccl', 'gloo')")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s={self.timeout_s}: must be positive")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # written so NaN fails too
+            raise ValueError(f"timeout_s={self.timeout_s}: must be positive and at most {MAX_TIMEOUT_S:.0f} (a year)")
 
 
 @dataclass(frozen=True)
@@ -164,123 +164,6 @@ def _at_least(section: Any, **minimums: int) -> None:
     for key, low in minimums.items():
         if getattr(section, key) < low:
             raise ValueError(f"{key}={getattr(section, key)}: must be at least {low}")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML whose mappings refuse a key given twice (PyYAML keeps the last silently)."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise ConfigError(f"duplicate key {key!r} at {key_node.start_mark}")
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
-def _coerce(value: Any, kind: type, key: str) -> Any:
-    """A YAML value as the field's type; YAML 1.1 reads `5e-4` as a string, so floats accept that."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bool):  # YAML 1.1 reads on/off/true/false as booleans: a switch's values
-            return "on" if value else "off"
-    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in names:
-            raise ConfigError(f"unknown config key {prefix}{key} (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in values.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{name}: expected a section (mapping), got {value!r}")
-            kwargs[name] = _build(kind, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, kind, f"{prefix}{name}")
-    try:
-        return cls(**kwargs)
-    except ValueError as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{prefix}{err}") from None
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
-    return loaded
-
-
-def _parse_override(text: str) -> dict:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected section.key=value")
-    value = yaml.safe_load(raw) if raw else ""
-    nested: dict = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return nested
-
-
-def load_config(paths: Iterable[str | os.PathLike], overrides: Iterable[str] = ()) -> Config:
-    """Layer the YAML files in order, then the `section.key=value` overrides, and check it all."""
-    values: dict = {}
-    for path in paths:
-        values = _merge(values, _read_yaml(Path(path)))
-    seen_overrides: set[str] = set()
-    for text in overrides:
-        key = text.partition("=")[0]
-        if key in seen_overrides:
-            raise ConfigError(f"override {key} given twice")
-        seen_overrides.add(key)
-        values = _merge(values, _parse_override(text))
-    return _build(Config, values, "")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,4 +1,5 @@
-"""A trained net, loaded from what a user names: a checkpoint folder, or the newest in checkpoint.dir."""
+"""A trained net, loaded from what a user names: a checkpoint folder, a weights file, or the newest
+checkpoint in checkpoint.dir."""
 
 from pathlib import Path
 from typing import Sequence
@@ -10,11 +11,16 @@ from distributed.config import Config
 from distributed.errors import UserError
 from distributed.exchange import for_layout
 from distributed.layout import Layout
+from distributed.weights import SUFFIX, check_weights, is_weights_file, load_weights
 from model.alexnet import AlexNet
 
 
 def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
-    """The checkpoint folders named, or the newest complete one in checkpoint.dir."""
+    """The checkpoint folders and weights files named, or the newest complete checkpoint in checkpoint.dir.
+
+    A weights file is checked against the model here (its header only), so a mismatch is refused in
+    every process before any process group starts.
+    """
     if not given:
         newest = checkpoint.latest(cfg.checkpoint.dir)
         if newest is None:
@@ -22,15 +28,21 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
         return [newest]
     paths = [Path(p) for p in given]
     for path in paths:
-        if not (path / ".metadata").is_file():
-            raise UserError(f"{path} is not a complete checkpoint folder (no .metadata)")
+        if is_weights_file(path):
+            check_weights(path, cfg.model)
+        elif not (path / ".metadata").is_file():
+            raise UserError(f"{path} is neither a complete checkpoint folder (one with .metadata) nor a {SUFFIX} "
+                            "weights file (python -m results export writes one)")
     return paths
 
 
 def load_network(cfg: Config, path: str | Path, device: torch.device, layout: Layout | None = None) -> AlexNet:
-    """The trained net at `path` in eval mode on `device`: this process's towers of `layout`,
-    joined by its exchange, or (no layout) every tower in this one process."""
+    """The trained net at `path` (a checkpoint folder or a weights file) in eval mode on `device`: this
+    process's towers of `layout`, joined by its exchange, or (no layout) every tower in this one process."""
     towers = layout.plan.tower_indices(cfg.model.towers) if layout else None
     net = AlexNet(cfg.model, towers, for_layout(layout))
-    checkpoint.load({"model": net.state_dict()}, path, cfg.model)
+    if is_weights_file(path):
+        load_weights(net, path, cfg.model)
+    else:
+        checkpoint.load({"model": net.state_dict()}, path, cfg.model)
     return net.to(device).eval()

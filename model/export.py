@@ -5,10 +5,11 @@ towers' kernels; conv1, conv3 and the FC layers become whole layers; LRN runs on
 tower's channels separately (a window across towers would mix them, which the paper's
 net never does). Both are read off model/layers.py's STAGES, as the towers are, so
 `grouped_network` loads `grouped_state_dict` as it is and gives the towers' numbers
-with no exchange in sight.
+with no exchange in sight; `towers_state_dict` cuts a grouped state dict back into towers.
 """
 
 from collections import OrderedDict
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +32,31 @@ def grouped_state_dict(towers_state: dict[str, torch.Tensor], towers: int = 2) -
         out[f"{layer}.weight"] = torch.cat(weights, dim=1 if by_input else 0)
         biases = [towers_state[f"towers.{t}.{layer}.bias"] for t in range(towers) if not by_input or t == 0]
         out[f"{layer}.bias"] = torch.cat(biases)
+    return out
+
+
+def towers_state_dict(
+    grouped: Mapping[str, Any], towers: int = 2, indices: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The inverse of grouped_state_dict: `towers.<i>.<layer>.<param>` for the towers in `indices` (all by
+    default), each tower's equal share of the whole layer along the dimension its parts were joined in.
+
+    The values only need a `shape` and tensor-style slicing, so a lazy slice of a file (a
+    safetensors slice) yields a process's own tower without reading the other's.
+    """
+    out: dict[str, Any] = {}
+    for layer in LAYERS:
+        dim = 1 if split_by_input(layer) else 0
+        weight = grouped[f"{layer}.weight"]
+        share = weight.shape[dim] // towers
+        for t in range(towers) if indices is None else indices:
+            part = (slice(None),) * dim + (slice(t * share, (t + 1) * share),)
+            out[f"towers.{t}.{layer}.weight"] = weight[part]
+            if split_by_input(layer):  # FC8's partial logits are summed: its one bias is tower 0's
+                if t == 0:
+                    out[f"towers.{t}.{layer}.bias"] = grouped[f"{layer}.bias"][:]
+            else:
+                out[f"towers.{t}.{layer}.bias"] = grouped[f"{layer}.bias"][t * share : (t + 1) * share]
     return out
 
 

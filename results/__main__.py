@@ -1,9 +1,10 @@
 """`python -m results COMMAND [--config F]... [section.key=value ...]`: use a trained net in one process.
 
 Commands: predict (top-5 classes of images), figures (the paper's Figure 3, and
-Figure 4 for images given), export (one grouped, Caffe-named state dict), onnx (one
-ONNX graph). Each loads the newest checkpoint in checkpoint.dir, or --checkpoint DIR;
-the config gives the model's shape and the data (class names, mean) as for training.
+Figure 4 for images given), export (one grouped, Caffe-named state dict, as safetensors), onnx
+(one ONNX graph). Each loads the newest checkpoint in checkpoint.dir, or --checkpoint: a
+checkpoint folder or an exported .safetensors file; the config gives the model's shape and the
+data (class names, mean) as for training.
 """
 
 import argparse
@@ -14,9 +15,11 @@ from pathlib import Path
 import torch
 
 from distributed import cli
+from distributed.build import check_data
 from distributed.config import Config
 from distributed.errors import UserError
 from distributed.trained import checkpoint_paths, load_network
+from distributed.weights import SUFFIX, save_weights
 from model.export import grouped_state_dict
 
 CPU = torch.device("cpu")
@@ -31,11 +34,18 @@ def _loaded(args: argparse.Namespace) -> tuple[Config, Path]:
     return cfg, checkpoint_paths(cfg, [args.checkpoint] if args.checkpoint else [])[0]
 
 
-def predict(args: argparse.Namespace) -> int:
-    from results.predict import Predictor, format_predictions
+def _predictor(args: argparse.Namespace):
+    from results.predict import Predictor
 
     cfg, source = _loaded(args)
-    predictor = Predictor.load(cfg, source, _device(cfg))
+    check_data(cfg)  # the data's description, so a broken pack is a user error here too
+    return Predictor.load(cfg, source, _device(cfg))
+
+
+def predict(args: argparse.Namespace) -> int:
+    from results.predict import format_predictions
+
+    predictor = _predictor(args)
     for image, top in zip(args.image, predictor.top5(predictor.decode(args.image))):
         print(format_predictions(image, top), flush=True)
     return 0
@@ -43,10 +53,8 @@ def predict(args: argparse.Namespace) -> int:
 
 def figures(args: argparse.Namespace) -> int:
     from results.figure3 import save_conv1_figure
-    from results.predict import Predictor
 
-    cfg, source = _loaded(args)
-    predictor = Predictor.load(cfg, source, _device(cfg))
+    predictor = _predictor(args)
     args.out.mkdir(parents=True, exist_ok=True)
     path, colour = save_conv1_figure(predictor.net, args.out / "figure3_conv1.png")
     print(f"wrote {path}; colourfulness per tower: " + ", ".join(f"{t}: {c:.3f}" for t, c in colour.items()))
@@ -59,12 +67,12 @@ def figures(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    """Both towers merged by model.export into one grouped state dict, written atomically."""
+    """Both towers merged by model.export into one grouped state dict, written as safetensors
+    (distributed/weights.py) with the model config."""
+    if args.out.suffix != SUFFIX:  # before loading anything
+        raise UserError(f"--out {args.out}: export writes safetensors; name the file *{SUFFIX}")
     cfg, source = _loaded(args)
-    net = load_network(cfg, source, CPU)
-    partial = args.out.with_name(args.out.name + ".partial")
-    torch.save(grouped_state_dict(net.state_dict(), cfg.model.towers), partial)
-    partial.rename(args.out)
+    save_weights(load_network(cfg, source, CPU).state_dict(), cfg.model, args.out)
     print(f"exported {source} to {args.out}")
     return 0
 
@@ -84,7 +92,8 @@ def onnx(args: argparse.Namespace) -> int:
 
 def _options(out: str | None = None, images: str | None = None, required: bool = False):
     def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder (default: the newest in checkpoint.dir)")
+        parser.add_argument("--checkpoint", metavar="DIR|FILE", help=f"a checkpoint folder or a {SUFFIX} weights "
+                            "file (default: the newest checkpoint in checkpoint.dir)")
         if out:
             parser.add_argument("--out", type=Path, required=True, metavar=out.split()[0], help=out)
         if images:
@@ -97,7 +106,8 @@ COMMANDS = {
                            _options(images="an image file (repeatable)", required=True)),
     "figures": cli.Command("write Figure 3 (conv1 kernels), and Figure 4 (top-5 and FC7 neighbours) of the images given",
                            figures, _options(out="DIR to write the PNGs into", images="an image for Figure 4 (repeatable)")),
-    "export": cli.Command("write one grouped, Caffe-named state dict", export, _options(out="FILE to write")),
+    "export": cli.Command("write one grouped, Caffe-named state dict as safetensors", export,
+                          _options(out=f"FILE{SUFFIX} to write")),
     "onnx": cli.Command("write one ONNX graph", onnx, _options(out="FILE to write")),
 }
 

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from distributed.checkpoint_reader import load_checkpoint, read_metadata
 
 CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 """A launched run's environment: one thread per process, as the in-process workers use."""
@@ -36,8 +37,9 @@ def wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 300) -> None:
 
 
 def final_state(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors, read in this one process without a process group."""
-    flat = path.parent / f"{path.name}.pt"
-    dcp_to_torch_save(path, flat)
-    state = torch.load(flat, weights_only=True)
-    return {f"{group}/{name}": value for group, entries in state.items() for name, value in entries.items()}
+    """A checkpoint's tensors as `group/name` (model/towers.0.fc6.weight), read in this one process without a
+    process group, through the project's allow-listed reader (DCP's own dcp_to_torch_save unpickles plainly)."""
+    entries = read_metadata(path).state_dict_metadata  # DCP's flat names: model.towers.0.fc6.weight
+    state = {fqn: torch.empty(m.size, dtype=m.properties.dtype) for fqn, m in entries.items()}
+    load_checkpoint(state, path)
+    return {fqn.replace(".", "/", 1): value for fqn, value in state.items()}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from distributed.config import load_config
+from distributed.config_loader import load_config
 from tests.conftest import ROOT
 
 # -- ablations ----------------------------------------------------------------------------

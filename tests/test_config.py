@@ -1,12 +1,14 @@
 """Config errors name the problem before any process starts."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from distributed.config import ConfigError, load_config
+from distributed.config import ConfigError
+from distributed.config_loader import load_config
 from distributed.layout import plan_from_env
 from tests.conftest import ROOT
 
@@ -104,3 +106,101 @@ def test_backends_and_two_tower_processes_sharing_one_gpu(monkeypatch):
     shared = plan_from_env(load_config([BASE], ["parallel.backend=gloo"]), env)
     assert (shared.device, shared.backend, shared.staged_exchange) == (torch.device("cuda", 0), "gloo", True)
     assert shared.fast.precision == "bf16" and shared.fast.compile == "on"  # auto on a GPU
+
+
+# -- numbers and text the code cannot take -------------------------------------------------
+
+
+def float_keys() -> list[str]:
+    """Every float key of the config, as section.key."""
+    from typing import get_type_hints
+
+    from distributed.config import Config
+
+    sections = get_type_hints(Config)
+    return [f"{s}.{name}" for s, cls in sections.items() for name, kind in get_type_hints(cls).items() if kind is float]
+
+
+@pytest.mark.parametrize("value", [".nan", "nan", ".inf", "-.inf", "inf", "1e39", "-1e39", str(10**400)],
+                         ids=[".nan", "nan", ".inf", "-.inf", "inf", "1e39", "-1e39", "10**400"])
+def test_nan_infinity_and_floats_beyond_float32_are_refused_for_every_float_key(value):
+    keys = float_keys()
+    assert len(keys) >= 13 and "parallel.timeout_s" in keys and "model.bias_init" in keys
+    for key in keys:
+        with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.*must be a finite number"):
+            load_config([BASE], [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    # timedelta overflows at 8.6e13 s; gloo refuses 1e13 s
+    ("parallel.timeout_s=1e30", "parallel.timeout_s=1e+30: must be positive and at most 31536000"),
+    ("parallel.timeout_s=1e13", "parallel.timeout_s=10000000000000.0: must be positive and at most"),
+    ("train.seed=18446744073709551616", "train.seed=18446744073709551616: out of range (64-bit integers only)"),
+    ("data.workers=-9223372036854775809", "out of range (64-bit integers only)"),
+])
+def test_numbers_past_what_the_code_represents_are_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([BASE], [override])
+
+
+def _collective_with_the_longest_timeout(rank: int, world: int) -> None:
+    import torch.distributed as dist
+
+    from distributed import layout
+    from distributed.config import MAX_TIMEOUT_S
+
+    cfg = load_config([BASE], ["train.device=cpu", f"parallel.timeout_s={MAX_TIMEOUT_S}"])
+    layout.start(plan_from_env(cfg), cfg.parallel.timeout_s)
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    assert total.item() == world
+
+
+def test_the_longest_timeout_accepted_still_runs_a_collective():
+    from distributed.workers import run_workers
+
+    run_workers(2, _collective_with_the_longest_timeout, init=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=[", r"the value of override 'train.lr=\[' is not valid YAML"),
+    ("train.lr=!!python/object/apply:os.system [echo]", "is not valid YAML: could not determine a constructor"),
+    ("train.lr=*anchor", "is not valid YAML: found undefined alias"),
+    pytest.param("train.lr=" + "[" * 5000, "nests collections too deeply", id="5000 nested lists"),
+    ("train.lr={a: 1, a: 2}", "the value of override 'train.lr={a: 1, a: 2}': duplicate key 'a'"),
+])
+def test_a_bad_override_value_is_a_config_error_naming_it(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([BASE], [override])
+
+
+def test_the_command_line_reports_a_bad_override_value(capsys):
+    from distributed.main import main
+
+    assert main(["describe", "train.lr=["]) == 2
+    assert "error: the value of override 'train.lr=[' is not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    pytest.param(bytes(range(256)), "is not UTF-8 text (a binary file?)", id="binary"),
+    pytest.param("train:\n  lr: 0.1\n".encode("utf-16"), "is not UTF-8 text", id="utf-16"),
+    pytest.param(b"train:\n  ? [lr]\n  : 0.1\n", "is not valid YAML: while constructing a mapping", id="list as key"),
+    pytest.param(b"train: " + b"[" * 5000, "nests collections too deeply", id="5000 nested lists"),
+    pytest.param(b"#" * (2**20 + 1), "is over the 1048576-byte limit of a config file", id="over 1 MiB"),
+])
+def test_a_config_file_that_is_not_yaml_text_is_a_config_error_naming_it(tmp_path, content, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(f"config file {bad} {message}")):
+        load_config([BASE, bad])
+
+
+def test_a_wrong_value_is_shown_short(tmp_path):
+    # Six levels of nine aliases, each of the one before: 600,000 strings, whose full repr is 3.5 MB.
+    levels = ["&l0 [" + ", ".join(["x"] * 9) + "]"]
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 6)]
+    bad = tmp_path / "aliases.yaml"
+    bad.write_text("train:\n  lr: [" + ", ".join(levels) + "]\n")
+    with pytest.raises(ConfigError, match=r"train.lr: expected float, got \[\[") as err:
+        load_config([BASE, bad])
+    assert len(str(err.value)) < 300

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distributed import checkpoint, layout
-from distributed.config import load_config
+from distributed.config_loader import load_config
 from distributed.evaluation import CENTRE, TEN_PATCHES, evaluate_checkpoints, log_probabilities
 from distributed.main import main
 from distributed.trained import load_network

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from distributed import checkpoint, layout
-from distributed.config import ConfigError, load_config
+from distributed.config import ConfigError
+from distributed.config_loader import load_config
 from distributed.trainer import NonFiniteLoss, Trainer
 from distributed.workers import free_port, run_workers
 from tests.conftest import ROOT

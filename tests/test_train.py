@@ -107,18 +107,25 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
 
 
 def test_export_writes_a_grouped_state_dict_of_the_newest_checkpoint(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
     from model.export import grouped_state_dict
     from results.__main__ import main
 
     trainer = train(tmp_path, "train.max_steps=1")
-    target = tmp_path / "alexnet_grouped.pt"
+    target = tmp_path / "alexnet_grouped.safetensors"
     assert main(["export", "--out", str(target), "model.num_classes=10", f"checkpoint.dir={tmp_path}/ck"]) == 0
-    exported = torch.load(target, weights_only=True)
+    with safe_open(target, framework="pt") as f:  # a plain safetensors file, readable by any tool
+        exported = {key: f.get_tensor(key) for key in f.keys()}
+        recorded = json.loads(f.metadata()["model"])
     expected = grouped_state_dict(trainer.model.state_dict())
     assert exported.keys() == expected.keys()
     for key in expected:
         assert torch.equal(exported[key], expected[key]), key
     assert exported["conv2.weight"].shape == (256, 48, 5, 5)
+    assert recorded["num_classes"] == 10 and trainer.cfg.model.differences(recorded) == []  # the net's architecture
 
 
 def test_epoch_training_error_is_logged_and_can_end_the_run(tmp_path):

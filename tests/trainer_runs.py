@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from distributed import layout
-from distributed.config import load_config
+from distributed.config_loader import load_config
 from distributed.trainer import Trainer
 from model.alexnet import AlexNet
 from tests.conftest import ROOT

@@ -1,0 +1,178 @@
+"""Loading the config: YAML files layered in order, then `section.key=value` overrides, all checked.
+
+An unknown or duplicate key, a wrong type or an impossible value is a `ConfigError` that
+names the key. So is a number the code cannot hold (NaN, infinity, a float beyond float32,
+an int beyond 64 bits, a timeout past torch's deadlines), and a file or override value
+that is not YAML text (binary, too large, nested too deep).
+"""
+
+import dataclasses
+import math
+import os
+import reprlib
+from pathlib import Path
+from typing import Any, Iterable, get_type_hints
+
+import yaml
+
+from distributed.config import Config, ConfigError
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""Every float key meets float32 arithmetic (weights, pixels, the update): beyond this it is inf."""
+INT64 = (-(2**63), 2**63 - 1)
+"""YAML ints are unbounded; torch, numpy and the C below them take 64 bits."""
+CONFIG_FILE_BYTES = 2**20
+"""Largest config file read; config.yaml is a few KB."""
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML whose mappings refuse a key given twice (PyYAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            repeated = key in seen
+        except TypeError:  # a list as a key: construct_mapping refuses it with a YAML error naming where
+            continue
+        if repeated:
+            raise ConfigError(f"duplicate key {key!r} at {key_node.start_mark}")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+# Values in messages are cut short: YAML can hold a megabyte string, or aliases whose repr is exponential.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 4, 4, 60, 60, 40
+_show = _SHORT.repr
+
+
+def _coerce(value: Any, kind: type, key: str) -> Any:
+    """A YAML value as the field's type; YAML 1.1 reads `5e-4` as a string, so floats accept that."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64[0] <= value <= INT64[1]:
+                raise ConfigError(f"{key}={_show(value)}: out of range (64-bit integers only)")
+            return value
+    elif kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float64
+            number = math.inf
+        except ValueError:  # not a number: the error at the end
+            number = None
+        if number is not None:
+            if not abs(number) <= FLOAT32_MAX:  # NaN passes the sections' `x <= 0` checks; 1e39 is inf in float32
+                raise ConfigError(f"{key}={_show(value)}: must be a finite number of magnitude at most "
+                                  f"{FLOAT32_MAX:.4g} (float32's largest)")
+            return number
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/true/false as booleans: a switch's values
+            return "on" if value else "off"
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {_show(value)}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix}{key!s:.80} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a section (mapping), got {_show(value)}")
+            kwargs[name] = _build(kind, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, kind, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{prefix}{err}") from None
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """`text` as YAML through the safe loader (plain data only, no tags that build objects);
+    every way it can fail is a ConfigError naming `where`."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{where} nests collections too deeply to be a config") from None
+    except ConfigError as err:  # a duplicate key
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path, "rb") as f:
+        data = f.read(CONFIG_FILE_BYTES + 1)
+    if len(data) > CONFIG_FILE_BYTES:
+        raise ConfigError(f"config file {path} is over the {CONFIG_FILE_BYTES}-byte limit of a config file; "
+                          "is it the file you meant?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?): {err}") from None
+    loaded = _parse_yaml(text, f"config file {path}")
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return loaded
+
+
+def _parse_override(text: str) -> dict:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    value = _parse_yaml(raw, f"the value of override {_show(text)}") if raw else ""
+    nested: dict = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def load_config(paths: Iterable[str | os.PathLike], overrides: Iterable[str] = ()) -> Config:
+    """Layer the YAML files in order, then the `section.key=value` overrides, and check it all."""
+    values: dict = {}
+    for path in paths:
+        values = _merge(values, _read_yaml(Path(path)))
+    seen_overrides: set[str] = set()
+    for text in overrides:
+        key = text.partition("=")[0]
+        if key in seen_overrides:
+            raise ConfigError(f"override {key} given twice")
+        seen_overrides.add(key)
+        values = _merge(values, _parse_override(text))
+    return _build(Config, values, "")
+
+
