@@ -4,11 +4,17 @@ Each checkpoint is a torch.distributed.checkpoint folder. Every process saves th
 entries it holds, named by tower (`model/towers.1.fc6.weight`, the velocity as
 `velocity/towers.1.fc6.weight`), so a two-process checkpoint holds exactly the
 keys a one-process model asks for, and the other way round. The folder is written
-as `step_XXXXXXXX.partial` and renamed when every process has finished: the
-newest folder without the suffix is always complete. A write that fails (a full
-disk, most often) removes its partial folder and leaves the older checkpoints be.
+as `step_XXXXXXXX.partial`, with the model config it was trained with as model.json,
+and renamed when every process has finished. `.metadata`, which DCP writes last, is
+the mark of a complete folder: only a `step_XXXXXXXX` folder holding it is ever read,
+and pruning removes it first, so a kill mid-prune leaves a folder that is ignored
+rather than a half-deleted one that still counts. The writer clears such leftovers,
+and partial folders of dead runs, at its next save. A write that fails (a full disk,
+most often) removes its partial folder and leaves the older checkpoints be; so does
+Ctrl-C, which is reported as what it is, not as a failed write.
 """
 
+import dataclasses
 import json
 import re
 import shutil
@@ -25,13 +31,22 @@ from distributed.errors import UserError
 from model.config import ModelConfig
 
 _NAME = re.compile(r"^step_(\d{8})$")
+_PARTIAL_NAME = re.compile(r"^step_\d{8}\.partial$")
+MARKER = ".metadata"
+"""DCP's metadata file, written last: a checkpoint folder is complete exactly when it holds it."""
 MODEL_FILE = "model.json"
 """The ModelConfig the weights were trained with, as JSON, in each checkpoint folder."""
 PARTIAL = ".partial"
+BROKEN = ".broken"
 
 
 class CheckpointError(OSError):
     """A checkpoint cannot be written (no room on the disk); nothing already saved is lost."""
+
+
+class BrokenCheckpoint(UserError):
+    """A complete-looking checkpoint whose files cannot be read (truncated, missing, corrupt, unsafe).
+    Not an architecture that differs: that is refused as a plain UserError."""
 
 
 def _is_writer() -> bool:
@@ -61,7 +76,7 @@ def check_space(directory: str | Path, checkpoint_bytes: int, keep: int) -> None
     there count as written.
     """
     root = Path(directory)
-    to_write = max(1, keep + 1 - len(_complete(root)))
+    to_write = max(1, keep + 1 - len(complete(root)))
     existing = next(p for p in (root, *root.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     if free < to_write * checkpoint_bytes:
@@ -74,46 +89,89 @@ def check_space(directory: str | Path, checkpoint_bytes: int, keep: int) -> None
 
 def latest(directory: str | Path) -> Path | None:
     """The newest complete checkpoint in `directory`, or None."""
-    done = _complete(Path(directory))
+    done = complete(directory)
     return done[-1] if done else None
 
 
-def _complete(root: Path) -> list[Path]:
-    """Complete checkpoints (DCP writes .metadata last), oldest first."""
+def complete(directory: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(directory)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if _NAME.match(p.name) and (p / ".metadata").is_file()), key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if _NAME.match(p.name) and (p / MARKER).is_file()), key=lambda p: p.name)
 
 
-def save(state: dict, directory: str | Path, step: int, keep: int) -> Path:
-    """Write `state` (every process its own entries) as checkpoint `step`, then prune to `keep`."""
+def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelConfig | None = None) -> Path:
+    """Write `state` (every process its own entries) as checkpoint `step`, with `model` as model.json,
+    then prune to `keep`. Ctrl-C on any process removes the partial folder and raises KeyboardInterrupt
+    on every process."""
     root = Path(directory)
     final = root / f"step_{step:08d}"
     partial = root / (final.name + PARTIAL)
     if _is_writer():
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
+        _clear_leftovers(root)
     _barrier()
     try:
         dcp.save(state, checkpoint_id=partial)
-    except (dcp.CheckpointException, OSError) as err:
-        # DCP hands a write failure on any process to every process, so all of them land here.
-        # (A lost peer raises a distributed error instead, reported as such by distributed.main.)
-        if _is_writer():
-            shutil.rmtree(partial, ignore_errors=True)
+        if _is_writer() and model is not None:
+            (partial / MODEL_FILE).write_text(json.dumps(dataclasses.asdict(model), indent=1) + "\n")
+        _barrier()
+    except BaseException as err:
+        # DCP hands a failure on any process (Ctrl-C included) to every process, so all of them land
+        # here. (A lost peer raises a distributed error instead, reported as such by distributed.main.)
+        # Every process removes the partial folder: each creates it when it plans its writes, so one
+        # interrupted early can create it after the writer has removed it.
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, KeyboardInterrupt) or _interrupted(err):
+            raise KeyboardInterrupt from None
+        if not isinstance(err, (dcp.CheckpointException, OSError)):
+            raise
         free = shutil.disk_usage(root).free / 1e9
         raise CheckpointError(
             f"could not write checkpoint {final} ({free:.2f} GB free there); the older checkpoints are kept: "
             f"{_causes(err)}"
         ) from err
-    _barrier()
     if _is_writer():
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():
+            _remove(final)
         partial.rename(final)
-        for old in _complete(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in complete(root)[:-keep]:
+            _remove(old)
     _barrier()
     return final
+
+
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint folder, its completeness mark first: killed midway, what is left is ignored."""
+    (folder / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _clear_leftovers(root: Path) -> None:
+    """Remove what killed writes and prunes left: partial folders, and step folders without their mark.
+    Safe because the run owns the folder (distributed/run_folder.py): no other run is writing there."""
+    for entry in root.iterdir():
+        torn = _NAME.match(entry.name) and not (entry / MARKER).is_file()
+        if entry.is_dir() and (torn or _PARTIAL_NAME.match(entry.name)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a checkpoint that does not load to `step_N.broken` (or .broken.2, ...): kept for a look, never read."""
+    aside, n = folder.with_name(folder.name + BROKEN), 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}{BROKEN}.{n}")
+    folder.rename(aside)
+    return aside
+
+
+def _interrupted(err: BaseException) -> bool:
+    """A DCP failure that is some process's Ctrl-C (DCP catches BaseException and passes it around)."""
+    if not isinstance(err, dcp.CheckpointException):
+        return False
+    return any(isinstance(exc, KeyboardInterrupt) for exc, _ in err.failures.values())
 
 
 def _causes(err: BaseException) -> str:
@@ -123,20 +181,42 @@ def _causes(err: BaseException) -> str:
     return repr(err)
 
 
+def check_model(path: str | Path, model: ModelConfig) -> None:
+    """Refuse (UserError) a checkpoint whose model.json records another architecture, naming each key with
+    both values; reads no weights, so a command can call it before any process group starts."""
+    recorded = Path(path) / MODEL_FILE
+    if not recorded.is_file():
+        return
+    try:
+        saved = json.loads(recorded.read_text())
+    except (OSError, ValueError) as err:
+        raise BrokenCheckpoint(f"checkpoint {path}: {MODEL_FILE} cannot be read: {err}") from None
+    differences = model.differences(saved)
+    if differences:
+        raise UserError(
+            f"checkpoint {path} was trained with another model config (checkpoint -> this run): "
+            + "; ".join(differences) + "; give the checkpoint's values, or another checkpoint"
+        )
+
+
 def load(state: dict, path: str | Path, model: ModelConfig | None = None) -> None:
     """Fill `state`'s tensors in place from the checkpoint at `path`, read by distributed/checkpoint_reader.py:
     a folder someone else made is hostile until proven otherwise, and DCP's own reader unpickles it.
-    With `model`, a checkpoint that recorded another architecture is refused, naming each difference."""
-    recorded = Path(path) / MODEL_FILE
-    if model is not None and recorded.is_file():
-        differences = model.differences(json.loads(recorded.read_text()))
-        if differences:
-            raise UserError(f"checkpoint {path} was trained with another model config: " + "; ".join(differences))
+    With `model`, a checkpoint that recorded another architecture is refused (check_model); files that
+    cannot be read raise BrokenCheckpoint."""
+    if model is not None:
+        check_model(path, model)
     try:
         load_checkpoint(state, path)
     except (UnsafeCheckpoint, CorruptCheckpoint) as err:
-        raise UserError(str(err)) from None
-    except dcp.CheckpointException as err:  # a BaseException: per-rank failures, e.g. shapes that differ
+        raise BrokenCheckpoint(str(err)) from None
+    except OSError as err:  # no .metadata at all
+        raise BrokenCheckpoint(f"checkpoint {path} cannot be read: {err}") from None
+    except dcp.CheckpointException as err:  # a BaseException: per-rank failures
+        # DCP names the phase that failed: "read" is the files (truncated, missing); "plan" is keys
+        # and shapes that differ from this model's (torch 2.11-2.14).
+        if err.args and err.args[0] == "read":
+            raise BrokenCheckpoint(f"checkpoint {path} cannot be read (a file truncated or missing): {_causes(err)}") from None
         raise UserError(
             f"checkpoint {path} does not match this model (was it saved with another model config?): {_causes(err)}"
         ) from None

@@ -1,7 +1,7 @@
 """The command line, written once for the two programs, and the one place a user error becomes exit 2.
 
     python -m distributed.main [train] [--config FILE]... [section.key=value ...]
-    python -m distributed.main describe | evaluate [--checkpoint DIR]...
+    python -m distributed.main describe | evaluate [--checkpoint DIR|FILE]...
     python -m results predict --image FILE... | figures --out DIR [--image FILE]... | export --out FILE | onnx --out FILE
 
 A command names the action (training is the default, so `torchrun -m distributed.main` and

@@ -1,6 +1,6 @@
 """Both towers of a replica see the same batch: one process loads it, the other receives it."""
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -13,7 +13,7 @@ from distributed.layout import Layout
 
 def shared_batches(
     loaded: Iterator[tuple[torch.Tensor, torch.Tensor]] | None,
-    sizes: list[int],
+    sizes: Iterable[int],
     group: dist.ProcessGroup | None,
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

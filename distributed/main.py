@@ -2,19 +2,23 @@
 
 Commands (distributed/cli.py): train (the default), describe (the layer table),
 evaluate (validation error of checkpoints, alone or as an ensemble, in the layout
-torchrun starts). The config is loaded and checked before any process group starts;
-the group is always torn down. The commands that use one trained net in one process
-are `python -m results`.
+torchrun starts). The config is loaded and checked, and the run's folders probed and
+locked (distributed/run_folder.py), before any process group starts; the group is always
+torn down. Ctrl-C ends training with one line per process (where it stopped, the newest
+complete checkpoint) and exit status 130. The commands that use one trained net in one
+process are `python -m results`.
 """
 
 import argparse
+import signal
 import sys
 
 import torch.distributed as dist
 
-from distributed import cli, layout
+from distributed import checkpoint, cli, layout, run_folder
 from distributed.build import check_data
 from distributed.checkpoint import CheckpointError
+from distributed.config import Config
 from distributed.trained import checkpoint_paths
 from model.summary import layer_table
 
@@ -25,30 +29,63 @@ def lost_peer(err: RuntimeError) -> bool:
 
 
 def train(args: argparse.Namespace) -> int:
-    from distributed.trainer import Trainer  # heavy imports only when training
-
     cfg = cli.load(args)
     plan = layout.plan_from_env(cfg)
     check_data(cfg)
     if plan.logs and plan.restarts_share_store:
         print("warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
               "or a restart may fail to connect (docs/SCALING.md)", file=sys.stderr, flush=True)
-    trainer = None
+    interrupt = _Interrupt()
+    started = []  # the trainer, once built: it knows where the run stopped
     try:
-        trainer = Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s))
-        trainer.run()
-    except CheckpointError as err:
-        print(f"rank {plan.rank}: {err}", file=sys.stderr, flush=True)
-        return 1
-    except RuntimeError as err:
-        if not lost_peer(err):
-            raise
-        # Name who noticed and where (steps done), so the dead or stalled peer can be found in its log.
-        print(f"rank {plan.rank}: peer lost at step {trainer.step if trainer else 0}: {err}", file=sys.stderr, flush=True)
-        return 1
+        return _train(cfg, plan, started, interrupt)
+    except KeyboardInterrupt:
+        newest = checkpoint.latest(cfg.checkpoint.dir)
+        print(f"rank {plan.rank}: interrupted at step {started[0].step if started else 0}; newest complete "
+              f"checkpoint: {newest or 'none'}", file=sys.stderr, flush=True)
+        return 130
     finally:
-        layout.stop()
+        if not interrupt.seen:  # an interrupted process is on its way out; torchrun may send Ctrl-C again
+            interrupt.restore()
+
+
+def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
+    from distributed.trainer import Trainer  # heavy imports only when training
+
+    try:
+        with run_folder.claim(cfg, plan):  # probed and locked before any process group
+            try:
+                started.append(Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s)))
+                started[0].run()
+            finally:
+                layout.stop()
+    except (CheckpointError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not lost_peer(err):
+            raise
+        if interrupt.seen:  # Ctrl-C reached every process: a peer that stopped first is no lost peer
+            raise KeyboardInterrupt from None
+        # Name who noticed and where (steps done), so the dead or stalled peer can be found in its log.
+        lost = "" if isinstance(err, CheckpointError) else f"peer lost at step {started[0].step if started else 0}: "
+        print(f"rank {plan.rank}: {lost}{err}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+class _Interrupt:
+    """Ctrl-C as one KeyboardInterrupt: the terminal signals every process and torchrun forwards the
+    signal again, so the later ones are ignored rather than breaking the clean-up of the first."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = signal.signal(signal.SIGINT, self._first)
+
+    def _first(self, signum, frame) -> None:
+        if not self.seen:
+            self.seen = True
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self._previous)
 
 
 def describe(args: argparse.Namespace) -> int:
@@ -75,8 +112,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
-                        help="a checkpoint folder (repeat for an ensemble); default: the newest in checkpoint.dir")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR|FILE",
+                        help="a checkpoint folder or an exported .safetensors file (repeat for an ensemble); "
+                             "default: the newest checkpoint in checkpoint.dir")
 
 
 COMMANDS = {

@@ -25,12 +25,14 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
         newest = checkpoint.latest(cfg.checkpoint.dir)
         if newest is None:
             raise UserError(f"no checkpoint in checkpoint.dir={cfg.checkpoint.dir}")
-        return [newest]
+        given = [newest]
     paths = [Path(p) for p in given]
     for path in paths:
         if is_weights_file(path):
             check_weights(path, cfg.model)
-        elif not (path / ".metadata").is_file():
+        elif (path / ".metadata").is_file():
+            checkpoint.check_model(path, cfg.model)  # its model.json, before any process group
+        else:
             raise UserError(f"{path} is neither a complete checkpoint folder (one with .metadata) nor a {SUFFIX} "
                             "weights file (python -m results export writes one)")
     return paths

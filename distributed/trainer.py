@@ -1,5 +1,6 @@
 """The training loop: forward, loss, backward, step; evaluation, logs and checkpoints at its edges."""
 
+import itertools
 import math
 import time
 
@@ -9,7 +10,7 @@ import yaml
 from tqdm import tqdm
 
 from data.loader import train_batches
-from distributed import checkpoint
+from distributed import checkpoint, run_folder
 from distributed.build import build
 from distributed.config import Config, to_dict
 from distributed.evaluation import CENTRE, TEN_PATCHES, ErrorRates, evaluate
@@ -34,6 +35,7 @@ class Trainer:
         self.optimizer, self.schedule, self.augment, self.logger = parts.optimizer, parts.schedule, parts.augment, parts.logger
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
         self.step = 0
+        self.saved_step: int | None = None  # the checkpoint this run wrote or resumed last: never written twice
         # Training top-1 errors and images of the epoch so far, over this replica (the paper's Figure 1 axis).
         self.epoch_tally = torch.zeros(2, device=self.device)
         self.reached_target = False
@@ -68,7 +70,7 @@ class Trainer:
                 self.data.train, self.order, first_step, self.total_steps, self.plan.replica, self.plan.replicas,
                 self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
             )
-        sizes = [self.replica_batch] * (self.total_steps - first_step)
+        sizes = itertools.repeat(self.replica_batch, self.total_steps - first_step)
         return shared_batches(loaded, sizes, self.layout.tower_group, self.device)
 
     def evaluate(self, ways=(CENTRE,)) -> dict[str, ErrorRates]:
@@ -93,7 +95,10 @@ class Trainer:
         checkpoint.check_space(self.cfg.checkpoint.dir, 2 * weights * self.plan.tower_processes, self.cfg.checkpoint.keep)
 
     def save(self) -> None:
-        """Checkpoint the run, unless a weight is no longer finite (an update can overflow on a finite loss)."""
+        """Checkpoint the run, unless this step is saved already (a run resumed at its end) or a weight is
+        no longer finite (an update can overflow on a finite loss)."""
+        if self.step == self.saved_step:
+            return
         finite = all(p.isfinite().all() for p in self.model.parameters())
         bad = torch.tensor([0.0 if finite else 1.0], device=self.device)  # NCCL reduces device tensors only
         if dist.is_initialized():
@@ -103,19 +108,20 @@ class Trainer:
                 f"weights became non-finite by step {self.step}; stopped, the last good checkpoint in "
                 f"{self.cfg.checkpoint.dir} is kept"
             )
-        checkpoint.save(self._state(), self.cfg.checkpoint.dir, self.step, self.cfg.checkpoint.keep)
+        checkpoint.save(self._state(), self.cfg.checkpoint.dir, self.step, self.cfg.checkpoint.keep, self.cfg.model)
+        self.saved_step = self.step
 
     def resume(self) -> bool:
-        """Continue from the newest complete checkpoint, if there is one."""
-        path = checkpoint.latest(self.cfg.checkpoint.dir)
-        if path is None:
+        """Continue from the newest complete checkpoint that loads, if there is one (run_folder.load_newest)."""
+        found = run_folder.load_newest(self._state, self.cfg.checkpoint.dir, self.cfg.model, self.device)
+        if found is None:
             return False
-        state = self._state()
-        checkpoint.load(state, path)
+        path, state = found
         progress = state["progress"]
         self.step = int(progress["step"])
         self.epoch_tally = progress["epoch_tally"].to(self.device)
         self.schedule.load_state_dict({k: progress[k].item() for k in ("best", "epochs_without_gain", "drops")})
+        self.saved_step = self.step
         if self.plan.logs:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return True
@@ -124,12 +130,13 @@ class Trainer:
 
     def run(self) -> ErrorRates:
         """Train to the configured length, evaluating and checkpointing each epoch."""
+        resuming = run_folder.resumes(self.cfg, self.plan)  # or refuses another run's checkpoint.dir
         self._check_checkpoint_space()
         if self.plan.logs:
             p = self.plan
             print(f"processes: {p.world} ({p.replicas} replica(s) x {p.tower_processes} tower process(es)) on "
                   f"{self.device}, backend {p.backend}; {self.fast.describe()}", flush=True)
-        if self.cfg.train.resume or self._any_process_restarted():
+        if resuming:
             self.resume()
         self.logger.text("config", "```\n" + yaml.safe_dump(to_dict(self.cfg), sort_keys=False) + "\n```")
         per_epoch = self.order.steps_per_epoch
@@ -177,15 +184,6 @@ class Trainer:
         })
         self.logger.close()
         return result
-
-    def _any_process_restarted(self) -> bool:
-        """Whether torchrun restarted any process of the run. A machine whose agent was lost and is
-        started again counts its workers' restarts from 0 while the survivors' agents count 1, so
-        the processes agree by a MAX over all of them: every process resumes, or none."""
-        restarted = torch.tensor([float(self.plan.restarts)], device=self.device)
-        if dist.is_initialized():
-            dist.all_reduce(restarted, op=dist.ReduceOp.MAX)
-        return restarted.item() > 0
 
     def _end_of_epoch(self, epoch: int) -> ErrorRates:
         tally = self.epoch_tally.clone()

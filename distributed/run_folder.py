@@ -1,0 +1,160 @@
+"""A run owns its folders: checkpoint.dir and log.dir are proven writable, locked, and never another run's.
+
+- Before any process group (`claim`): every process proves it can write checkpoint.dir (each
+  writes its own .distcp files), and rank 0 log.dir (only it writes events), by creating,
+  writing, renaming and removing a probe file. An unwritable folder is a UserError there, not
+  a traceback at the first save an epoch later.
+- Rank 0 then holds a lock on `.lock` in each folder for the run's life, so a second live run on
+  the same folders is refused. The lock is a POSIX record lock (fcntl.lockf): the kernel drops it
+  when its process dies, so a killed run, or the dead generation of an elastic restart, leaves
+  nothing that blocks the next; and unlike flock it is not inherited by forked children (the
+  DataLoader's workers), which could outlive a killed rank 0 and keep the folder locked.
+- A run that does not resume (`resumes`: train.resume=false and no process restarted) refuses a
+  checkpoint.dir that already holds a complete checkpoint: it is another run's, and pruning by
+  step number would delete this run's checkpoints instead of it.
+- Resuming takes the newest complete checkpoint that loads (`load_newest`): one that cannot be
+  read is renamed step_N.broken (never deleted), named with the reason, and the one before it is
+  tried. A checkpoint of another architecture is not broken: that is the user's error.
+"""
+
+import errno
+import fcntl
+import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from distributed import checkpoint
+from distributed.config import Config
+from distributed.errors import UserError
+from distributed.layout import Plan
+from model.config import ModelConfig
+
+LOCK_FILE = ".lock"
+
+
+def probe(folder: str | Path, key: str) -> None:
+    """Create `folder` if needed, then create, write, rename and remove a file in it, or raise a UserError
+    naming `key`. The probe's name is this process's own, so processes sharing the folder do not collide."""
+    root = Path(folder)
+    trial = root / f".probe-{socket.gethostname()}-{os.getpid()}"
+    moved = trial.with_name(trial.name + "-renamed")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(trial, "wb") as out:
+            out.write(bytes(4096))
+            out.flush()
+            os.fsync(out.fileno())  # a full disk or a quota can only show once the bytes reach it
+        trial.rename(moved)
+        moved.unlink()
+    except OSError as err:
+        for leftover in (trial, moved):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise UserError(f"{key}={folder} cannot be written ({err}): make it writable, or give another {key}") from None
+
+
+@contextmanager
+def claim(cfg: Config, plan: Plan) -> Iterator[None]:
+    """Probe the run's folders and, on rank 0, lock them while the block runs: call before any process group."""
+    folders = {"checkpoint.dir": cfg.checkpoint.dir}
+    if plan.logs:
+        folders["log.dir"] = cfg.log.dir
+    for key, folder in folders.items():
+        probe(folder, key)
+    held: list[int] = []
+    try:
+        if plan.rank == 0:
+            locked = set()
+            for key, folder in folders.items():
+                where = Path(folder).resolve()
+                if where not in locked:  # one folder for both: a second lock of it would release the first
+                    held.append(_lock(where / LOCK_FILE, key, folder))
+                    locked.add(where)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _lock(path: Path, key: str, folder: str) -> int:
+    """An open descriptor holding the lock on `path`, which then names this process; a UserError if
+    another live process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if err.errno in (errno.EACCES, errno.EAGAIN):
+            raise UserError(f"{key}={folder} is in use by another run ({holder or 'starting'}): wait for it to "
+                            f"end, or give this run another {key}") from None
+        raise UserError(f"{key}={folder} cannot be locked ({err}): give a folder on a file system with "
+                        "locks (NFS needs its lock manager)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              .encode(), 0)
+    return fd
+
+
+def resumes(cfg: Config, plan: Plan) -> bool:
+    """Whether this run continues from checkpoint.dir: train.resume, or torchrun restarted a process.
+    A run that does not refuses a checkpoint.dir that holds a complete checkpoint, on every process.
+
+    A machine whose agent was lost and is started again counts its workers' restarts from 0 while
+    the survivors' agents count 1, so the processes agree by a MAX over all of them: every process
+    resumes, or none. That needs the process group, so this runs after it starts."""
+    if cfg.train.resume or _any(plan.restarts > 0, plan.device):
+        return True
+    newest = checkpoint.latest(cfg.checkpoint.dir)
+    if _any(newest is not None, plan.device):
+        found = f" (newest: {newest.name})" if newest else ""
+        raise UserError(
+            f"checkpoint.dir={cfg.checkpoint.dir} holds another run's checkpoints{found}: continue that run "
+            "with train.resume=true, or start this one in another checkpoint.dir (and log.dir)"
+        )
+    return False
+
+
+def load_newest(
+    make_state: Callable[[], dict], directory: str | Path, model: ModelConfig, device: torch.device
+) -> tuple[Path, dict] | None:
+    """(path, state) of the newest complete checkpoint in `directory` that loads on every process into
+    make_state()'s tensors; None when there is none. Every process takes the same decision on each,
+    so none trains on while a peer gave up. When every one is broken the run stops: a failed read
+    may have filled some tensors already, so they no longer hold the run's starting point."""
+    aside = []
+    for path in reversed(checkpoint.complete(directory)):
+        state, broken = make_state(), None
+        try:
+            checkpoint.load(state, path, model)
+        except checkpoint.BrokenCheckpoint as err:
+            broken = err
+        if not _any(broken is not None, device):
+            return path, state
+        aside.append(path.name)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            moved = checkpoint.set_aside(path)
+            reason = broken or f"checkpoint {path} failed to load on another process"
+            print(f"warning: {reason}; set aside as {moved.name}, trying the checkpoint before it",
+                  file=sys.stderr, flush=True)
+    if aside:
+        raise UserError(f"no checkpoint in checkpoint.dir={directory} loads ({', '.join(aside)} set aside as "
+                        "*.broken): run again to start from step 0, or put back a good copy")
+    return None
+
+
+def _any(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on any process (NCCL reduces device tensors only)."""
+    t = torch.tensor([float(flag)], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
