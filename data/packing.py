@@ -6,8 +6,8 @@ shard file, note its label, list it in the skipped files if it cannot be decoded
 and (training split) add it to the shard's running statistics. A shard is done once
 its sidecar exists; both files are written under temporary names and renamed, so a
 killed run leaves no half shard that a later run would mistake for a finished one.
-When every shard of a split is done, the sidecars are combined into labels.npy,
-index.json and (training split) stats.pt; meta.json is written last.
+When every shard of a split is done, data.assembly combines the sidecars into
+labels.npy, index.json and (training split) stats.pt; meta.json is written last.
 
 A packing process can die (the out-of-memory killer, a crash in a decoder); the
 pool then fails every shard in flight. Those shards are packed again, and the ones
@@ -26,13 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.assembly import assemble, atomic_save, sidecar_path, skipped_examples, write_meta
 from data.decode import DECODE_ERRORS, quiet_decoder_warnings
 from data.imageset import SIDE
-from data.packed import FORMAT, SPLITS, VERSION, read_json, shard_name, write_json
+from data.packed import SPLITS, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
 
 DIED = "the packing process died decoding it, even alone (out of memory? a crash in the decoder?)"
@@ -92,16 +92,16 @@ def pack(dst: Path, splits: list[Split], ids: list[str], names: list[str], shard
         if split.name not in SPLITS:
             raise ValueError(f"split {split.name!r}: must be one of {SPLITS}")
         if not split.files:
-            raise ValueError(f"{split.name}: no images to pack{_examples(split.skipped)}")
+            raise ValueError(f"{split.name}: no images to pack{skipped_examples(split.skipped)}")
         folder = dst / split.name
         _check_plan(folder, split, ids, shard_size)
         if (folder / "index.json").is_file():
             continue
         decoded += _pack_shards(folder, split, shard_size, workers)
-        _assemble(dst, folder, math.ceil(len(split.files) / shard_size), split.skipped)
+        assemble(dst, folder, math.ceil(len(split.files) / shard_size), split.skipped)
         assembled = True
     if assembled or not (dst / "meta.json").is_file():
-        _write_meta(dst, ids, names)
+        write_meta(dst, ids, names)
     return decoded
 
 
@@ -121,7 +121,7 @@ def _check_plan(folder: Path, split: Split, ids: list[str], shard_size: int) -> 
 def _pack_shards(folder: Path, split: Split, shard_size: int, workers: int) -> int:
     tasks = []
     for k, start in enumerate(range(0, len(split.files), shard_size)):
-        if not _sidecar(folder, k).is_file():
+        if not sidecar_path(folder, k).is_file():
             end = start + shard_size
             part = split.files[start:end], split.sources[start:end], split.labels[start:end]
             tasks.append(_Shard(folder, k, *part, split.decode, split.name == "train"))
@@ -145,7 +145,7 @@ class _Packer:
         """Pack `tasks`; after a death, the shards that were decoding are packed alone, the others pooled again."""
         while tasks:
             self._pool(tasks, self.workers)
-            left = [task for task in tasks if not _sidecar(task.folder, task.index).is_file()]
+            left = [task for task in tasks if not sidecar_path(task.folder, task.index).is_file()]
             suspects = [task for task in left if self.decoding[task.index] > 0]
             if left and not suspects:
                 raise _died(left[0].folder, [task for task in left if self.decoding[task.index] == WRITING])
@@ -166,7 +166,7 @@ class _Packer:
             self.decoding[task.index] = 0
             self._pool([task], 1)
             at = self.decoding[task.index]
-            if _sidecar(task.folder, task.index).is_file():
+            if sidecar_path(task.folder, task.index).is_file():
                 return
             if at <= 0:
                 raise _died(task.folder, [task] if at == WRITING else [])
@@ -211,9 +211,6 @@ def _start_worker(decoding) -> None:
     _decoding = decoding
 
 
-def _sidecar(folder: Path, shard: int) -> Path:
-    return (folder / shard_name(shard)).with_suffix(".pt")
-
 
 def _pack_shard(shard: _Shard) -> tuple[int, int]:
     """Decode and write one shard; returns (images attempted, images skipped)."""
@@ -243,7 +240,7 @@ def _pack_shard(shard: _Shard) -> tuple[int, int]:
                 acc.add(image[None])
     tmp.replace(path)
     sidecar = {"labels": torch.tensor(labels, dtype=torch.int64), "skipped": skipped, "stats": vars(acc) if acc else {}}
-    _save(sidecar, _sidecar(shard.folder, shard.index))
+    atomic_save(sidecar, sidecar_path(shard.folder, shard.index))
     return len(shard.files), len(skipped)
 
 
@@ -251,69 +248,3 @@ def skip_reason(error: Exception) -> str:
     """One line for skipped.txt: the exception's type and the first line of its message."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
-
-
-def _save(value: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
-
-
-def _assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, str], ...]) -> None:
-    """Combine the shard sidecars of a finished split into labels.npy, index.json and stats.pt.
-
-    `left_out` (what was skipped before decoding) comes first in the skipped files.
-    """
-    counts, labels, skipped = [], [], [list(entry) for entry in left_out]
-    acc = StatsAccumulator(SIDE)
-    for k in range(shards):
-        part = torch.load(_sidecar(folder, k), weights_only=True)
-        counts.append(len(part["labels"]))
-        labels.append(part["labels"])
-        skipped += part["skipped"]
-        if part["stats"]:
-            # The sidecar holds an accumulator's running sums (its vars), saved as plain tensors and ints.
-            shard_acc = StatsAccumulator(SIDE)
-            shard_acc.__dict__.update(part["stats"])
-            acc.merge(shard_acc)
-    if not sum(counts):
-        _write_skipped(dst, _lines(folder.name, skipped))
-        raise ValueError(
-            f"{folder.name}: not one image could be decoded; {dst / 'skipped.txt'} lists the {len(skipped)} "
-            f"skipped and why{_examples(skipped)}"
-        )
-    with open(folder / "labels.npy.tmp", "wb") as f:
-        np.save(f, torch.cat(labels).numpy())
-    (folder / "labels.npy.tmp").replace(folder / "labels.npy")
-    if folder.name == "train":
-        _save(acc.result().as_dict(), dst / "stats.pt")
-    write_json(folder / "index.json", {"counts": counts, "skipped": skipped})
-
-
-def _examples(skipped: list | tuple) -> str:
-    """The first few skipped entries and why, for an error message."""
-    return "".join(["; for example:"] + [f"\n  {name}: {reason}" for name, reason in skipped[:3]]) if skipped else ""
-
-
-def _write_meta(dst: Path, ids: list[str], names: list[str]) -> None:
-    """meta.json and skipped.txt for the splits finished in `dst`."""
-    finished = _finished(dst)
-    splits = {split: {"images": sum(index["counts"]), "skipped": len(index["skipped"])} for split, index in finished}
-    _write_skipped(dst, [])
-    write_json(dst / "meta.json", {"format": FORMAT, "version": VERSION, "side": SIDE, "ids": ids, "names": names, "splits": splits})
-
-
-def _finished(dst: Path) -> list[tuple[str, dict]]:
-    """(split, its index.json) of each split finished in `dst`."""
-    indexes = [(split, dst / split / "index.json") for split in SPLITS]
-    return [(split, read_json(index)) for split, index in indexes if index.is_file()]
-
-
-def _write_skipped(dst: Path, more: list[str]) -> None:
-    """skipped.txt: the skipped files of the finished splits, then the lines `more`."""
-    lines = [line for split, index in _finished(dst) for line in _lines(split, index["skipped"])]
-    (dst / "skipped.txt").write_text("".join(lines + more))
-
-
-def _lines(split: str, skipped: list) -> list[str]:
-    return [f"{split}\t{name}\t{reason}\n" for name, reason in skipped]

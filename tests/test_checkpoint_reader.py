@@ -3,10 +3,10 @@
 Every crafted payload here only creates a marker file in the test's tmp_path; each test that
 shows a payload refused also shows that the stock path (plain pickle.load, or dcp.load with
 the stock FileSystemReader) really would have run it, so a refusal is not an accident.
+Here: the .metadata file; the data files are in test_checkpoint_data_files.
 """
 
 import builtins
-import io
 import os
 import pathlib
 import pickle
@@ -17,7 +17,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
+from torch.distributed.checkpoint.metadata import Metadata
 
 from distributed.checkpoint_reader import (
     ALLOWED_GLOBALS,
@@ -28,24 +28,7 @@ from distributed.checkpoint_reader import (
     load_checkpoint,
     read_metadata,
 )
-
-
-def _state() -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "model": {
-            "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
-            "conv.bias": torch.randn(4, generator=g),
-            "fc.weight": torch.randn(5, 6, generator=g).to(torch.bfloat16),
-            "fc.index": torch.arange(7),
-            "towers": {"1": {"mask": torch.tensor([True, False, True])}},
-        },
-        "progress": {"step": torch.tensor(3)},
-    }
-
-
-def _zeros_like(state: dict) -> dict:
-    return {k: _zeros_like(v) if isinstance(v, dict) else torch.zeros_like(v) for k, v in state.items()}
+from tests.dcp_checkpoints import Touch, genuine_state, plain_metadata, save_checkpoint, write_metadata, zeros_like
 
 
 def _assert_same(got: dict, want: dict) -> None:
@@ -58,21 +41,6 @@ def _assert_same(got: dict, want: dict) -> None:
             assert torch.equal(got[key], value), key
 
 
-def _save(state: dict, path: pathlib.Path) -> pathlib.Path:
-    dcp.save(state, checkpoint_id=path)
-    return path
-
-
-class Touch:
-    """Pickles as pathlib.Path.touch(marker): a dotted name inside the allowed `pathlib` module."""
-
-    def __init__(self, marker: pathlib.Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
-
-
 class Exec:
     """Pickles as builtins.exec(code that creates the marker)."""
 
@@ -83,28 +51,18 @@ class Exec:
         return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def _write_metadata(md: Metadata, path: pathlib.Path) -> None:
-    with open(path / ".metadata", "wb") as f:
-        pickle.dump(md, f)
-
-
-def _plain_metadata(path: pathlib.Path) -> Metadata:
-    with open(path / ".metadata", "rb") as f:
-        return pickle.load(f)
-
-
 # (1) a genuine checkpoint ------------------------------------------------------------------------
 
 
 def test_genuine_checkpoint_loads_exactly(tmp_path):
-    saved = _state()
-    ckpt = _save(saved, tmp_path / "ckpt")
+    saved = genuine_state()
+    ckpt = save_checkpoint(saved, tmp_path / "ckpt")
 
-    loaded = _zeros_like(saved)
+    loaded = zeros_like(saved)
     dcp.load(loaded, storage_reader=SafeFileSystemReader(ckpt))
     _assert_same(loaded, saved)
 
-    again = _zeros_like(saved)
+    again = zeros_like(saved)
     load_checkpoint(again, ckpt)
     _assert_same(again, saved)
 
@@ -117,7 +75,7 @@ def test_genuine_checkpoint_loads_exactly(tmp_path):
 def test_genuine_bytes_entries_load(tmp_path):
     """Non-tensor values (DCP's bytes entries) still load when they are plain data."""
     saved = {"model": {"w": torch.ones(2, 2)}, "extra": {"n": 3, "s": "x", "l": [1, 2.5, None], "d": {"a": (1, 2)}}}
-    ckpt = _save(saved, tmp_path / "ckpt")
+    ckpt = save_checkpoint(saved, tmp_path / "ckpt")
     loaded = {"model": {"w": torch.zeros(2, 2)}, "extra": {"n": 0, "s": "", "l": [], "d": {"a": ()}}}
     dcp.load(loaded, storage_reader=SafeFileSystemReader(ckpt))
     assert loaded["extra"] == saved["extra"]
@@ -127,7 +85,7 @@ def test_genuine_bytes_entries_load(tmp_path):
 def test_allow_list_covers_what_dcp_writes(tmp_path):
     """Every global a real DCP .metadata names is allowed (how the allow-list was derived)."""
     state = {
-        **_state(),
+        **genuine_state(),
         "layouts": {
             "channels_last": torch.randn(1, 3, 4, 4).to(memory_format=torch.channels_last),
             "transposed": torch.randn(3, 5).t(),
@@ -159,11 +117,11 @@ def test_allow_list_covers_what_dcp_writes(tmp_path):
 
 @pytest.mark.parametrize("payload, refused", [(Touch, "pathlib.Path.touch"), (Exec, "builtins.exec")])
 def test_crafted_metadata_is_refused(tmp_path, payload, refused):
-    ckpt = _save(_state(), tmp_path / "ckpt")
-    md = _plain_metadata(ckpt)
+    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
+    md = plain_metadata(ckpt)
     marker = tmp_path / "pwned"
     md.planner_data = {"note": payload(marker)}  # the rest of the file stays a real checkpoint's
-    _write_metadata(md, ckpt)
+    write_metadata(md, ckpt)
     file = str(ckpt / ".metadata")
 
     with pytest.raises(UnsafeCheckpoint) as err:
@@ -175,10 +133,10 @@ def test_crafted_metadata_is_refused(tmp_path, payload, refused):
     with pytest.raises(UnsafeCheckpoint, match=refused):
         SafeFileSystemReader(ckpt).read_metadata()
     with pytest.raises(UnsafeCheckpoint, match=refused):
-        load_checkpoint(_zeros_like(_state()), ckpt)
+        load_checkpoint(zeros_like(genuine_state()), ckpt)
     # Through dcp.load itself DCP swallows the refusal (then fails with "metadata is None", wrapped).
     with pytest.raises(dcp.CheckpointException):
-        dcp.load(_zeros_like(_state()), storage_reader=SafeFileSystemReader(ckpt))
+        dcp.load(zeros_like(genuine_state()), storage_reader=SafeFileSystemReader(ckpt))
     assert not marker.exists()
 
     # The test means something: the stock reader runs the payload.
@@ -188,8 +146,8 @@ def test_crafted_metadata_is_refused(tmp_path, payload, refused):
 
 def test_refused_rank_local_metadata(tmp_path):
     """DCP's fallback file __0.metadata is read the same way."""
-    ckpt = _save(_state(), tmp_path / "ckpt")
-    md = _plain_metadata(ckpt)
+    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
+    md = plain_metadata(ckpt)
     md.planner_data = Touch(tmp_path / "pwned")
     with open(ckpt / "__0.metadata", "wb") as f:
         pickle.dump(md, f)
@@ -197,7 +155,7 @@ def test_refused_rank_local_metadata(tmp_path):
     with pytest.raises(UnsafeCheckpoint, match=r"__0\.metadata.*pathlib\.Path\.touch"):
         SafeFileSystemReader(ckpt).read_metadata(rank=0)
     with pytest.raises(UnsafeCheckpoint, match=r"__0\.metadata"):
-        load_checkpoint(_zeros_like(_state()), ckpt)
+        load_checkpoint(zeros_like(genuine_state()), ckpt)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -229,12 +187,12 @@ def test_huge_memo_index_allocates_nothing(tmp_path):
 
 
 def test_data_file_outside_the_folder_is_refused(tmp_path):
-    ckpt = _save(_state(), tmp_path / "ckpt")
-    md = _plain_metadata(ckpt)
+    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
+    md = plain_metadata(ckpt)
     index = next(iter(md.storage_data))
     for bad in ("../elsewhere.distcp", "/etc/passwd", "C:\\x.distcp", "a/../../b"):
         md.storage_data[index] = _StorageInfo(bad, 0, 10)
-        _write_metadata(md, ckpt)
+        write_metadata(md, ckpt)
         with pytest.raises(UnsafeCheckpoint, match="outside the checkpoint folder"):
             read_metadata(ckpt)
 
@@ -243,11 +201,11 @@ def test_data_file_outside_the_folder_is_refused(tmp_path):
 
 
 def test_oversized_metadata_is_refused_unread(tmp_path):
-    ckpt = _save(_state(), tmp_path / "ckpt")
+    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
     marker = tmp_path / "pwned"
-    md = _plain_metadata(ckpt)
+    md = plain_metadata(ckpt)
     md.planner_data = Touch(marker)
-    _write_metadata(md, ckpt)
+    write_metadata(md, ckpt)
     size = MAX_METADATA_BYTES + 1
     os.truncate(ckpt / ".metadata", size)  # sparse: a payload up front, then zeros pickle never reads
     with pytest.raises(UnsafeCheckpoint) as err:
@@ -274,7 +232,7 @@ def test_metadata_without_a_size_is_read_only_up_to_the_limit(tmp_path):
 
 @pytest.mark.parametrize("keep", [0, 1, 0.5])
 def test_truncated_metadata_is_a_clear_error(tmp_path, keep):
-    ckpt = _save(_state(), tmp_path / "ckpt")
+    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
     file = ckpt / ".metadata"
     data = file.read_bytes()
     file.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
@@ -283,70 +241,4 @@ def test_truncated_metadata_is_a_clear_error(tmp_path, keep):
     assert isinstance(err.value, ValueError) and not isinstance(err.value, (pickle.UnpicklingError, EOFError))
     assert str(file) in str(err.value) and "truncated or corrupt" in str(err.value)
     with pytest.raises(CorruptCheckpoint, match="truncated or corrupt"):
-        load_checkpoint(_zeros_like(_state()), ckpt)
-
-
-# (5) the data files ---------------------------------------------------------------------------------
-
-
-def _bytes_entry_checkpoint(tmp_path: pathlib.Path, payload: object) -> tuple[pathlib.Path, pathlib.Path]:
-    """A genuine checkpoint whose metadata then says `model.conv.bias` is a bytes entry,
-    stored as torch.save(payload) appended to the data file. The metadata names only allowed
-    globals: the safe metadata reader accepts it."""
-    ckpt = _save(_state(), tmp_path / "ckpt")
-    md = _plain_metadata(ckpt)
-    data_file = ckpt / md.storage_data[next(iter(md.storage_data))].relative_path
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    offset = data_file.stat().st_size
-    with open(data_file, "ab") as f:
-        f.write(buf.getvalue())
-    md.state_dict_metadata["model.conv.bias"] = BytesStorageMetadata()
-    for index in [i for i in md.storage_data if i.fqn == "model.conv.bias"]:
-        del md.storage_data[index]
-    md.storage_data[MetadataIndex("model.conv.bias")] = _StorageInfo(data_file.name, offset, len(buf.getvalue()))
-    _write_metadata(md, ckpt)
-    read_metadata(ckpt)  # accepted: the danger is in the data file
-    return ckpt, data_file
-
-
-def test_bytes_entry_that_would_run_code_is_refused(tmp_path):
-    marker = tmp_path / "pwned"
-    ckpt, data_file = _bytes_entry_checkpoint(tmp_path, Touch(marker))
-
-    with pytest.raises(dcp.CheckpointException) as wrapped:
-        dcp.load(_zeros_like(_state()), storage_reader=SafeFileSystemReader(ckpt))
-    (cause, _), = wrapped.value.failures.values()
-    assert isinstance(cause, UnsafeCheckpoint)
-    assert str(data_file) in str(cause) and "'model.conv.bias'" in str(cause) and "weights_only=True" in str(cause)
-    with pytest.raises(UnsafeCheckpoint, match="model.conv.bias"):
-        load_checkpoint(_zeros_like(_state()), ckpt)
-    assert not marker.exists()
-
-    # The test means something: stock DCP unpickles the entry with weights_only=False.
-    try:
-        dcp.load(_zeros_like(_state()), storage_reader=FileSystemReader(ckpt))
-    except dcp.CheckpointException:
-        pass
-    assert marker.exists()
-
-
-def test_tensor_entries_are_read_weights_only_by_dcp_itself(tmp_path):
-    """A tensor entry's bytes go through torch.load(weights_only=True) in DCP already:
-    a payload there is refused even by the stock reader."""
-    ckpt = _save(_state(), tmp_path / "ckpt")
-    md = _plain_metadata(ckpt)
-    index = next(i for i in md.storage_data if i.fqn == "model.conv.bias")
-    data_file = ckpt / md.storage_data[index].relative_path
-    marker = tmp_path / "pwned"
-    buf = io.BytesIO()
-    torch.save(Touch(marker), buf)
-    offset = data_file.stat().st_size
-    with open(data_file, "ab") as f:
-        f.write(buf.getvalue())
-    md.storage_data[index] = _StorageInfo(data_file.name, offset, len(buf.getvalue()))
-    _write_metadata(md, ckpt)
-    for reader in (FileSystemReader(ckpt), SafeFileSystemReader(ckpt)):
-        with pytest.raises(dcp.CheckpointException, match="Weights only load failed"):
-            dcp.load(_zeros_like(_state()), storage_reader=reader)
-    assert not marker.exists()
+        load_checkpoint(zeros_like(genuine_state()), ckpt)

@@ -1,0 +1,88 @@
+"""Finishing a pack from its shards: the sidecar each packed shard leaves, and the files of a finished split.
+
+data.packing writes a sidecar beside each shard it packs (its labels, its skipped files and, training split,
+its running statistics); the sidecar's existence marks the shard done. Once every shard of a split has one,
+`assemble` combines them into labels.npy, index.json and (training split) stats.pt; `write_meta` then
+writes skipped.txt and, last, meta.json.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.imageset import SIDE
+from data.packed import FORMAT, SPLITS, VERSION, read_json, shard_name, write_json
+from data.stats import StatsAccumulator
+
+
+def sidecar_path(folder: Path, shard: int) -> Path:
+    """The sidecar of shard `shard` of the split in `folder`: once it exists, the shard is done."""
+    return (folder / shard_name(shard)).with_suffix(".pt")
+
+
+def atomic_save(value: dict, path: Path) -> None:
+    """torch.save under a temporary name, then renamed: a killed run leaves no half file under `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+
+
+def assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, str], ...]) -> None:
+    """Combine the shard sidecars of a finished split into labels.npy, index.json and stats.pt.
+
+    `left_out` (what was skipped before decoding) comes first in the skipped files.
+    """
+    counts, labels, skipped = [], [], [list(entry) for entry in left_out]
+    acc = StatsAccumulator(SIDE)
+    for k in range(shards):
+        part = torch.load(sidecar_path(folder, k), weights_only=True)
+        counts.append(len(part["labels"]))
+        labels.append(part["labels"])
+        skipped += part["skipped"]
+        if part["stats"]:
+            # The sidecar holds an accumulator's running sums (its vars), saved as plain tensors and ints.
+            shard_acc = StatsAccumulator(SIDE)
+            shard_acc.__dict__.update(part["stats"])
+            acc.merge(shard_acc)
+    if not sum(counts):
+        _write_skipped(dst, _lines(folder.name, skipped))
+        raise ValueError(
+            f"{folder.name}: not one image could be decoded; {dst / 'skipped.txt'} lists the {len(skipped)} "
+            f"skipped and why{skipped_examples(skipped)}"
+        )
+    with open(folder / "labels.npy.tmp", "wb") as f:
+        np.save(f, torch.cat(labels).numpy())
+    (folder / "labels.npy.tmp").replace(folder / "labels.npy")
+    if folder.name == "train":
+        atomic_save(acc.result().as_dict(), dst / "stats.pt")
+    write_json(folder / "index.json", {"counts": counts, "skipped": skipped})
+
+
+def skipped_examples(skipped: list | tuple) -> str:
+    """The first few skipped entries and why, for an error message."""
+    return "".join(["; for example:"] + [f"\n  {name}: {reason}" for name, reason in skipped[:3]]) if skipped else ""
+
+
+def write_meta(dst: Path, ids: list[str], names: list[str]) -> None:
+    """meta.json and skipped.txt for the splits finished in `dst`."""
+    finished = _finished(dst)
+    splits = {split: {"images": sum(index["counts"]), "skipped": len(index["skipped"])} for split, index in finished}
+    _write_skipped(dst, [])
+    write_json(dst / "meta.json", {"format": FORMAT, "version": VERSION, "side": SIDE, "ids": ids, "names": names, "splits": splits})
+
+
+def _finished(dst: Path) -> list[tuple[str, dict]]:
+    """(split, its index.json) of each split finished in `dst`."""
+    indexes = [(split, dst / split / "index.json") for split in SPLITS]
+    return [(split, read_json(index)) for split, index in indexes if index.is_file()]
+
+
+def _write_skipped(dst: Path, more: list[str]) -> None:
+    """skipped.txt: the skipped files of the finished splits, then the lines `more`."""
+    lines = [line for split, index in _finished(dst) for line in _lines(split, index["skipped"])]
+    (dst / "skipped.txt").write_text("".join(lines + more))
+
+
+def _lines(split: str, skipped: list) -> list[str]:
+    return [f"{split}\t{name}\t{reason}\n" for name, reason in skipped]
