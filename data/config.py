@@ -15,6 +15,9 @@ class DataConfig:
     """Training images of the embedded data."""
     synthetic_val_images: int = 256
     """Validation images of the embedded data."""
+    synthetic_cache: str = ".cache/synthetic"
+    """Folder the embedded data is packed into on first use, one pack per seed and sizes, and read from
+    after (data/sources.py); empty: every image is drawn again each time it is loaded."""
     mean: str = "image"
     """Mean subtracted from every pixel: image (per position, the reference nets) or channel."""
     pca_std: float = 0.1

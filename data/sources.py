@@ -1,14 +1,34 @@
-"""Opening the training and validation images a config names: a pack, or the embedded data."""
+"""Opening the training and validation images a config names: a pack, or the embedded data.
+
+The embedded images are a pure function of (seed, split, index), so they are generated
+once into a pack in `data.synthetic_cache` and read back from it like any packed data
+(images and statistics): the job's tower processes, its loading process and every later
+run with the same seed and sizes read raw bytes instead of drawing each image again.
+"""
+
+import fcntl
+import hashlib
+import os
+import shutil
+from functools import partial
+from pathlib import Path
 
 import torch
 
+from data import synthetic
 from data.config import DataConfig
 from data.imageset import SIDE, Datasets
-from data.packed import open_packed, read_pack_meta
+from data.packed import FORMAT, VERSION, open_packed, read_pack_meta
+from data.packing import Split, pack
 from data.stats import compute_stats
-from data.synthetic import SyntheticImages, synthetic_classes
+from data.synthetic import SyntheticImages, synthetic_classes, synthetic_image, synthetic_labels
+from model import seeds
 
 STATS_BATCH = 64
+CACHE_SHARD = 256
+"""Images per shard of a cached pack (50 MB files)."""
+BUILDING = ".building"
+"""Suffix of a cached pack being written; renamed without it once complete."""
 
 
 def class_names(cfg: DataConfig) -> list[str]:
@@ -19,11 +39,64 @@ def class_names(cfg: DataConfig) -> list[str]:
 
 
 def open_datasets(cfg: DataConfig, seed: int) -> Datasets:
-    """The packed data under `cfg.root`, or the embedded synthetic data when it is empty."""
+    """The packed data under `cfg.root`, or the embedded synthetic data when it is empty (from its cache
+    when `cfg.synthetic_cache` names one)."""
     if cfg.root:
         return open_packed(cfg.root)
+    if cfg.synthetic_cache:
+        return open_packed(str(synthetic_pack(cfg, seed)))
     train = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_train_images, seed, "train")
     val = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_val_images, seed, "val")
     chunks = torch.arange(len(train)).split(STATS_BATCH)
     stats = compute_stats((train.load(chunk)[0] for chunk in chunks), SIDE)
     return Datasets(train, val, stats)
+
+
+def cache_name(cfg: DataConfig, seed: int) -> str:
+    """The cached pack of the embedded data for `seed`: named by what its images depend on.
+
+    The generator's version is a digest of the source that draws the images (the generator
+    and the seed derivation), so an edit there packs anew instead of serving stale images;
+    the pack format's version is in it too.
+    """
+    code = hashlib.sha256(f"{FORMAT} {VERSION}".encode())
+    for module in (synthetic, seeds):
+        code.update(Path(module.__file__).read_bytes())
+    sizes = f"classes{cfg.synthetic_classes}_train{cfg.synthetic_train_images}_val{cfg.synthetic_val_images}"
+    return f"seed{seed}_{sizes}_{code.hexdigest()[:12]}"
+
+
+def synthetic_pack(cfg: DataConfig, seed: int) -> Path:
+    """The folder of the embedded data's pack for `seed` in `cfg.synthetic_cache`, packed there on first use.
+
+    Processes that start together (a run's tower processes, tests running side by side)
+    take turns on a lock in the cache folder: the first packs, the others wait and then
+    read its pack. A pack is written under a temporary name and renamed once complete, so
+    a folder with the final name is always whole; what a killed build left is removed by
+    the next one, under the same lock.
+    """
+    root = Path(cfg.synthetic_cache)
+    entry = root / cache_name(cfg, seed)
+    if (entry / "meta.json").is_file():
+        return entry
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the kernel releases it when the file closes or its process dies
+        if not (entry / "meta.json").is_file():
+            for leftover in root.glob(f"*{BUILDING}"):
+                shutil.rmtree(leftover)
+            building = entry.with_name(entry.name + BUILDING)
+            names = synthetic_classes(cfg.synthetic_classes)
+            pack(building, _splits(cfg, seed), names, names, CACHE_SHARD, len(os.sched_getaffinity(0)))
+            building.rename(entry)
+    return entry
+
+
+def _splits(cfg: DataConfig, seed: int) -> list[Split]:
+    """The embedded data's two splits for `pack`: image i of a split is decoded by drawing it."""
+    splits = []
+    for split, size in (("train", cfg.synthetic_train_images), ("val", cfg.synthetic_val_images)):
+        draw = partial(synthetic_image, cfg.synthetic_classes, seed, split)
+        splits.append(Split(split, [f"{split}[{i}]" for i in range(size)], list(range(size)),
+                            synthetic_labels(cfg.synthetic_classes, size).tolist(), draw))
+    return splits

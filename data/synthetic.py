@@ -25,32 +25,40 @@ class SyntheticImages:
     def __init__(self, classes: int, size: int, seed: int, split: str) -> None:
         self.classes = synthetic_classes(classes)
         self.size, self.seed, self.split = size, seed, split
-        self.labels = torch.arange(size) % classes
+        self.labels = synthetic_labels(classes, size)
 
     def __len__(self) -> int:
         return self.size
 
     def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 [N, 3, 256, 256] images and int64 [N] labels."""
-        images = torch.stack([self._image(int(i)) for i in indices])
+        classes = len(self.classes)
+        images = torch.stack([synthetic_image(classes, self.seed, self.split, int(i)) for i in indices])
         return images, self.labels[indices]
 
-    def _image(self, index: int) -> torch.Tensor:
-        rng = torch.Generator().manual_seed(derive_seed(self.seed, "image", self.split, index))
-        label = int(self.labels[index])
-        classes = len(self.classes)
-        u = torch.rand(6, generator=rng)
-        angle = math.pi * label / classes + 0.1 * (u[0].item() - 0.5)
-        period = 12.0 + 20.0 * u[1].item()
-        phase = 2 * math.pi * u[2].item()
-        brightness = 90.0 + 70.0 * u[3].item()
-        contrast = 40.0 + 50.0 * u[4].item()
-        hue = 2 * math.pi * (label / classes + 0.05 * (u[5].item() - 0.5))
-        colour = torch.tensor([math.cos(hue + k * 2 * math.pi / 3) for k in range(3)]) * 0.5 + 0.75
-        axis = torch.arange(SIDE, dtype=torch.float32)
-        yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-        wave = torch.sin(2 * math.pi / period * (xx * math.cos(angle) + yy * math.sin(angle)) + phase)
-        noise = torch.randn(3, SIDE, SIDE, generator=rng) * 20.0
-        tint = 25.0 * (colour - colour.mean())
-        image = brightness + tint[:, None, None] + contrast * wave[None] * colour[:, None, None] + noise
-        return image.clamp(0, 255).round().to(torch.uint8)
+
+def synthetic_labels(classes: int, size: int) -> torch.Tensor:
+    """int64 [size]: image i is of class i mod `classes`, so every class has its share."""
+    return torch.arange(size) % classes
+
+
+def synthetic_image(classes: int, seed: int, split: str, index: int) -> torch.Tensor:
+    """uint8 [3, 256, 256]: image `index` of `split`, of class index mod `classes`. A module-level function
+    of its arguments alone, so that packing processes can draw any image (data/sources.py's cache)."""
+    rng = torch.Generator().manual_seed(derive_seed(seed, "image", split, index))
+    label = index % classes
+    u = torch.rand(6, generator=rng)
+    angle = math.pi * label / classes + 0.1 * (u[0].item() - 0.5)
+    period = 12.0 + 20.0 * u[1].item()
+    phase = 2 * math.pi * u[2].item()
+    brightness = 90.0 + 70.0 * u[3].item()
+    contrast = 40.0 + 50.0 * u[4].item()
+    hue = 2 * math.pi * (label / classes + 0.05 * (u[5].item() - 0.5))
+    colour = torch.tensor([math.cos(hue + k * 2 * math.pi / 3) for k in range(3)]) * 0.5 + 0.75
+    axis = torch.arange(SIDE, dtype=torch.float32)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    wave = torch.sin(2 * math.pi / period * (xx * math.cos(angle) + yy * math.sin(angle)) + phase)
+    noise = torch.randn(3, SIDE, SIDE, generator=rng) * 20.0
+    tint = 25.0 * (colour - colour.mean())
+    image = brightness + tint[:, None, None] + contrast * wave[None] * colour[:, None, None] + noise
+    return image.clamp(0, 255).round().to(torch.uint8)
