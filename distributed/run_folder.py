@@ -33,7 +33,7 @@ import torch.distributed as dist
 from distributed import checkpoint
 from distributed.config import Config
 from distributed.errors import UserError
-from distributed.layout import Plan
+from distributed.layout import Plan, any_process
 from model.config import ModelConfig
 
 LOCK_FILE = ".lock"
@@ -112,10 +112,10 @@ def resumes(cfg: Config, plan: Plan) -> bool:
     A machine whose agent was lost and is started again counts its workers' restarts from 0 while
     the survivors' agents count 1, so the processes agree by a MAX over all of them: every process
     resumes, or none. That needs the process group, so this runs after it starts."""
-    if cfg.train.resume or _any(plan.restarts > 0, plan.device):
+    if cfg.train.resume or any_process(plan.restarts > 0, plan.device):
         return True
     newest = checkpoint.latest(cfg.checkpoint.dir)
-    if _any(newest is not None, plan.device):
+    if any_process(newest is not None, plan.device):
         found = f" (newest: {newest.name})" if newest else ""
         raise UserError(
             f"checkpoint.dir={cfg.checkpoint.dir} holds another run's checkpoints{found}: continue that run "
@@ -138,7 +138,7 @@ def load_newest(
             checkpoint.load(state, path, model)
         except checkpoint.BrokenCheckpoint as err:
             broken = err
-        if not _any(broken is not None, device):
+        if not any_process(broken is not None, device):
             return path, state
         aside.append(path.name)
         if not dist.is_initialized() or dist.get_rank() == 0:
@@ -150,11 +150,3 @@ def load_newest(
         raise UserError(f"no checkpoint in checkpoint.dir={directory} loads ({', '.join(aside)} set aside as "
                         "*.broken): run again to start from step 0, or put back a good copy")
     return None
-
-
-def _any(flag: bool, device: torch.device) -> bool:
-    """Whether `flag` holds on any process (NCCL reduces device tensors only)."""
-    t = torch.tensor([float(flag)], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())

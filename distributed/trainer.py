@@ -15,7 +15,7 @@ from distributed.build import build
 from distributed.config import Config, to_dict
 from distributed.evaluation import CENTRE, TEN_PATCHES, ErrorRates, evaluate
 from distributed.feed import shared_batches, validation_batches
-from distributed.layout import Layout
+from distributed.layout import Layout, any_process
 from distributed.metrics import conv1_kernels
 from model.seeds import derive_seed
 
@@ -100,10 +100,7 @@ class Trainer:
         if self.step == self.saved_step:
             return
         finite = all(p.isfinite().all() for p in self.model.parameters())
-        bad = torch.tensor([0.0 if finite else 1.0], device=self.device)  # NCCL reduces device tensors only
-        if dist.is_initialized():
-            dist.all_reduce(bad)
-        if bad.item():
+        if any_process(not finite, self.device):
             raise NonFiniteLoss(
                 f"weights became non-finite by step {self.step}; stopped, the last good checkpoint in "
                 f"{self.cfg.checkpoint.dir} is kept"
