@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from distributed.config_loader import load_config
+from config.loading import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ABLATIONS = ROOT / "experiments" / "ablations"

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 import torchvision
 
 from bench.images import all_cores, examples_loader, make_jpegs, pack_jpegs
+from config.loading import load_config
 from distributed import layout
-from distributed.config_loader import load_config
-from distributed.trainer import Trainer
+from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOP_PER_TRAINING_IMAGE = 4.35e9

@@ -34,14 +34,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from config.loading import load_config
 from data.sources import cache_name
-from distributed.config_loader import load_config
 from distributed.exchange import ProcessGroupExchange
-from distributed.fast_path import FastPath
-from distributed.optimizer import build_optimizer
 from distributed.pipeline import PipelinedStep
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
+from training.fast_path import FastPath
+from training.optimizer import build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 FINAL = re.compile(r"final validation \((centre crop|10 patches)\): top-1 error ([\d.]+)")

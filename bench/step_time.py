@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 
 from distributed.exchange import ProcessGroupExchange
-from distributed.optimizer import PaperSGD
 from distributed.pipeline import PipelinedStep
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from model.exchange import LocalExchange
+from training.optimizer import PaperSGD
 
 
 def _measure(net: AlexNet, exchange, batch: int, micro_batches: int, steps: int) -> dict[str, float]:

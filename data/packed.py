@@ -15,7 +15,7 @@ Shards are raw arrays with no header, so reading image i of a shard is one read 
 offset i * IMAGE_BYTES: no decoding on the training path, which is the point.
 
 A pack may come from someone else, so it is checked whole when opened (by `read_pack_meta`,
-which distributed/build.py's check_data runs before any process group, and `open_packed`),
+which training/build.py's check_data runs before any process group, and `open_packed`),
 reading everything but the images: each JSON file's fields, counts against shard sizes,
 labels.npy's dtype, length and range, stats.pt's size, keys and shapes. A bad pack is refused
 there with a ValueError naming the file, never in the middle of an epoch; nothing in it is

@@ -1,1 +1,2 @@
-"""Everything that spans processes: layout, exchange, training loop, checkpoints; and the entry point."""
+"""What spans processes: the layout (replicas x tower processes), the collectives each written once,
+the towers' exchange, the pipelined step, the shared feed; and the entry point torchrun starts."""

@@ -5,9 +5,9 @@ from typing import Iterable, Iterator
 import torch
 import torch.distributed as dist
 
+from config.schema import Config
 from data.imageset import IMAGE_SHAPE, ImageSet
 from data.loader import eval_batches, eval_share
-from distributed.config import Config
 from distributed.layout import Layout
 
 

@@ -15,8 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from distributed.config import Config, ConfigError
-from distributed.fast_path import FastPath
+from config.schema import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,6 @@ class Plan:
     device: torch.device
     backend: str
     """nccl or gloo."""
-    fast: FastPath
     restarts: int = 0
     """Times torchrun has restarted this process's workers (TORCHELASTIC_RESTART_COUNT)."""
     restarts_share_store: bool = False
@@ -95,7 +93,7 @@ def plan_from_env(cfg: Config, env: dict[str, str] | None = None) -> Plan:
     # torchrun keeps the dead generation's keys in the store it shares with restarted workers,
     # so a restart can dial a dead peer and fail; a store per generation (docs/SCALING.md) avoids it.
     shares_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
-    return Plan(world, rank, local_rank, tower_processes, replicas, device, backend, FastPath.resolve(cfg.train, device),
+    return Plan(world, rank, local_rank, tower_processes, replicas, device, backend,
                 int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), shares_store)
 
 

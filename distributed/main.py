@@ -1,9 +1,9 @@
 """The training job: `torchrun --nproc_per_node=2 -m distributed.main [--config F]... [section.key=value ...]`.
 
-Commands (distributed/cli.py): train (the default), describe (the layer table),
+Commands (config/cli.py): train (the default), describe (the layer table),
 evaluate (validation error of checkpoints, alone or as an ensemble, in the layout
 torchrun starts). The config is loaded and checked, and the run's folders probed and
-locked (distributed/run_folder.py), before any process group starts; the group is always
+locked (checkpoints/run_folder.py), before any process group starts; the group is always
 torn down. Ctrl-C ends training with one line per process (where it stopped, the newest
 complete checkpoint) and exit status 130. The commands that use one trained net in one
 process are `python -m results`.
@@ -15,12 +15,15 @@ import sys
 
 import torch.distributed as dist
 
-from distributed import checkpoint, cli, layout, run_folder
-from distributed.build import check_data
-from distributed.checkpoint import CheckpointError
-from distributed.config import Config
-from distributed.trained import checkpoint_paths
+from checkpoints import run_folder, store
+from checkpoints.store import CheckpointError
+from checkpoints.trained import checkpoint_paths
+from config import cli
+from config.schema import Config
+from distributed import layout
 from model.summary import layer_table
+from training.build import check_data
+from training.fast_path import FastPath
 
 
 def lost_peer(err: RuntimeError) -> bool:
@@ -28,10 +31,17 @@ def lost_peer(err: RuntimeError) -> bool:
     return isinstance(err, dist.DistError) or "/gloo/" in str(err)
 
 
+def _checked_plan(cfg: Config) -> layout.Plan:
+    """This process's layout, with everything that can refuse the config checked before any process group."""
+    plan = layout.plan_from_env(cfg)
+    FastPath.resolve(cfg.train, plan.device)  # refuses a GPU-only switch on a CPU
+    check_data(cfg)
+    return plan
+
+
 def train(args: argparse.Namespace) -> int:
     cfg = cli.load(args)
-    plan = layout.plan_from_env(cfg)
-    check_data(cfg)
+    plan = _checked_plan(cfg)
     if plan.logs and plan.restarts_share_store:
         print("warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
               "or a restart may fail to connect (docs/SCALING.md)", file=sys.stderr, flush=True)
@@ -40,7 +50,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         return _train(cfg, plan, started, interrupt)
     except KeyboardInterrupt:
-        newest = checkpoint.latest(cfg.checkpoint.dir)
+        newest = store.latest(cfg.checkpoint.dir)
         print(f"rank {plan.rank}: interrupted at step {started[0].step if started else 0}; newest complete "
               f"checkpoint: {newest or 'none'}", file=sys.stderr, flush=True)
         return 130
@@ -50,7 +60,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
-    from distributed.trainer import Trainer  # heavy imports only when training
+    from training.trainer import Trainer  # heavy imports only when training
 
     try:
         with run_folder.claim(cfg, plan):  # probed and locked before any process group
@@ -96,12 +106,11 @@ def describe(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from distributed.evaluation import evaluate_checkpoints, report
+    from training.evaluation import evaluate_checkpoints, report
 
     cfg = cli.load(args)
-    plan = layout.plan_from_env(cfg)
+    plan = _checked_plan(cfg)
     paths = checkpoint_paths(cfg, args.checkpoint)  # every process checks, so none waits for a peer that gave up
-    check_data(cfg)
     try:
         rates = evaluate_checkpoints(cfg, paths, layout.start(plan, cfg.parallel.timeout_s))
     finally:

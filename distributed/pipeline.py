@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from distributed.metrics import topk_wrong
 from model.alexnet import AlexNet
 from model.exchange import Exchange, Pending
 from model.layers import STAGES
@@ -48,7 +47,8 @@ class PipelinedStep:
         self.exposed = ExposedTime()
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, micro_batches: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-        """Accumulate d(mean loss over the batch)/d(params) into .grad; returns (summed loss, wrong top-1/5)."""
+        """Accumulate d(mean loss over the batch)/d(params) into .grad; returns (summed loss, the logits),
+        detached, without syncing."""
         if micro_batches == 1 and self.exchange.in_process and self.replica_group is None:
             return self._whole_batch(inputs, labels, autocast)
         xs, ys = inputs.chunk(micro_batches), labels.chunk(micro_batches)
@@ -66,14 +66,14 @@ class PipelinedStep:
                 pending[i] = self.exchange.start(stage.exchange, outputs[k][i])
 
         loss_sum = torch.zeros((), device=inputs.device)
-        wrong = torch.zeros(2, device=inputs.device)
+        all_logits = []
         for i in range(m):
             logits = wait(pending[i], "forward").detach().requires_grad_()
             loss = F.cross_entropy(logits.float(), ys[i], reduction="sum")
             (loss / len(labels)).backward()
             pending[i] = self.exchange.start_dual(STAGES[-1].exchange, logits.grad, towers)
             loss_sum += loss.detach()
-            wrong += topk_wrong(logits.detach(), ys[i])
+            all_logits.append(logits.detach())
 
         replica_sync = []
         for k in reversed(range(len(STAGES))):
@@ -85,7 +85,7 @@ class PipelinedStep:
             replica_sync.append(self._start_replica_mean(self.stage_params[k]))
         for finish in replica_sync:
             finish()
-        return loss_sum, wrong
+        return loss_sum, torch.cat(all_logits)
 
     def _whole_batch(self, inputs: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         """Nothing to overlap (both towers here, one micro-batch, no replicas): one forward and one
@@ -95,7 +95,7 @@ class PipelinedStep:
             logits = self.model(inputs)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         (loss / len(labels)).backward()
-        return loss.detach(), topk_wrong(logits.detach(), labels)
+        return loss.detach(), logits.detach()
 
     def _start_replica_mean(self, params: list[torch.nn.Parameter]):
         """Average these gradients over replicas, in flight; returns the function that lands them."""

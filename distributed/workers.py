@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distributed.cli import quiet_known_warnings
+from config.cli import quiet_known_warnings
 
 
 def free_port() -> int:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from distributed import cli
-from distributed.build import check_data
-from distributed.config import Config
-from distributed.errors import UserError
-from distributed.trained import checkpoint_paths, load_network
-from distributed.weights import SUFFIX, save_weights
+from checkpoints.trained import checkpoint_paths, load_network
+from checkpoints.weights import SUFFIX, save_weights
+from config import cli
+from config.errors import UserError
+from config.schema import Config
 from model.export import grouped_state_dict
+from training.build import check_data
 
 CPU = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def figures(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     """Both towers merged by model.export into one grouped state dict, written as safetensors
-    (distributed/weights.py) with the model config."""
+    (checkpoints/weights.py) with the model config."""
     if args.out.suffix != SUFFIX:  # before loading anything
         raise UserError(f"--out {args.out}: export writes safetensors; name the file *{SUFFIX}")
     cfg, source = _loaded(args)

@@ -11,15 +11,15 @@ from typing import Sequence
 
 import torch
 
+from checkpoints.trained import load_network
+from config.errors import UserError
+from config.schema import Config
 from data.augment import Augmenter
 from data.decode import DECODE_ERRORS, decode_file
 from data.imageset import Datasets
 from data.sources import open_datasets
-from distributed.config import Config
-from distributed.errors import UserError
-from distributed.evaluation import TEN_PATCHES, log_probabilities
-from distributed.trained import load_network
 from model.alexnet import AlexNet
+from training.evaluation import TEN_PATCHES, log_probabilities
 
 TOP = 5
 

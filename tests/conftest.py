@@ -45,8 +45,8 @@ def launch(tmp_path):
 def trained(tmp_path_factory):
     """(trainer, run dir, the override words that name its config) after a two-step run, shared by
     the tests of what a trained net is used for."""
-    from distributed.trainer import Trainer
     from tests.trainer_runs import small_config, small_words, start
+    from training.trainer import Trainer
 
     run_dir = tmp_path_factory.mktemp("run")
     words = small_words(run_dir, "train.max_steps=2", "train.epochs=1", "data.synthetic_val_images=4")

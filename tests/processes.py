@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from distributed.checkpoint_reader import load_checkpoint, read_metadata
+from checkpoints.reader import load_checkpoint, read_metadata
 
 CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 """A launched run's environment: one thread per process, as the in-process workers use."""

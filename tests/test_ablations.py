@@ -2,7 +2,7 @@
 
 import pytest
 
-from distributed.config_loader import load_config
+from config.loading import load_config
 from tests.conftest import ROOT
 
 # -- ablations ----------------------------------------------------------------------------
@@ -17,7 +17,7 @@ from tests.conftest import ROOT
     ("no_dropout", "model", "dropout", 0.0),
 ])
 def test_ablation_overlay_changes_only_its_key(name, section, key, value):
-    from distributed.config import to_dict
+    from config.schema import to_dict
 
     quickstart = [ROOT / "config.yaml", ROOT / "experiments" / "quickstart.yaml"]
     base = to_dict(load_config(quickstart))

@@ -113,7 +113,7 @@ def test_slicing_and_gather_paths_agree_exactly():
 
 
 def test_ten_patch_prediction_averages_the_softmax_of_each_patch():
-    from distributed.evaluation import TEN_PATCHES, log_probabilities
+    from training.evaluation import TEN_PATCHES, log_probabilities
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))

@@ -1,4 +1,4 @@
-"""distributed.checkpoint_reader: the data files of a DCP checkpoint load without running code stored in them.
+"""checkpoints.reader: the data files of a DCP checkpoint load without running code stored in them.
 
 A bytes entry (a non-tensor value, torch.save'd into a data file) that would run code is refused; a tensor entry
 is read weights-only by DCP itself. As in test_checkpoint_reader, each payload only creates a marker file, and
@@ -15,7 +15,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
 
-from distributed.checkpoint_reader import SafeFileSystemReader, UnsafeCheckpoint, load_checkpoint, read_metadata
+from checkpoints.reader import SafeFileSystemReader, UnsafeCheckpoint, load_checkpoint, read_metadata
 from tests.dcp_checkpoints import Touch, genuine_state, plain_metadata, save_checkpoint, write_metadata, zeros_like
 
 

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed import checkpoint, layout, run_folder
-from distributed.errors import UserError
+from checkpoints import run_folder, store
+from config.errors import UserError
+from distributed import layout
 from distributed.main import main
-from distributed.trainer import Trainer
 from distributed.workers import free_port
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, wait_for
 from tests.test_scale_and_faults import CLI
 from tests.trainer_runs import small_config, small_words, train
+from training.trainer import Trainer
 
 
 def _ranks(launch, run_dir: Path, *words: str, world: int = 2, name: str = "rank") -> list[subprocess.Popen]:
@@ -94,7 +95,7 @@ def test_a_second_live_run_on_the_same_folders_is_refused(tmp_path, launch):
                                  f"on {os.uname().nodename}, since ")
     assert refused[0].endswith("): wait for it to end, or give this run another checkpoint.dir")
     _finish(first, 0)
-    assert [p.name for p in checkpoint.complete(tmp_path / "ck")] == ["step_00000016", "step_00000020"]
+    assert [p.name for p in store.complete(tmp_path / "ck")] == ["step_00000016", "step_00000020"]
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1  # A's alone
     assert "final validation" in first[0].out.read_text()
 
@@ -102,7 +103,8 @@ def test_a_second_live_run_on_the_same_folders_is_refused(tmp_path, launch):
 HOLD = """
 import os, sys, time
 from pathlib import Path
-from distributed import layout, run_folder
+from distributed import layout
+from checkpoints import run_folder
 from tests.trainer_runs import small_config
 cfg = small_config(Path(sys.argv[1]))
 with run_folder.claim(cfg, layout.plan_from_env(cfg, {})):
@@ -149,21 +151,21 @@ def test_resume_sets_a_truncated_newest_checkpoint_aside_and_uses_the_one_before
     assert warning[0].endswith("; set aside as step_00000004.broken, trying the checkpoint before it")
     assert f"resumed from {tmp_path}/ck/step_00000002 at step 2" in procs[0].out.read_text()
     assert _folder(tmp_path / "ck" / "step_00000004.broken") == kept
-    assert [p.name for p in checkpoint.complete(tmp_path / "ck")] == ["step_00000004", "step_00000006"]
+    assert [p.name for p in store.complete(tmp_path / "ck")] == ["step_00000004", "step_00000006"]
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_not_set_aside(trained):
     """Each checkpoint records its model config; resuming with model.lrn=none a checkpoint trained with LRN is
     a user error naming the key and both values, and the checkpoint is not set aside as broken."""
     _, run_dir, words = trained
-    newest = checkpoint.latest(run_dir / "ck")
-    recorded = json.loads((newest / checkpoint.MODEL_FILE).read_text())
+    newest = store.latest(run_dir / "ck")
+    recorded = json.loads((newest / store.MODEL_FILE).read_text())
     assert recorded == dataclasses.asdict(small_config(run_dir, *words).model)
     cfg = small_config(run_dir, *words, "model.lrn=none")
     trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
     with pytest.raises(UserError, match=r"model.lrn: 'paper' -> 'none'; give the checkpoint's values"):
         trainer.resume()
-    assert checkpoint.latest(run_dir / "ck") == newest and trainer.step == 0
+    assert store.latest(run_dir / "ck") == newest and trainer.step == 0
 
 
 @pytest.mark.parametrize("override, difference", [("model.lrn=none", "model.lrn: 'paper' -> 'none'"),
@@ -183,10 +185,10 @@ def test_evaluate_refuses_a_checkpoint_of_another_architecture(trained, capfd, o
 
 KILLED_PRUNING = """
 import os, sys, torch
-from distributed import checkpoint
+from checkpoints import store as checkpoint
 root = sys.argv[1]
 state = {"model": {"w": torch.arange(1000.0)}}
-checkpoint.save(state, root, 1, keep=1)
+store.save(state, root, 1, keep=1)
 unlink = os.unlink
 def killed_after_first_removal(path, *args, dir_fd=None, **kwargs):
     unlink(path, *args, dir_fd=dir_fd, **kwargs)
@@ -194,7 +196,7 @@ def killed_after_first_removal(path, *args, dir_fd=None, **kwargs):
     if folder.endswith("step_00000001"):
         os._exit(9)  # as kill -9: no clean-up of any kind
 os.unlink = killed_after_first_removal
-checkpoint.save(state, root, 2, keep=1)
+store.save(state, root, 2, keep=1)
 """
 
 
@@ -206,23 +208,23 @@ def test_a_kill_during_pruning_leaves_a_folder_that_is_ignored_and_later_removed
                           capture_output=True, text=True)
     assert done.returncode == 9, done.stderr[-3000:]
     assert (ck / "step_00000001").is_dir()  # killed midway: the folder is still there
-    assert [p.name for p in checkpoint.complete(ck)] == ["step_00000002"]
+    assert [p.name for p in store.complete(ck)] == ["step_00000002"]
     shutil.rmtree(ck / "step_00000002")  # were the newest lost too, nothing half-deleted would be read
-    assert checkpoint.latest(ck) is None
-    checkpoint.save({"model": {"w": torch.zeros(1000)}}, ck, 3, keep=1)  # the next save clears the leftover
+    assert store.latest(ck) is None
+    store.save({"model": {"w": torch.zeros(1000)}}, ck, 3, keep=1)  # the next save clears the leftover
     assert sorted(p.name for p in ck.iterdir()) == ["step_00000003"]
 
 
 def test_each_step_is_checkpointed_once_even_when_resumed_at_its_end(tmp_path, monkeypatch):
     """every_steps=2 dividing the 4-step epoch: steps 2 and 4 are not written twice; a run resumed where the last
     one stopped (step 3, nothing left to train) does not write step 3 again (before, it replaced it)."""
-    written, save = [], checkpoint.save
+    written, save = [], store.save
 
     def counted(state, folder, step, *rest):
         written.append(step)
         return save(state, folder, step, *rest)
 
-    monkeypatch.setattr(checkpoint, "save", counted)
+    monkeypatch.setattr(store, "save", counted)
     every = ("checkpoint.every_steps=2", "checkpoint.keep=5", "data.synthetic_val_images=2")
     train(tmp_path, *every, "train.max_steps=3")
     assert written == [2, 3]
@@ -230,7 +232,7 @@ def test_each_step_is_checkpointed_once_even_when_resumed_at_its_end(tmp_path, m
     assert written == [2, 3]
     train(tmp_path, *every, "train.resume=true")
     assert written == [2, 3, 4, 6, 8]
-    assert [p.name for p in checkpoint.complete(tmp_path / "ck")] == [f"step_0000000{s}" for s in (2, 3, 4, 6, 8)]
+    assert [p.name for p in store.complete(tmp_path / "ck")] == [f"step_0000000{s}" for s in (2, 3, 4, 6, 8)]
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------
@@ -251,7 +253,7 @@ def test_ctrl_c_ends_each_process_with_one_line(tmp_path, launch, world, during)
     for proc in procs:
         os.killpg(proc.pid, signal.SIGINT)
     _finish(procs, 130)
-    newest = checkpoint.latest(ck)
+    newest = store.latest(ck)
     for rank, proc in enumerate(procs):
         err = proc.err.read_text()
         lines = [line for line in err.splitlines() if line.startswith(f"rank {rank}: ")]

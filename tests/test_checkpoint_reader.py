@@ -1,4 +1,4 @@
-"""distributed.checkpoint_reader: DCP checkpoints load without running code stored in them.
+"""checkpoints.reader: DCP checkpoints load without running code stored in them.
 
 Every crafted payload here only creates a marker file in the test's tmp_path; each test that
 shows a payload refused also shows that the stock path (plain pickle.load, or dcp.load with
@@ -19,7 +19,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata
 
-from distributed.checkpoint_reader import (
+from checkpoints.reader import (
     ALLOWED_GLOBALS,
     MAX_METADATA_BYTES,
     CorruptCheckpoint,

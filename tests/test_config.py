@@ -7,10 +7,11 @@ import sys
 import pytest
 import torch
 
-from distributed.config import ConfigError
-from distributed.config_loader import load_config
+from config.loading import load_config
+from config.schema import ConfigError
 from distributed.layout import plan_from_env
 from tests.conftest import ROOT
+from training.fast_path import FastPath
 
 BASE = ROOT / "config.yaml"
 
@@ -105,7 +106,8 @@ def test_backends_and_two_tower_processes_sharing_one_gpu(monkeypatch):
         plan_from_env(load_config([BASE], []), env)
     shared = plan_from_env(load_config([BASE], ["parallel.backend=gloo"]), env)
     assert (shared.device, shared.backend, shared.staged_exchange) == (torch.device("cuda", 0), "gloo", True)
-    assert shared.fast.precision == "bf16" and shared.fast.compile == "on"  # auto on a GPU
+    fast = FastPath.resolve(load_config([BASE], []).train, shared.device)
+    assert fast.precision == "bf16" and fast.compile == "on"  # auto on a GPU
 
 
 # -- numbers and text the code cannot take -------------------------------------------------
@@ -115,7 +117,7 @@ def float_keys() -> list[str]:
     """Every float key of the config, as section.key."""
     from typing import get_type_hints
 
-    from distributed.config import Config
+    from config.schema import Config
 
     sections = get_type_hints(Config)
     return [f"{s}.{name}" for s, cls in sections.items() for name, kind in get_type_hints(cls).items() if kind is float]
@@ -146,8 +148,8 @@ def test_numbers_past_what_the_code_represents_are_refused(override, message):
 def _collective_with_the_longest_timeout(rank: int, world: int) -> None:
     import torch.distributed as dist
 
+    from config.schema import MAX_TIMEOUT_S
     from distributed import layout
-    from distributed.config import MAX_TIMEOUT_S
 
     cfg = load_config([BASE], ["train.device=cpu", f"parallel.timeout_s={MAX_TIMEOUT_S}"])
     layout.start(plan_from_env(cfg), cfg.parallel.timeout_s)

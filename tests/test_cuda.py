@@ -12,13 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distributed import checkpoint, layout
-from distributed.trainer import Trainer
+from checkpoints import store
+from distributed import layout
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
+from training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.cuda,
@@ -106,7 +107,7 @@ def test_a_checkpoint_written_on_cuda_loads_on_cpu_and_back(tmp_path):
     saved = {k: v.cpu() for k, v in weights_and_velocity(gpu).items()}
     cfg = small_config(tmp_path / "cpu", "train.device=cpu")
     cpu = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
-    checkpoint.load(checkpoint.training_state(cpu.model, cpu.optimizer, {}), checkpoint.latest(tmp_path / "gpu" / "ck"))
+    store.load(store.training_state(cpu.model, cpu.optimizer, {}), store.latest(tmp_path / "gpu" / "ck"))
     for key, value in weights_and_velocity(cpu).items():
         assert torch.equal(value, saved[key]), key
     cpu.step = 2
@@ -142,4 +143,4 @@ def test_run_sh_on_a_gpu_takes_one_process_and_finishes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "processes: 1" in proc.stdout and "cuda" in proc.stdout, proc.stdout[-2000:]
     assert "final validation (centre crop)" in proc.stdout
-    assert checkpoint.latest(tmp_path / "ck").name == "step_00000003"
+    assert store.latest(tmp_path / "ck").name == "step_00000003"

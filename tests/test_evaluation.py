@@ -9,14 +9,15 @@ import os
 import pytest
 import torch
 
-from distributed import checkpoint, layout
-from distributed.config_loader import load_config
-from distributed.evaluation import CENTRE, TEN_PATCHES, evaluate_checkpoints, log_probabilities
+from checkpoints import store
+from checkpoints.trained import load_network
+from config.loading import load_config
+from distributed import layout
 from distributed.main import main
-from distributed.trained import load_network
 from distributed.workers import free_port, run_workers
 from model.alexnet import AlexNet
 from tests.conftest import ROOT
+from training.evaluation import CENTRE, TEN_PATCHES, evaluate_checkpoints, log_probabilities
 
 CROP = 227
 SIDE = 256
@@ -60,8 +61,8 @@ def test_evaluate_ensemble_matches_direct_computation(trained, tmp_path):
     # A second, untrained net makes an ensemble whose average differs from either net's.
     other = AlexNet(cfg.model)
     other.init_paper(seed=7)
-    second = checkpoint.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1)
-    paths = [checkpoint.latest(cfg.checkpoint.dir), second]
+    second = store.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1)
+    paths = [store.latest(cfg.checkpoint.dir), second]
     rates = evaluate_checkpoints(cfg, paths, one_process(cfg))
 
     nets = [load_network(cfg, p, torch.device("cpu")) for p in paths]
@@ -81,7 +82,7 @@ def test_ensemble_probabilities_per_image_against_direct_computation(trained):
     cfg = config(overrides)
     other = AlexNet(cfg.model)
     other.init_paper(seed=7)
-    nets = [load_network(cfg, checkpoint.latest(cfg.checkpoint.dir), torch.device("cpu")), other.eval()]
+    nets = [load_network(cfg, store.latest(cfg.checkpoint.dir), torch.device("cpu")), other.eval()]
     images, _ = trainer.data.val.load(torch.arange(len(trainer.data.val)))
     for way, patches in ((CENTRE, 1), (TEN_PATCHES, 10)):
         got = log_probabilities(nets, trainer.augment, images, way).exp()
@@ -95,7 +96,7 @@ def test_ensemble_probabilities_per_image_against_direct_computation(trained):
 def test_evaluate_one_checkpoint_matches_trainer(trained):
     trainer, _, overrides = trained
     cfg = config(overrides)
-    rates = evaluate_checkpoints(cfg, [checkpoint.latest(cfg.checkpoint.dir)], one_process(cfg))
+    rates = evaluate_checkpoints(cfg, [store.latest(cfg.checkpoint.dir)], one_process(cfg))
     by_trainer = trainer.evaluate((CENTRE, TEN_PATCHES))
     for way in (CENTRE, TEN_PATCHES):
         expected = by_trainer[way]
@@ -129,8 +130,8 @@ def test_evaluate_in_two_processes_equals_one(trained, tmp_path, split):
     cfg = config(overrides)
     other = AlexNet(cfg.model)
     other.init_paper(seed=7)
-    paths = [str(checkpoint.latest(cfg.checkpoint.dir)),
-             str(checkpoint.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1))]
+    paths = [str(store.latest(cfg.checkpoint.dir)),
+             str(store.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1))]
     expected = {way: (r.top1, r.top5, r.images) for way, r in evaluate_checkpoints(cfg, paths, one_process(cfg)).items()}
     run_workers(2, _evaluate_in_processes, overrides, paths, str(tmp_path), free_port(), init=False)
     for rank in range(2):

@@ -9,15 +9,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from distributed import checkpoint, layout
-from distributed.config import ConfigError, TrainConfig
+from checkpoints import store
+from config.schema import ConfigError, TrainConfig
+from distributed import layout
 from distributed.exchange import ProcessGroupExchange
-from distributed.fast_path import FastPath
-from distributed.trainer import Trainer
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
+from training.fast_path import FastPath
+from training.trainer import Trainer
 
 CFG = ModelConfig(num_classes=10)
 VARIANTS = {"channels_last": dict(channels_last=True), "compile": dict(compile=True)}
@@ -151,7 +152,7 @@ def test_compiled_channels_last_run_resumes_an_eager_checkpoint_and_back(tmp_pat
     _assert_equal(loaded, eager)
     compiled = weights_and_velocity(train(tmp_path, "train.max_steps=6", "train.resume=true", *fast))
     assert counters["stats"]["unique_graphs"] >= 4
-    assert checkpoint.latest(tmp_path / "ck").name == "step_00000006"
+    assert store.latest(tmp_path / "ck").name == "step_00000006"
     # Compiled checkpoint -> eager run: exactly the compiled run's numbers.
     _, back = _resumed(tmp_path)
     _assert_equal(back, compiled)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from config.loading import load_config
+from config.schema import ConfigError
 from data.imageset import IMAGE_SHAPE
 from data.packed import IMAGE_BYTES, MAX_STATS_BYTES, open_packed, read_pack_meta
-from distributed.build import check_data
-from distributed.config import ConfigError
-from distributed.config_loader import load_config
 from tests.conftest import ROOT
+from training.build import check_data
 
 COUNTS = {"train": [2, 1], "val": [1]}
 LABELS = {"train": [0, 1, 1], "val": [1]}

@@ -19,14 +19,15 @@ import safetensors
 import torch
 from safetensors import safe_open
 
-from distributed import checkpoint, layout, weights
-from distributed.config_loader import load_config
-from distributed.errors import UserError
-from distributed.evaluation import evaluate_checkpoints
-from distributed.trained import load_network
+from checkpoints import store, weights
+from checkpoints.trained import load_network
+from config.errors import UserError
+from config.loading import load_config
+from distributed import layout
 from distributed.workers import free_port, run_workers
 from results.__main__ import main as results_main
 from tests.conftest import ROOT
+from training.evaluation import evaluate_checkpoints
 
 CPU = torch.device("cpu")
 
@@ -69,7 +70,7 @@ def craft(path, header: dict, data_bytes: int | None = None):
 def test_the_export_gives_exactly_the_checkpoints_logits(trained, exported):
     trainer, _, overrides = trained
     cfg = config(overrides)
-    from_checkpoint = load_network(cfg, checkpoint.latest(cfg.checkpoint.dir), CPU)
+    from_checkpoint = load_network(cfg, store.latest(cfg.checkpoint.dir), CPU)
     from_file = load_network(cfg, exported, CPU)
     images = trainer.augment.centre(trainer.data.val.load(torch.arange(4))[0])
     logits = from_file(images)
@@ -115,7 +116,7 @@ def _from_file_in_two_processes(rank: int, world: int, overrides: list[str], pat
 def test_each_tower_process_takes_its_slices_of_the_file(trained, exported, tmp_path):
     _, _, overrides = trained
     cfg = config(overrides)
-    folder = checkpoint.latest(cfg.checkpoint.dir)
+    folder = store.latest(cfg.checkpoint.dir)
     whole = load_network(cfg, folder, CPU).state_dict()
     one = layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
     expected = {w: (r.top1, r.top5, r.images) for w, r in evaluate_checkpoints(cfg, [folder], one).items()}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.netns import Namespaces, namespaces_unavailable
-from distributed import checkpoint
+from checkpoints import store
 from distributed.workers import free_port
 from tests.processes import CPU_ENV, children, final_state, wait_for
 from tests.test_scale_and_faults import assert_moved_alike
@@ -119,7 +119,7 @@ def test_a_lost_node_started_again_resumes_and_ends_bitwise_equal(tmp_path, laun
     again = launch(command, "again", ENV)
     finish(host, again)
     assert "resumed from" in host.out.read_text() + again.out.read_text()
-    final = checkpoint.latest(tmp_path / "whole" / "ck"), checkpoint.latest(run_dir / "ck")
+    final = store.latest(tmp_path / "whole" / "ck"), store.latest(run_dir / "ck")
     assert [p.name for p in final] == ["step_00000006", "step_00000006"]
     a, b = (final_state(p) for p in final)
     assert a.keys() == b.keys()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distributed.optimizer import PaperSGD, PlateauSchedule
+from training.optimizer import PaperSGD, PlateauSchedule
 
 
 def _run(optimizer_cls, lrs, grads, **kw):

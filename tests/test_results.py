@@ -4,7 +4,6 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
-from distributed.metrics import KERNELS_PER_ROW, MetricLogger, colourfulness, conv1_kernels
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
@@ -12,6 +11,7 @@ from results.__main__ import main as results_main
 from results.figure3 import TOWER_GAP, conv1_figure
 from results.neighbours import fc7, nearest
 from tests.trainer_runs import train_scalars
+from training.metrics import KERNELS_PER_ROW, MetricLogger, colourfulness, conv1_kernels
 
 CROP = 227
 

@@ -13,14 +13,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distributed import checkpoint, layout
-from distributed.config import ConfigError
-from distributed.config_loader import load_config
-from distributed.trainer import NonFiniteLoss, Trainer
+from checkpoints import store
+from config.loading import load_config
+from config.schema import ConfigError
+from distributed import layout
 from distributed.workers import free_port, run_workers
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, children, final_state, wait_for
 from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
+from training.trainer import NonFiniteLoss, Trainer
 
 # A tiny run through `python -m distributed.main`, for the subprocess tests: 6 steps of 2 images.
 CLI = ["train.batch_size=2", "train.micro_batches=1", "train.epochs=1", "data.synthetic_train_images=12",
@@ -99,7 +100,7 @@ def test_killed_worker_restarts_and_finishes_bitwise_equal(tmp_path, launch):
     assert "resumed from" in killed.out.read_text() and "at step 3" in killed.out.read_text()
     assert "warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in whole.err.read_text()
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in killed.err.read_text()
-    final = [checkpoint.latest(tmp_path / run / "ck") for run in ("whole", "killed")]
+    final = [store.latest(tmp_path / run / "ck") for run in ("whole", "killed")]
     assert [p.name for p in final] == ["step_00000006"] * 2
     a, b = (final_state(p) for p in final)
     assert a.keys() == b.keys()
@@ -138,7 +139,7 @@ def test_survivor_names_rank_and_step_within_the_timeout(tmp_path, launch, how):
     lost = [line for line in survivor.err.read_text().splitlines() if "peer lost" in line]
     assert lost and lost[0].startswith("rank 0: peer lost at step "), survivor.err.read_text()[-3000:]
     assert int(lost[0].split("at step ")[1].split(":")[0]) >= 2
-    assert checkpoint.latest(tmp_path / "ck").name == "step_00000002"
+    assert store.latest(tmp_path / "ck").name == "step_00000002"
 
 
 # -- checkpoints torn mid-write ---------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
         for p in trainer.model.parameters():
             p.add_(1)
     trainer.step = 2
-    with pytest.raises(checkpoint.CheckpointError, match=r"could not write checkpoint .*step_00000002 .*GB free there.*No space left"):
+    with pytest.raises(store.CheckpointError, match=r"could not write checkpoint .*step_00000002 .*GB free there.*No space left"):
         trainer.save()
     assert not (tmp_path / "ck" / "step_00000002.partial").exists()  # a failed write cleans up after itself
     # Garbage left by crashes that killed the process mid-write, and a complete-looking name without metadata.
@@ -169,7 +170,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
         (tmp_path / "ck" / torn).mkdir()
         (tmp_path / "ck" / torn / ".metadata").write_bytes(b"garbage")
     (tmp_path / "ck" / "step_00000004").mkdir()
-    assert checkpoint.latest(tmp_path / "ck").name == "step_00000001"
+    assert store.latest(tmp_path / "ck").name == "step_00000001"
     monkeypatch.undo()
     assert trainer.resume()
     assert trainer.step == 1
@@ -178,7 +179,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     # The next save writes over the leftover partial folder.
     trainer.step = 2
     trainer.save()
-    assert checkpoint.latest(tmp_path / "ck").name == "step_00000002"
+    assert store.latest(tmp_path / "ck").name == "step_00000002"
     assert not (tmp_path / "ck" / "step_00000002.partial").exists()
 
 
@@ -189,33 +190,33 @@ def _disk_with_free(monkeypatch, free: int) -> None:
 def test_space_check_counts_the_checkpoints_kept_and_the_one_being_written(tmp_path, monkeypatch):
     """keep=2 on an empty folder peaks at 3 checkpoints; with 2 already there, the next needs room for 1."""
     _disk_with_free(monkeypatch, 299)
-    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint.dir=.*3 more checkpoint"):
-        checkpoint.check_space(tmp_path / "new" / "ck", 100, keep=2)  # a folder not made yet: its parent's disk
+    with pytest.raises(store.CheckpointError, match=r"checkpoint.dir=.*3 more checkpoint"):
+        store.check_space(tmp_path / "new" / "ck", 100, keep=2)  # a folder not made yet: its parent's disk
     _disk_with_free(monkeypatch, 300)
-    checkpoint.check_space(tmp_path / "new" / "ck", 100, keep=2)
+    store.check_space(tmp_path / "new" / "ck", 100, keep=2)
     for step in (1, 2):
         (tmp_path / f"step_0000000{step}").mkdir()
         (tmp_path / f"step_0000000{step}" / ".metadata").touch()
     _disk_with_free(monkeypatch, 99)
-    with pytest.raises(checkpoint.CheckpointError, match="1 more checkpoint"):
-        checkpoint.check_space(tmp_path, 100, keep=2)
+    with pytest.raises(store.CheckpointError, match="1 more checkpoint"):
+        store.check_space(tmp_path, 100, keep=2)
     _disk_with_free(monkeypatch, 100)
-    checkpoint.check_space(tmp_path, 100, keep=2)
+    store.check_space(tmp_path, 100, keep=2)
 
 
 def test_full_disk_stops_the_run_before_the_first_step(tmp_path, monkeypatch):
     """The estimate the trainer checks is what a checkpoint really takes; too little room fails at step 0."""
     trainer = train(tmp_path, ONE_PIECE, "train.max_steps=1", "checkpoint.keep=1")
-    written = sum(f.stat().st_size for f in checkpoint.latest(tmp_path / "ck").rglob("*") if f.is_file())
+    written = sum(f.stat().st_size for f in store.latest(tmp_path / "ck").rglob("*") if f.is_file())
     estimates = []
-    monkeypatch.setattr(checkpoint, "check_space", lambda d, size, keep: estimates.append(size))
+    monkeypatch.setattr(store, "check_space", lambda d, size, keep: estimates.append(size))
     trainer._check_checkpoint_space()
     assert written * 0.99 < estimates[0] <= written
     monkeypatch.undo()
     cfg = small_config(tmp_path / "full", ONE_PIECE)
     trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
     _disk_with_free(monkeypatch, estimates[0] * 3 - 1)  # keep=2 on an empty folder needs 3
-    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint.dir={tmp_path}/full/ck"):
+    with pytest.raises(store.CheckpointError, match=f"checkpoint.dir={tmp_path}/full/ck"):
         trainer.run()
     assert trainer.step == 0
     assert not (tmp_path / "full" / "ck").exists()
@@ -286,7 +287,7 @@ def test_absurd_learning_rate_stops_with_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"training loss became nan by step 2 \(rank 0\); stopped, the last good"):
         train(tmp_path, ONE_PIECE, "train.lr=1e6", "checkpoint.every_steps=1", "train.batch_size=2", "train.max_steps=6",
               "data.synthetic_val_images=2")
-    last = checkpoint.latest(tmp_path / "ck")
+    last = store.latest(tmp_path / "ck")
     assert last.name == "step_00000001"
     state = final_state(last)
     assert int(state["progress/step"]) == 1

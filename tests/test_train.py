@@ -9,20 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distributed import checkpoint, layout
-from distributed.optimizer import PaperSGD
-from distributed.trainer import Trainer
+from checkpoints import store
+from distributed import layout
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.seeds import derive_seed
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
+from training.optimizer import PaperSGD
+from training.trainer import Trainer
 
 
 def test_resumed_run_is_bitwise_equal_to_uninterrupted(tmp_path):
     whole = train(tmp_path / "whole", "checkpoint.every_steps=3")
     train(tmp_path / "split", "train.max_steps=3")
-    assert checkpoint.latest(tmp_path / "split" / "ck").name == "step_00000003"
+    assert store.latest(tmp_path / "split" / "ck").name == "step_00000003"
     resumed = train(tmp_path / "split", "train.resume=true")
     assert resumed.step == whole.step == 8
     a, b = weights_and_velocity(whole), weights_and_velocity(resumed)
@@ -36,9 +37,9 @@ def _two_process_run(rank: int, world: int, run_dir: str, one_process_ck: str, o
     trainer = train(run_dir)
     # Also load the one-process checkpoint into this layout.
     cfg = small_config(run_dir)
-    state = checkpoint.training_state(trainer.model, trainer.optimizer, {})
+    state = store.training_state(trainer.model, trainer.optimizer, {})
     loaded = {k: {n: t.clone() for n, t in v.items()} for k, v in state.items() if k != "progress"}
-    checkpoint.load(loaded, one_process_ck)
+    store.load(loaded, one_process_ck)
     torch.save({"trained": weights_and_velocity(trainer), "loaded": loaded}, f"{out}/rank{rank}.pt")
     assert cfg.log.dir == run_dir
 
@@ -49,7 +50,7 @@ def test_two_processes_follow_the_one_process_run(tmp_path):
     torch.set_num_threads(1)
     one = train(tmp_path / "one")
     one_state = weights_and_velocity(one)
-    one_ck = checkpoint.latest(tmp_path / "one" / "ck")
+    one_ck = store.latest(tmp_path / "one" / "ck")
     run_workers(2, _two_process_run, str(tmp_path / "two"), str(one_ck), str(tmp_path), init=False)
     # Same loss at every step.
     two_losses = torch.tensor(train_scalars(tmp_path / "two", "loss/train"))
@@ -59,9 +60,9 @@ def test_two_processes_follow_the_one_process_run(tmp_path):
     # Two-process checkpoint -> one-process layout: exactly the two processes' numbers.
     back = small_config(tmp_path / "back")
     trainer = Trainer(back, layout.start(layout.plan_from_env(back, {}), 60))
-    state = checkpoint.training_state(trainer.model, trainer.optimizer, {"step": torch.tensor(0)})
+    state = store.training_state(trainer.model, trainer.optimizer, {"step": torch.tensor(0)})
     start = weights_and_velocity(trainer)  # the paper's init, zero velocity: where both runs began
-    checkpoint.load(state, checkpoint.latest(tmp_path / "two" / "ck"))
+    store.load(state, store.latest(tmp_path / "two" / "ck"))
     back_state = weights_and_velocity(trainer)
     two_state = {}
     for rank in range(2):
@@ -102,7 +103,7 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     losses = train_scalars(tmp_path, "loss/train")
     assert len(losses) == 6
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
-    assert checkpoint.latest(tmp_path / "ck").name == "step_00000012"
+    assert store.latest(tmp_path / "ck").name == "step_00000012"
     shutil.rmtree(tmp_path)
 
 

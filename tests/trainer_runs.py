@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
+from config.loading import load_config
 from distributed import layout
-from distributed.config_loader import load_config
-from distributed.trainer import Trainer
 from model.alexnet import AlexNet
 from tests.conftest import ROOT
+from training.trainer import Trainer
 
 SMALL = [
     "model.num_classes=10", "model.bias_init=0.1",

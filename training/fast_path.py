@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distributed.config import ConfigError, TrainConfig
+from config.schema import ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ from typing import Sequence
 
 import torch
 
-from distributed import checkpoint
-from distributed.config import Config
-from distributed.errors import UserError
+from checkpoints import store
+from checkpoints.weights import SUFFIX, check_weights, is_weights_file, load_weights
+from config.errors import UserError
+from config.schema import Config
 from distributed.exchange import for_layout
 from distributed.layout import Layout
-from distributed.weights import SUFFIX, check_weights, is_weights_file, load_weights
 from model.alexnet import AlexNet
 
 
@@ -22,7 +22,7 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
     every process before any process group starts.
     """
     if not given:
-        newest = checkpoint.latest(cfg.checkpoint.dir)
+        newest = store.latest(cfg.checkpoint.dir)
         if newest is None:
             raise UserError(f"no checkpoint in checkpoint.dir={cfg.checkpoint.dir}")
         given = [newest]
@@ -31,7 +31,7 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
         if is_weights_file(path):
             check_weights(path, cfg.model)
         elif (path / ".metadata").is_file():
-            checkpoint.check_model(path, cfg.model)  # its model.json, before any process group
+            store.check_model(path, cfg.model)  # its model.json, before any process group
         else:
             raise UserError(f"{path} is neither a complete checkpoint folder (one with .metadata) nor a {SUFFIX} "
                             "weights file (python -m results export writes one)")
@@ -46,5 +46,5 @@ def load_network(cfg: Config, path: str | Path, device: torch.device, layout: La
     if is_weights_file(path):
         load_weights(net, path, cfg.model)
     else:
-        checkpoint.load({"model": net.state_dict()}, path, cfg.model)
+        store.load({"model": net.state_dict()}, path, cfg.model)
     return net.to(device).eval()

@@ -4,17 +4,18 @@ from dataclasses import dataclass
 
 from torch.optim import Optimizer
 
+from config.schema import Config, ConfigError
 from data.augment import Augmenter
 from data.imageset import Datasets
 from data.order import EpochOrder
 from data.sources import class_names, open_datasets
-from distributed.config import Config, ConfigError
 from distributed.exchange import for_layout
 from distributed.layout import Layout
-from distributed.metrics import MetricLogger
-from distributed.optimizer import PlateauSchedule, build_optimizer
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
+from training.fast_path import FastPath
+from training.metrics import MetricLogger
+from training.optimizer import PlateauSchedule, build_optimizer
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Parts:
     schedule: PlateauSchedule
     augment: Augmenter
     logger: MetricLogger
+    fast: FastPath
 
 
 def check_data(cfg: Config) -> None:
@@ -46,7 +48,7 @@ def build(cfg: Config, layout: Layout) -> Parts:
     """The parts of a run on this process, its fast path applied. The weights start from the
     paper's init on the CPU, so every layout and device starts from the same numbers."""
     plan, t = layout.plan, cfg.train
-    fast = plan.fast
+    fast = FastPath.resolve(t, plan.device)
     fast.apply_process_flags()
     data = open_datasets(cfg.data, t.seed)
     exchange = for_layout(layout)
@@ -65,4 +67,5 @@ def build(cfg: Config, layout: Layout) -> Parts:
         schedule=PlateauSchedule(optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience),
         augment=Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, plan.device),
         logger=MetricLogger(cfg.log.dir, enabled=plan.logs),
+        fast=fast,
     )

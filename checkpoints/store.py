@@ -26,8 +26,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.optim import Optimizer
 
-from distributed.checkpoint_reader import CorruptCheckpoint, UnsafeCheckpoint, load_checkpoint
-from distributed.errors import UserError
+from checkpoints.reader import CorruptCheckpoint, UnsafeCheckpoint, load_checkpoint
+from config.errors import UserError
 from model.config import ModelConfig
 
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -150,7 +150,7 @@ def _remove(folder: Path) -> None:
 
 def _clear_leftovers(root: Path) -> None:
     """Remove what killed writes and prunes left: partial folders, and step folders without their mark.
-    Safe because the run owns the folder (distributed/run_folder.py): no other run is writing there."""
+    Safe because the run owns the folder (checkpoints/run_folder.py): no other run is writing there."""
     for entry in root.iterdir():
         torn = _NAME.match(entry.name) and not (entry / MARKER).is_file()
         if entry.is_dir() and (torn or _PARTIAL_NAME.match(entry.name)):
@@ -200,7 +200,7 @@ def check_model(path: str | Path, model: ModelConfig) -> None:
 
 
 def load(state: dict, path: str | Path, model: ModelConfig | None = None) -> None:
-    """Fill `state`'s tensors in place from the checkpoint at `path`, read by distributed/checkpoint_reader.py:
+    """Fill `state`'s tensors in place from the checkpoint at `path`, read by checkpoints/reader.py:
     a folder someone else made is hostile until proven otherwise, and DCP's own reader unpickles it.
     With `model`, a checkpoint that recorded another architecture is refused (check_model); files that
     cannot be read raise BrokenCheckpoint."""

@@ -15,7 +15,7 @@ from typing import Any, Iterable, get_type_hints
 
 import yaml
 
-from distributed.config import Config, ConfigError
+from config.schema import Config, ConfigError
 
 FLOAT32_MAX = 3.4028234663852886e38
 """Every float key meets float32 arithmetic (weights, pixels, the update): beyond this it is inf."""

@@ -30,9 +30,9 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from distributed import checkpoint
-from distributed.config import Config
-from distributed.errors import UserError
+from checkpoints import store
+from config.errors import UserError
+from config.schema import Config
 from distributed.layout import Plan, any_process
 from model.config import ModelConfig
 
@@ -114,7 +114,7 @@ def resumes(cfg: Config, plan: Plan) -> bool:
     resumes, or none. That needs the process group, so this runs after it starts."""
     if cfg.train.resume or any_process(plan.restarts > 0, plan.device):
         return True
-    newest = checkpoint.latest(cfg.checkpoint.dir)
+    newest = store.latest(cfg.checkpoint.dir)
     if any_process(newest is not None, plan.device):
         found = f" (newest: {newest.name})" if newest else ""
         raise UserError(
@@ -132,17 +132,17 @@ def load_newest(
     so none trains on while a peer gave up. When every one is broken the run stops: a failed read
     may have filled some tensors already, so they no longer hold the run's starting point."""
     aside = []
-    for path in reversed(checkpoint.complete(directory)):
+    for path in reversed(store.complete(directory)):
         state, broken = make_state(), None
         try:
-            checkpoint.load(state, path, model)
-        except checkpoint.BrokenCheckpoint as err:
+            store.load(state, path, model)
+        except store.BrokenCheckpoint as err:
             broken = err
         if not any_process(broken is not None, device):
             return path, state
         aside.append(path.name)
         if not dist.is_initialized() or dist.get_rank() == 0:
-            moved = checkpoint.set_aside(path)
+            moved = store.set_aside(path)
             reason = broken or f"checkpoint {path} failed to load on another process"
             print(f"warning: {reason}; set aside as {moved.name}, trying the checkpoint before it",
                   file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ folder from someone else runs whatever its pickle asks for the moment it is load
 Here `_MetadataUnpickler` resolves only the globals DCP metadata is made of (`ALLOWED_GLOBALS`)
 and lets BUILD set state only on instances of the DCP metadata dataclasses, never on a class.
 The file is refused unread above `MAX_METADATA_BYTES`, and the result must be a `Metadata`
-whose data-file names stay inside the checkpoint folder. distributed/checkpoint_reader.py
+whose data-file names stay inside the checkpoint folder. checkpoints/reader.py
 builds the reader and loader on top of this.
 """
 

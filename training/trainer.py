@@ -9,15 +9,15 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
+from checkpoints import run_folder, store
+from config.schema import Config, to_dict
 from data.loader import train_batches
-from distributed import checkpoint, run_folder
-from distributed.build import build
-from distributed.config import Config, to_dict
-from distributed.evaluation import CENTRE, TEN_PATCHES, ErrorRates, evaluate
 from distributed.feed import shared_batches, validation_batches
 from distributed.layout import Layout, any_process
-from distributed.metrics import conv1_kernels
 from model.seeds import derive_seed
+from training.build import build
+from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates, evaluate
+from training.metrics import conv1_kernels, topk_wrong
 
 
 class NonFiniteLoss(RuntimeError):
@@ -29,8 +29,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, layout: Layout) -> None:
         self.cfg, self.layout, self.plan = cfg, layout, layout.plan
-        self.device, self.fast = self.plan.device, self.plan.fast
+        self.device = self.plan.device
         parts = build(cfg, layout)
+        self.fast = parts.fast
         self.data, self.order, self.model, self.pipeline = parts.data, parts.order, parts.model, parts.pipeline
         self.optimizer, self.schedule, self.augment, self.logger = parts.optimizer, parts.schedule, parts.augment, parts.logger
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
@@ -54,9 +55,9 @@ class Trainer:
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
         inputs = inputs.contiguous(memory_format=self.fast.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, wrong = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self._autocast)
+        loss_sum, logits = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self._autocast)
         self.optimizer.step()
-        return loss_sum, wrong
+        return loss_sum, topk_wrong(logits, labels)
 
     def _autocast(self):
         return self.fast.autocast(self.device)
@@ -74,7 +75,7 @@ class Trainer:
         return shared_batches(loaded, sizes, self.layout.tower_group, self.device)
 
     def evaluate(self, ways=(CENTRE,)) -> dict[str, ErrorRates]:
-        """The validation set's error rates, summed over replicas (distributed/evaluation.py)."""
+        """The validation set's error rates, summed over replicas (training/evaluation.py)."""
         batches = validation_batches(self.data.val, self.cfg, self.layout)
         return evaluate([self.model], self.augment, batches, self.layout.replica_group, self._autocast, ways)
 
@@ -87,12 +88,12 @@ class Trainer:
     def _state(self) -> dict:
         progress = {"step": torch.tensor(self.step), "epoch_tally": self.epoch_tally.cpu()}
         progress.update({k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()})
-        return checkpoint.training_state(self.model, self.optimizer, progress)
+        return store.training_state(self.model, self.optimizer, progress)
 
     def _check_checkpoint_space(self) -> None:
         # A checkpoint holds the weights and the velocity of every tower (replicas write one copy).
         weights = sum(t.nbytes for t in self.model.state_dict().values())
-        checkpoint.check_space(self.cfg.checkpoint.dir, 2 * weights * self.plan.tower_processes, self.cfg.checkpoint.keep)
+        store.check_space(self.cfg.checkpoint.dir, 2 * weights * self.plan.tower_processes, self.cfg.checkpoint.keep)
 
     def save(self) -> None:
         """Checkpoint the run, unless this step is saved already (a run resumed at its end) or a weight is
@@ -105,7 +106,7 @@ class Trainer:
                 f"weights became non-finite by step {self.step}; stopped, the last good checkpoint in "
                 f"{self.cfg.checkpoint.dir} is kept"
             )
-        checkpoint.save(self._state(), self.cfg.checkpoint.dir, self.step, self.cfg.checkpoint.keep, self.cfg.model)
+        store.save(self._state(), self.cfg.checkpoint.dir, self.step, self.cfg.checkpoint.keep, self.cfg.model)
         self.saved_step = self.step
 
     def resume(self) -> bool:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from config.errors import UserError
+from config.loading import load_config
+from config.schema import Config
 from data.decode import quiet_decoder_warnings
-from distributed.config import Config
-from distributed.config_loader import load_config
-from distributed.errors import UserError
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 

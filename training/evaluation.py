@@ -19,14 +19,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from checkpoints.trained import load_network
+from config.schema import Config
 from data.augment import Augmenter
 from data.sources import open_datasets
-from distributed.config import Config
 from distributed.feed import validation_batches
 from distributed.layout import Layout
-from distributed.metrics import topk_wrong
-from distributed.trained import load_network
 from model.alexnet import AlexNet
+from training.fast_path import FastPath
+from training.metrics import topk_wrong
 
 CENTRE, TEN_PATCHES = "centre", "ten_patches"
 WAYS = (CENTRE, TEN_PATCHES)
@@ -93,4 +94,4 @@ def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dic
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
     nets = [load_network(cfg, p, device, run) for p in paths]
     batches = validation_batches(data.val, cfg, run)
-    return evaluate(nets, augment, batches, run.replica_group, lambda: run.plan.fast.autocast(device))
+    return evaluate(nets, augment, batches, run.replica_group, lambda: FastPath.resolve(cfg.train, device).autocast(device))

@@ -1,7 +1,7 @@
 """Read torch.distributed.checkpoint (DCP) folders without running code stored in them.
 
 DCP runs code from a checkpoint in two places. Its `FileSystemReader.read_metadata` unpickles
-`.metadata` with a plain `pickle.load`: here distributed/checkpoint_metadata.py reads it with
+`.metadata` with a plain `pickle.load`: here checkpoints/metadata.py reads it with
 an allow-listed unpickler instead. And for every entry the metadata calls
 `BytesStorageMetadata`, `DefaultLoadPlanner.load_bytes` unpickles the entry's bytes from the
 `.distcp` file with `torch.load(weights_only=False)` (torch 2.11 `default_planner.py` lines
@@ -35,7 +35,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from distributed.checkpoint_metadata import (
+from checkpoints.metadata import (
     ALLOWED_GLOBALS,
     MAX_METADATA_BYTES,
     CorruptCheckpoint,
@@ -120,7 +120,7 @@ class _CheckedBytesPlanner:
 class SafeFileSystemReader(FileSystemReader):
     """FileSystemReader that runs nothing stored in the checkpoint.
 
-    `.metadata` goes through the allow-listed unpickler of distributed/checkpoint_metadata.py,
+    `.metadata` goes through the allow-listed unpickler of checkpoints/metadata.py,
     capped at `max_metadata_bytes`. With `check_bytes` (the default) every bytes entry must load
     with `torch.load(weights_only=True)` before the planner sees it; turn it off only for a
     planner that does not unpickle bytes entries itself.

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from distributed.errors import UserError
+from config.errors import UserError
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from model.export import grouped_state_dict, towers_state_dict

@@ -1,6 +1,6 @@
 """The one typed config: nested dataclasses, each key documented where it is declared.
 
-distributed/config_loader.py builds it from YAML files and `section.key=value`
+config/loading.py builds it from YAML files and `section.key=value`
 overrides; every value is checked there or in the sections' `__post_init__`, before
 any process group starts, and an impossible one is a `ConfigError` naming the key.
 """
@@ -9,8 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.errors import UserError
 from data.config import DataConfig
-from distributed.errors import UserError
 from model.config import ModelConfig
 
 
@@ -23,7 +23,7 @@ MAX_TIMEOUT_S = 365 * 24 * 3600.0
 years); past them the group fails to start (gloo refuses 1e13 s, the TCP store times out at once at
 9.2e12 s) and timedelta overflows at 8.6e13 s."""
 SWITCH = ("auto", "on", "off")
-"""The values of a fast-path switch; auto is chosen per device (distributed/fast_path.py)."""
+"""The values of a fast-path switch; auto is chosen per device (training/fast_path.py)."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,12 @@ class TrainConfig:
     """auto (cuda when present), cpu or cuda."""
     precision: str = "auto"
     """fp32 (exact reproduction: no TF32 either), tf32 (fp32 weights, TF32 matrix units; GPU),
-    bf16 (autocast) or auto (distributed/fast_path.py: bf16 on a GPU, fp32 on a CPU)."""
+    bf16 (autocast) or auto (training/fast_path.py: bf16 on a GPU, fp32 on a CPU)."""
     channels_last: str = "auto"
-    """on, off or auto: activations and conv weights in NHWC (distributed/fast_path.py)."""
+    """on, off or auto: activations and conv weights in NHWC (training/fast_path.py)."""
     compile: str = "auto"
     """on, off, cudagraphs (compiled stages replayed as CUDA graphs; GPU) or auto: torch.compile each
-    tower's stages, once per shape (distributed/fast_path.py)."""
+    tower's stages, once per shape (training/fast_path.py)."""
     cudnn_benchmark: str = "auto"
     """on, off or auto (on with a GPU): let cuDNN time its convolution algorithms on the first step."""
     stop_at_train_error: float = 0.0
