@@ -1,0 +1,44 @@
+"""What the file primitives refuse with."""
+
+import errno
+import os
+import stat
+
+
+class Refused(ValueError):
+    """A file the run will not read, or a place it will not write; the message names the file and why.
+
+    A ValueError, as the data readers' other refusals are (data.prepare and check_data catch those)."""
+
+    def __init__(self, path: str | os.PathLike, why: str) -> None:
+        super().__init__(f"{os.fsdecode(path)}: {why}")
+        self.path, self.why = path, why
+
+
+class Busy(Refused):
+    """A lock another live process holds; `holder` is what it wrote in the lock file."""
+
+    def __init__(self, path: str | os.PathLike, holder: str) -> None:
+        super().__init__(path, f"locked by another process ({holder or 'starting'})")
+        self.holder = holder
+
+
+KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+         stat.S_IFDIR: "a folder", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+
+
+def kind(mode: int) -> str:
+    """What a file of `mode` is, in words."""
+    return KINDS.get(stat.S_IFMT(mode), "a regular file" if stat.S_ISREG(mode) else "not a regular file")
+
+
+def refusal(path: str | os.PathLike, err: OSError, doing: str) -> Refused:
+    """An OSError of `doing` (open, create, rename...) on `path`, as one line naming the file."""
+    why = {
+        errno.ELOOP: "a symbolic link, never followed here: remove it",
+        errno.ENXIO: "a socket or a device without a reader, not a regular file",
+        errno.ENOENT: "no such file or folder",
+        errno.EISDIR: "a folder, not a file",
+        errno.ENOTDIR: "a path through something that is not a folder",
+    }.get(err.errno, f"cannot {doing} it ({err.strerror or err})")
+    return Refused(path, why)
