@@ -1,14 +1,15 @@
 """A run owns its folders: checkpoint.dir and log.dir are proven writable, locked, and never another run's.
 
 - Before any process group (`claim`): every process proves it can write checkpoint.dir (each
-  writes its own .distcp files), and rank 0 log.dir (only it writes events), by creating,
-  writing, renaming and removing a probe file. An unwritable folder is a UserError there, not
-  a traceback at the first save an epoch later.
+  writes its own .distcp files), and rank 0 log.dir (only it writes events), by writing a probe
+  file the way every file is written (files.write_atomic: created exclusively, never through a
+  link, synced, renamed) and removing it. An unwritable folder is a UserError there, not a
+  traceback at the first save an epoch later.
 - Rank 0 then holds a lock on `.lock` in each folder for the run's life, so a second live run on
-  the same folders is refused. The lock is a POSIX record lock (fcntl.lockf): the kernel drops it
-  when its process dies, so a killed run, or the dead generation of an elastic restart, leaves
-  nothing that blocks the next; and unlike flock it is not inherited by forked children (the
-  DataLoader's workers), which could outlive a killed rank 0 and keep the folder locked.
+  the same folders is refused (files.lock: a POSIX record lock, dropped by the kernel when its
+  process dies and not inherited by the DataLoader's forked workers). A `.lock` that is not a
+  regular file, a link planted in a folder someone handed over say, is refused, never truncated
+  through.
 - A run that does not resume (`resumes`: train.resume=false and no process restarted) refuses a
   checkpoint.dir that already holds a complete checkpoint: it is another run's, and pruning by
   step number would delete this run's checkpoints instead of it.
@@ -17,9 +18,8 @@
   tried. A checkpoint of another architecture is not broken: that is the user's error.
 """
 
-import errno
-import fcntl
 import os
+import secrets
 import socket
 import sys
 import time
@@ -34,32 +34,24 @@ from checkpoints import store
 from config.errors import UserError
 from config.schema import Config
 from distributed.layout import Plan, any_process
+from files import Busy, Refused, create_root, lock, remove, write_atomic
 from model.config import ModelConfig
 
 LOCK_FILE = ".lock"
 
 
 def probe(folder: str | Path, key: str) -> None:
-    """Create `folder` if needed, then create, write, rename and remove a file in it, or raise a UserError
-    naming `key`. The probe's name is this process's own, so processes sharing the folder do not collide."""
-    root = Path(folder)
-    trial = root / f".probe-{socket.gethostname()}-{os.getpid()}"
-    moved = trial.with_name(trial.name + "-renamed")
+    """Create `folder` if needed, then write a file in it as every file is written (created, synced, renamed)
+    and remove it, or raise a UserError naming `key`. The probe's name is this process's own and new, so
+    processes sharing the folder do not collide and nothing placed ahead of it is touched."""
+    trial = Path(folder) / f".probe-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with open(trial, "wb") as out:
-            out.write(bytes(4096))
-            out.flush()
-            os.fsync(out.fileno())  # a full disk or a quota can only show once the bytes reach it
-        trial.rename(moved)
-        moved.unlink()
-    except OSError as err:
-        for leftover in (trial, moved):
-            try:
-                leftover.unlink(missing_ok=True)
-            except OSError:
-                pass
-        raise UserError(f"{key}={folder} cannot be written ({err}): make it writable, or give another {key}") from None
+        create_root(folder, key)
+        write_atomic(trial, bytes(4096))  # synced: a full disk or a quota can only show once the bytes reach it
+        remove(trial)
+    except (OSError, Refused) as err:
+        why = err.why if isinstance(err, Refused) else err.strerror or err
+        raise UserError(f"{key}={folder} cannot be written ({why}): make it writable, or give another {key}") from None
 
 
 @contextmanager
@@ -70,7 +62,7 @@ def claim(cfg: Config, plan: Plan) -> Iterator[None]:
         folders["log.dir"] = cfg.log.dir
     for key, folder in folders.items():
         probe(folder, key)
-    held: list[int] = []
+    held = []
     try:
         if plan.rank == 0:
             locked = set()
@@ -81,28 +73,21 @@ def claim(cfg: Config, plan: Plan) -> Iterator[None]:
                     locked.add(where)
         yield
     finally:
-        for fd in held:
-            os.close(fd)
+        for taken in held:
+            taken.release()
 
 
-def _lock(path: Path, key: str, folder: str) -> int:
-    """An open descriptor holding the lock on `path`, which then names this process; a UserError if
-    another live process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _lock(path: Path, key: str, folder: str):
+    """The lock on `path`, which then names this process; a UserError if another live process holds it
+    or it cannot be taken."""
+    note = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
-        os.close(fd)
-        if err.errno in (errno.EACCES, errno.EAGAIN):
-            raise UserError(f"{key}={folder} is in use by another run ({holder or 'starting'}): wait for it to "
-                            f"end, or give this run another {key}") from None
-        raise UserError(f"{key}={folder} cannot be locked ({err}): give a folder on a file system with "
-                        "locks (NFS needs its lock manager)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-              .encode(), 0)
-    return fd
+        return lock(path, note=note)
+    except Busy as err:
+        raise UserError(f"{key}={folder} is in use by another run ({err.holder or 'starting'}): wait for it to "
+                        f"end, or give this run another {key}") from None
+    except Refused as err:
+        raise UserError(f"{key}={folder}: {err}") from None
 
 
 def resumes(cfg: Config, plan: Plan) -> bool:

@@ -21,6 +21,7 @@ from config.errors import UserError
 from config.loading import load_config
 from config.schema import Config
 from data.decode import quiet_decoder_warnings
+from files import Refused
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 
@@ -69,11 +70,12 @@ def quiet_known_warnings() -> None:
 
 
 def main(prog: str, doc: str, commands: dict[str, Command], argv: list[str] | None, default: str | None = None) -> int:
-    """Parse, run the command, and turn a UserError into its message and exit status 2."""
+    """Parse, run the command, and turn a UserError (or a file refused by files/) into its message and exit
+    status 2."""
     args = parse(prog, doc, commands, sys.argv[1:] if argv is None else argv, default)
     quiet_known_warnings()
     try:
         return commands[args.command].run(args)
-    except UserError as err:
+    except (UserError, Refused) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

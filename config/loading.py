@@ -3,7 +3,10 @@
 An unknown or duplicate key, a wrong type or an impossible value is a `ConfigError` that
 names the key. So is a number the code cannot hold (NaN, infinity, a float beyond float32,
 an int beyond 64 bits, a timeout past torch's deadlines), and a file or override value
-that is not YAML text (binary, too large, nested too deep).
+that is not YAML text (binary, too large, nested too deep, not a regular file). YAML aliases
+(`*name`, and `<<` merges, which use them) are refused: each is a reference the layering below
+would copy out in full, so a few kilobytes of them, layered twice, grow exponentially; a config
+has no need of them.
 """
 
 import dataclasses
@@ -16,6 +19,7 @@ from typing import Any, Iterable, get_type_hints
 import yaml
 
 from config.schema import Config, ConfigError
+from files import Refused, read_capped
 
 FLOAT32_MAX = 3.4028234663852886e38
 """Every float key meets float32 arithmetic (weights, pixels, the update): beyond this it is inf."""
@@ -25,7 +29,14 @@ CONFIG_FILE_BYTES = 2**20
 """Largest config file read; config.yaml is a few KB."""
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML whose mappings refuse a key given twice (PyYAML keeps the last silently)."""
+    """YAML whose mappings refuse a key given twice (PyYAML keeps the last silently), without aliases."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML alias *{event.anchor} at {event.start_mark.line + 1}:{event.start_mark.column + 1}"
+                              ": aliases are not allowed in a config (write the values out)")
+        return super().compose_node(parent, index)
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
@@ -123,18 +134,15 @@ def _parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where} is not valid YAML: {err}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise ConfigError(f"{where} nests collections too deeply to be a config") from None
-    except ConfigError as err:  # a duplicate key
+    except ConfigError as err:  # a duplicate key or an alias
         raise ConfigError(f"{where}: {err}") from None
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path, "rb") as f:
-        data = f.read(CONFIG_FILE_BYTES + 1)
-    if len(data) > CONFIG_FILE_BYTES:
-        raise ConfigError(f"config file {path} is over the {CONFIG_FILE_BYTES}-byte limit of a config file; "
-                          "is it the file you meant?")
+    try:
+        data = read_capped(path, CONFIG_FILE_BYTES, "a config file")
+    except Refused as err:
+        raise ConfigError(f"config file {err}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -22,6 +22,10 @@ MAX_TIMEOUT_S = 365 * 24 * 3600.0
 """A year, already "never" for one collective. torch keeps deadlines as 64-bit nanoseconds (292
 years); past them the group fails to start (gloo refuses 1e13 s, the TCP store times out at once at
 9.2e12 s) and timedelta overflows at 8.6e13 s."""
+MIN_TIMEOUT_S = 10.0
+"""A collective waits for its peers' whole step (seconds on a CPU), and the process group's start for the
+slowest process's imports; below a second torch rounds the deadline to 0 ms and the group fails to start
+with C++ frames instead of a message."""
 SWITCH = ("auto", "on", "off")
 """The values of a fast-path switch; auto is chosen per device (training/fast_path.py)."""
 
@@ -109,13 +113,14 @@ class ParallelConfig:
     """auto (nccl on GPUs, gloo on CPUs), nccl, or gloo: gloo also lets two tower processes share
     one GPU, which NCCL refuses; their exchanges then travel through host memory."""
     timeout_s: float = 300.0
-    """Seconds a collective waits for a dead or stalled peer before the run fails."""
+    """Seconds a collective waits for a dead or stalled peer before the run fails (MIN_TIMEOUT_S to MAX_TIMEOUT_S)."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"backend={self.backend!r}: must be one of ('auto', 'nccl', 'gloo')")
-        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # written so NaN fails too
-            raise ValueError(f"timeout_s={self.timeout_s}: must be positive and at most {MAX_TIMEOUT_S:.0f} (a year)")
+        if not MIN_TIMEOUT_S <= self.timeout_s <= MAX_TIMEOUT_S:  # written so NaN fails too
+            raise ValueError(f"timeout_s={self.timeout_s}: must be from {MIN_TIMEOUT_S:.0f} to {MAX_TIMEOUT_S:.0f} "
+                             "(a year)")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ import torch
 from data.imageset import SIDE
 from data.packed import FORMAT, SPLITS, VERSION, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
+from files import read_torch, replacing, write_atomic
+
+MAX_SIDECAR_BYTES = 2**28
+"""Largest sidecar read: a shard's labels, skipped files and running sums (1.6 MB) take far less."""
 
 
 def sidecar_path(folder: Path, shard: int) -> Path:
@@ -23,9 +27,8 @@ def sidecar_path(folder: Path, shard: int) -> Path:
 
 def atomic_save(value: dict, path: Path) -> None:
     """torch.save under a temporary name, then renamed: a killed run leaves no half file under `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
+    with replacing(path) as out:
+        torch.save(value, out)
 
 
 def assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, str], ...]) -> None:
@@ -36,7 +39,7 @@ def assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, st
     counts, labels, skipped = [], [], [list(entry) for entry in left_out]
     acc = StatsAccumulator(SIDE)
     for k in range(shards):
-        part = torch.load(sidecar_path(folder, k), weights_only=True)
+        part = read_torch(sidecar_path(folder, k), MAX_SIDECAR_BYTES, "a shard's sidecar")
         counts.append(len(part["labels"]))
         labels.append(part["labels"])
         skipped += part["skipped"]
@@ -51,9 +54,8 @@ def assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, st
             f"{folder.name}: not one image could be decoded; {dst / 'skipped.txt'} lists the {len(skipped)} "
             f"skipped and why{skipped_examples(skipped)}"
         )
-    with open(folder / "labels.npy.tmp", "wb") as f:
+    with replacing(folder / "labels.npy") as f:
         np.save(f, torch.cat(labels).numpy())
-    (folder / "labels.npy.tmp").replace(folder / "labels.npy")
     if folder.name == "train":
         atomic_save(acc.result().as_dict(), dst / "stats.pt")
     write_json(folder / "index.json", {"counts": counts, "skipped": skipped})
@@ -81,8 +83,14 @@ def _finished(dst: Path) -> list[tuple[str, dict]]:
 def _write_skipped(dst: Path, more: list[str]) -> None:
     """skipped.txt: the skipped files of the finished splits, then the lines `more`."""
     lines = [line for split, index in _finished(dst) for line in _lines(split, index["skipped"])]
-    (dst / "skipped.txt").write_text("".join(lines + more))
+    write_atomic(dst / "skipped.txt", "".join(lines + more))
 
 
 def _lines(split: str, skipped: list) -> list[str]:
-    return [f"{split}\t{name}\t{reason}\n" for name, reason in skipped]
+    return [f"{split}\t{printable(name)}\t{printable(reason)}\n" for name, reason in skipped]
+
+
+def printable(text: str) -> str:
+    """`text` as UTF-8 can hold it: a file name's bytes that are not UTF-8 (which Python keeps as lone
+    surrogates) are written as \\xNN escapes instead of failing the write."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -2,6 +2,15 @@
 
 from dataclasses import dataclass
 
+SYNTHETIC_CLASSES_MAX = 1000
+"""ImageNet's count: the embedded gratings differ by orientation, a few degrees apart at 1000 classes."""
+SYNTHETIC_IMAGES_MAX = 100_000
+"""Images of each embedded split: its cache (data.synthetic_cache) then takes 19.7 GB; beyond, pack real data."""
+WORKERS_MAX = 256
+"""Loading processes per replica: each is a process of its own; more than the cores only contend."""
+PREFETCH_MAX = 64
+"""Batches each loading process holds ready: each is a batch of 196 KB images in memory."""
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -32,8 +41,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.mean not in ("image", "channel"):
             raise ValueError(f"mean={self.mean!r}: must be 'image' or 'channel'")
-        for key, low in dict(synthetic_classes=2, synthetic_train_images=1, synthetic_val_images=1, prefetch=1, workers=0).items():
-            if getattr(self, key) < low:
-                raise ValueError(f"{key}={getattr(self, key)}: must be at least {low}")
+        for key, (low, high) in dict(
+            synthetic_classes=(2, SYNTHETIC_CLASSES_MAX), synthetic_train_images=(1, SYNTHETIC_IMAGES_MAX),
+            synthetic_val_images=(1, SYNTHETIC_IMAGES_MAX), prefetch=(1, PREFETCH_MAX), workers=(0, WORKERS_MAX),
+        ).items():
+            if not low <= getattr(self, key) <= high:
+                raise ValueError(f"{key}={getattr(self, key)}: must be from {low} to {high}")
         if self.pca_std < 0:
             raise ValueError(f"pca_std={self.pca_std}: must be >= 0")

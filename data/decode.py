@@ -1,8 +1,11 @@
 """Encoded image files to the paper's 256x256: the shorter side rescaled to 256, then the central 256x256.
 
-Files come from anywhere, so nothing in one is trusted: the size its header declares
-is checked against a pixel limit before anything is decompressed, any bit depth
-becomes 8 bits, and no step makes an intermediate larger than the decoded file.
+Files come from anywhere, so nothing in one is trusted: only a regular file is read (a
+named pipe or a device such as /dev/zero is refused unread, files/), and no larger than
+3 bytes a pixel of the pixel limit; the size its header declares (in the first
+HEAD_BYTES, for every file whose header fits there) is checked against that limit
+before the rest is read or anything is decompressed; any bit depth becomes 8 bits, and
+no step makes an intermediate larger than the decoded file.
 """
 
 import struct
@@ -15,6 +18,8 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from data.imageset import SIDE
+from files import open_regular
+from files.reading import read_exactly, size_of
 
 DECODE_ERRORS = (RuntimeError, ValueError, OSError)
 """What a corrupt, truncated, empty, oversized or unreadable file raises; anything else is a bug and is not caught."""
@@ -24,11 +29,21 @@ MAX_PIXELS = 89_478_485
 A PNG of zeros compresses about 1000:1, so a 3 MB file can declare 30000x30000
 (2.7 GB decoded as RGB); as a 1-bit image, in 110 kB."""
 
+BYTES_PER_PIXEL = 3
+"""Largest image file read, per pixel of the limit: 8-bit RGB stored raw; an encoded photograph is smaller."""
+HEAD_BYTES = 64 * 1024
+"""Read first, for the header's declared size: a PNG's or WebP's is in its first 30 bytes, a JPEG's after
+its metadata segments (EXIF, ICC), which in photographs fit here."""
+
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 """The SOF markers, whose segment holds the image size (C4, C8 and CC are other segments)."""
 JPEG_NO_LENGTH = {0x00, 0x01, *range(0xD0, 0xD8)}
 """Markers without a segment after them (00 is a stuffed zero byte, not a marker: scanning goes on after it)."""
+
+
+class Truncated(ValueError):
+    """The bytes end before the image's declared size is known."""
 
 
 def quiet_decoder_warnings() -> None:
@@ -81,14 +96,41 @@ def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     whose header declares more than `max_pixels` is refused before it is decompressed.
     Raises one of DECODE_ERRORS for a file it cannot or will not decode.
     """
-    data = Path(path).read_bytes()
-    if not data:
-        raise ValueError("empty file")
-    check_size(data, max_pixels)
-    image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    data = read_image_file(path, max_pixels)
+    image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     if image.ndim != 3:
         raise ValueError(f"animated image with {image.shape[0]} frames")
     return rescale(to_8_bits(image))
+
+
+def read_image_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> bytearray:
+    """The bytes of the image file `path`, read only once its size and its header's pass the limits.
+
+    Refused (files.Refused, a ValueError naming the file): anything but a regular file, and a file over
+    BYTES_PER_PIXEL x `max_pixels` bytes, unread; a header declaring more than `max_pixels`, once its first
+    HEAD_BYTES are read (or, if the header lies beyond them, the file). GIF frames after the first
+    HEAD_BYTES count once the whole file is read.
+    """
+    with open_regular(path) as f:
+        size, limit = size_of(f), BYTES_PER_PIXEL * max_pixels
+        if not size:
+            raise ValueError("empty file")
+        if size > limit:
+            raise ValueError(f"{size} bytes, over the {limit}-byte limit of an image file "
+                             f"({BYTES_PER_PIXEL} bytes a pixel of the {max_pixels}-pixel limit); not read")
+        head = read_exactly(f, min(size, HEAD_BYTES), path)
+        try:
+            check_size(head, max_pixels)
+        except Truncated:
+            if len(head) == size:
+                raise
+            # The header lies beyond the first HEAD_BYTES: checked below, on the whole file.
+        if size == len(head):
+            return head
+        f.seek(0)
+        data = read_exactly(f, size, path)
+    check_size(data, max_pixels)
+    return data
 
 
 def check_size(data: bytes, max_pixels: int) -> None:
@@ -116,7 +158,7 @@ def declared_size(data: bytes) -> tuple[int, int, int]:
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
             return _webp_size(data)
     except (struct.error, IndexError):
-        raise ValueError("truncated file: it ends before its image size is known") from None
+        raise Truncated("truncated file: it ends before its image size is known") from None
     raise ValueError("not a JPEG, PNG, GIF or WebP file")
 
 
@@ -133,7 +175,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int, int]:
     while True:
         at = data.find(b"\xff", at)
         if at < 0:
-            raise ValueError("truncated JPEG: no frame header (SOF)")
+            raise Truncated("truncated JPEG: no frame header (SOF)")
         while data[at] == 0xFF:
             at += 1
         marker = data[at]

@@ -11,6 +11,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from data.decode import quiet_decoder_warnings, rescale
 from data.packing import Split, pack
 from data.prepare import SHARD_SIZE, report
+from files import open_regular
 
 DEBIAN_SRC = Path("/usr/share/datasets/fashion-mnist")
 """Where `apt-get install dataset-fashion-mnist` puts the IDX files."""
@@ -27,23 +29,39 @@ FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+MAX_IDX_BYTES = 2**28
+"""Largest IDX content read (256 MiB): Fashion-MNIST's largest file, the training images, holds 47 MB."""
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 """Label k is CLASSES[k] (the dataset's README)."""
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file of unsigned bytes (gzip-compressed when it ends in .gz) as an array of its shape."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
-    # Header: two zero bytes, the type code (0x08: unsigned byte), the number of
-    # dimensions, then each dimension as a big-endian uint32.
-    if len(data) < 4 or data[:3] != b"\0\0\x08":
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes")
-    header = 4 + 4 * data[3]
-    shape = struct.unpack(f">{data[3]}I", data[4:header])
-    if len(data) - header != math.prod(shape):
-        raise ValueError(f"{path}: the header says {shape}, the file holds {len(data) - header} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    """An IDX file of unsigned bytes (gzip-compressed when it ends in .gz) as an array of its shape.
+
+    Read no further than its header declares and MAX_IDX_BYTES allow: a gzip of zeros inflates about
+    1000:1, so the decompressed size is bounded before it is decompressed, never after."""
+    with open_regular(path) as raw, (gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw) as f:
+        try:
+            # Header: two zero bytes, the type code (0x08: unsigned byte), the number of
+            # dimensions, then each dimension as a big-endian uint32.
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:3] != b"\0\0\x08":
+                raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+            dims = f.read(4 * magic[3])
+            if len(dims) < 4 * magic[3]:
+                raise ValueError(f"{path}: ends inside its header")
+            shape = struct.unpack(f">{magic[3]}I", dims)
+            size = math.prod(shape)
+            if size > MAX_IDX_BYTES:
+                raise ValueError(f"{path}: its header declares {shape}, {size} bytes, over the {MAX_IDX_BYTES}-byte "
+                                 "limit of an IDX file; not read")
+            data = f.read(size + 1)
+        except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+            raise ValueError(f"{path}: cannot be read as gzip: {err}") from None
+    if len(data) != size:
+        raise ValueError(f"{path}: the header says {shape}, the file holds {'more than ' * (len(data) > size)}"
+                         f"{min(len(data), size)} bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def grey_to_rgb(pixels: np.ndarray) -> torch.Tensor:

@@ -19,7 +19,9 @@ which training/build.py's check_data runs before any process group, and `open_pa
 reading everything but the images: each JSON file's fields, counts against shard sizes,
 labels.npy's dtype, length and range, stats.pt's size, keys and shapes. A bad pack is refused
 there with a ValueError naming the file, never in the middle of an epoch; nothing in it is
-unpickled but stats.pt, through torch's weights-only allow-list.
+unpickled but stats.pt, through torch's weights-only allow-list. Every file is read through
+files/: regular files only (a named pipe is refused, not waited on), each read bounded before it
+starts (stats.pt by its zip directory too, so it cannot inflate).
 """
 
 import json
@@ -32,6 +34,8 @@ from torch.utils.data import get_worker_info
 
 from data.imageset import IMAGE_SHAPE, SIDE, Datasets
 from data.stats import ImageStats
+from files import Refused, map_npy, open_regular, read_torch, write_atomic
+from files import read_json as read_json_file
 
 FORMAT = "alexnet-packed"
 VERSION = 1
@@ -52,21 +56,12 @@ def shard_name(shard: int) -> str:
 
 def read_json(path: Path) -> Any:
     """A JSON file of a pack, refused (naming it) when larger than MAX_JSON_BYTES or not JSON."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise ValueError(f"{path}: over the {MAX_JSON_BYTES}-byte limit of a pack's JSON file")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ValueError(f"{path}: not valid JSON (truncated?): {err}") from None
+    return read_json_file(path, MAX_JSON_BYTES, "a pack's JSON file")
 
 
 def write_json(path: Path, value: dict) -> None:
     """Replace `path` atomically, so an interrupted run never leaves half a file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(value, indent=1))
 
 
 class PackedImages:
@@ -99,7 +94,7 @@ class PackedImages:
     def labels(self) -> np.ndarray:
         """int64 [n] labels of the whole split, memory-mapped."""
         if self._labels is None:
-            self._labels = np.load(self.folder / "labels.npy", mmap_mode="r", allow_pickle=False)
+            self._labels = map_npy(self.folder / "labels.npy")
         return self._labels
 
     def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +112,7 @@ class PackedImages:
         for shard in shards.unique().tolist():
             picks = (shards == shard).nonzero().flatten().tolist()
             first = int(self.starts[shard])
-            with open(self.files[shard], "rb", buffering=0) as f:
+            with open_regular(self.files[shard]) as f:
                 for i in picks:
                     f.seek((int(indices[i]) - first) * IMAGE_BYTES)
                     if f.readinto(rows[i]) != IMAGE_BYTES:
@@ -175,9 +170,9 @@ def _check_split(folder: Path, images: int, classes: int) -> list[int]:
 def _check_labels(path: Path, images: int, classes: int) -> None:
     """labels.npy: int64 [images], every label a class index; memory-mapped, never unpickled."""
     try:
-        labels = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:  # truncated, an object array, not .npy at all
-        raise _fail(path, f"not a readable .npy array ({type(err).__name__}: {err})") from None
+        labels = map_npy(path)
+    except Refused as err:  # a named pipe, truncated, an object array, not .npy at all
+        raise _fail(path, str(err).removeprefix(f"{path}: ")) from None
     if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (images,):
         what = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else type(labels).__name__
         raise _fail(path, f"holds {what}, not int64 ({images},): one label per image")
@@ -188,17 +183,12 @@ def _check_labels(path: Path, images: int, classes: int) -> None:
 
 def _read_stats(path: Path) -> ImageStats:
     """stats.pt: torch.load's weights-only unpickler (an allow-list: tensors and plain containers, no
-    code), on a file no larger than statistics take, holding exactly the four float32 tensors."""
-    size = path.stat().st_size if path.is_file() else -1
-    if not 0 < size <= MAX_STATS_BYTES:
-        raise _fail(path, f"{size} bytes, not a statistics file (at most {MAX_STATS_BYTES})")
+    code), on a file no larger than statistics take and holding no more (files.read_torch), holding
+    exactly the four float32 tensors."""
     try:
-        value = torch.load(path, weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError for a refused global, RuntimeError for a broken zip, ...
-        lines = str(err).strip().splitlines() or [""]
-        reason = next((line.strip() for line in lines if "WeightsUnpickler error" in line), lines[0])
-        raise _fail(path, f"refused by torch.load(weights_only=True), nothing in it run ({type(err).__name__}: "
-                          f"{reason:.200})") from None
+        value = read_torch(path, MAX_STATS_BYTES, "a statistics file")
+    except Refused as err:
+        raise _fail(path, str(err).removeprefix(f"{path}: ")) from None
     if not (isinstance(value, dict) and value.keys() == STATS_SHAPES.keys()):
         found = sorted(map(str, value))[:6] if isinstance(value, dict) else type(value).__name__
         raise _fail(path, f"holds {found}, not the tensors {sorted(STATS_SHAPES)}")

@@ -34,6 +34,7 @@ from data.decode import DECODE_ERRORS, quiet_decoder_warnings
 from data.imageset import SIDE
 from data.packed import SPLITS, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
+from files import create_root, make_folder, replacing
 
 DIED = "the packing process died decoding it, even alone (out of memory? a crash in the decoder?)"
 """skipped.txt's reason for a file that killed the process decoding it."""
@@ -109,12 +110,13 @@ def _check_plan(folder: Path, split: Split, ids: list[str], shard_size: int) -> 
     """Refuse to resume a split from a different list of images: its shard k would hold other images."""
     digest = hashlib.sha256(json.dumps([ids, split.files, split.labels, shard_size]).encode()).hexdigest()
     plan = {"images": len(split.files), "shard_size": shard_size, "digest": digest}
+    create_root(folder.parent)
+    make_folder(folder)  # a link in its place is refused: shards go only into a folder of the pack's own
     path = folder / "plan.json"
     if path.is_file():
         if read_json(path) != plan:
             raise ValueError(f"{folder}: was started from other images, classes or shard size; pack into a new folder")
         return
-    folder.mkdir(parents=True, exist_ok=True)
     write_json(path, plan)
 
 
@@ -217,9 +219,8 @@ def _pack_shard(shard: _Shard) -> tuple[int, int]:
     path = shard.folder / shard_name(shard.index)
     acc = StatsAccumulator(SIDE) if shard.stats else None
     labels, skipped = [], []
-    tmp = path.with_name(path.name + ".tmp")
     _decoding[shard.index] = WRITING
-    with open(tmp, "wb") as out:
+    with replacing(path) as out:
         for at, (name, source, label) in enumerate(zip(shard.files, shard.sources, shard.labels)):
             if at in shard.deadly:
                 skipped.append([name, DIED])
@@ -238,7 +239,6 @@ def _pack_shard(shard: _Shard) -> tuple[int, int]:
             labels.append(label)
             if acc is not None:
                 acc.add(image[None])
-    tmp.replace(path)
     sidecar = {"labels": torch.tensor(labels, dtype=torch.int64), "skipped": skipped, "stats": vars(acc) if acc else {}}
     atomic_save(sidecar, sidecar_path(shard.folder, shard.index))
     return len(shard.files), len(skipped)

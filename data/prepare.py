@@ -29,10 +29,13 @@ from typing import Any, Callable
 from data.decode import MAX_PIXELS, decode_file, quiet_decoder_warnings
 from data.packed import read_json
 from data.packing import Split, pack, skip_reason
+from files import read_capped
 
 SHARD_SIZE = 1024
 """Images per shard (192 MiB): big enough for few files, small enough that a resume loses little work."""
 WNID = re.compile(r"n\d{8}")
+MAX_LABEL_FILE_BYTES = 2**26
+"""Largest --val-labels file read: ImageNet's 50,000 'FILENAME LABEL' lines take 1.6 MB."""
 
 
 def prepare(
@@ -128,7 +131,8 @@ class ClassTree:
 def val_split(val_src: Path, val_labels: Path, ids: list[str], decode: Callable[[str], Any]) -> Split:
     """Every file of the flat folder `val_src`, labelled by the file `val_labels`."""
     files = sorted(p.name for p in val_src.iterdir() if p.is_file())
-    labels = parse_val_labels(val_labels.read_text().splitlines(), files, ids, str(val_labels))
+    text = read_capped(val_labels, MAX_LABEL_FILE_BYTES, "a label file").decode("utf-8", "surrogateescape")
+    labels = parse_val_labels(text.splitlines(), files, ids, str(val_labels))
     return Split("val", files, [str(val_src / f) for f in files], labels, decode)
 
 

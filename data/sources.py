@@ -6,10 +6,8 @@ once into a pack in `data.synthetic_cache` and read back from it like any packed
 run with the same seed and sizes read raw bytes instead of drawing each image again.
 """
 
-import fcntl
 import hashlib
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from data.packed import FORMAT, VERSION, open_packed, read_pack_meta
 from data.packing import Split, pack
 from data.stats import compute_stats
 from data.synthetic import SyntheticImages, synthetic_classes, synthetic_image, synthetic_labels
+from files import atomic_folder, create_root, lock, remove
 from model import seeds
 
 STATS_BATCH = 64
@@ -29,13 +28,17 @@ CACHE_SHARD = 256
 """Images per shard of a cached pack (50 MB files)."""
 BUILDING = ".building"
 """Suffix of a cached pack being written; renamed without it once complete."""
+LOCK_FILE = ".cache.lock"
+"""Taken while packing; its own name, so that a cache in checkpoint.dir cannot share the run's lock file."""
 
 
-def class_names(cfg: DataConfig) -> list[str]:
-    """The classes of the data `cfg` names, read without touching an image."""
+def data_sizes(cfg: DataConfig) -> tuple[int, int]:
+    """(classes, training images) of the data `cfg` names, read without touching an image (a pack is checked
+    whole on the way: read_pack_meta)."""
     if cfg.root:
-        return read_pack_meta(cfg.root)["names"]
-    return synthetic_classes(cfg.synthetic_classes)
+        meta = read_pack_meta(cfg.root)
+        return len(meta["names"]), meta["splits"]["train"]["images"]
+    return cfg.synthetic_classes, cfg.synthetic_train_images
 
 
 def open_datasets(cfg: DataConfig, seed: int) -> Datasets:
@@ -79,16 +82,14 @@ def synthetic_pack(cfg: DataConfig, seed: int) -> Path:
     entry = root / cache_name(cfg, seed)
     if (entry / "meta.json").is_file():
         return entry
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the kernel releases it when the file closes or its process dies
+    create_root(root, "data.synthetic_cache")
+    with lock(root / LOCK_FILE, wait=True):  # the kernel releases it when its process dies
         if not (entry / "meta.json").is_file():
             for leftover in root.glob(f"*{BUILDING}"):
-                shutil.rmtree(leftover)
-            building = entry.with_name(entry.name + BUILDING)
-            names = synthetic_classes(cfg.synthetic_classes)
-            pack(building, _splits(cfg, seed), names, names, CACHE_SHARD, len(os.sched_getaffinity(0)))
-            building.rename(entry)
+                remove(leftover)  # a link is unlinked, never followed
+            with atomic_folder(entry, BUILDING) as building:
+                names = synthetic_classes(cfg.synthetic_classes)
+                pack(building, _splits(cfg, seed), names, names, CACHE_SHARD, len(os.sched_getaffinity(0)))
     return entry
 
 

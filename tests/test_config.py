@@ -55,7 +55,7 @@ def test_duplicate_keys_are_refused(tmp_path):
 
 
 def test_missing_config_file():
-    with pytest.raises(ConfigError, match="config file /no/such.yaml does not exist"):
+    with pytest.raises(ConfigError, match="config file /no/such.yaml: no such file"):
         load_config([BASE, "/no/such.yaml"])
 
 
@@ -135,8 +135,8 @@ def test_nan_infinity_and_floats_beyond_float32_are_refused_for_every_float_key(
 
 @pytest.mark.parametrize("override, message", [
     # timedelta overflows at 8.6e13 s; gloo refuses 1e13 s
-    ("parallel.timeout_s=1e30", "parallel.timeout_s=1e+30: must be positive and at most 31536000"),
-    ("parallel.timeout_s=1e13", "parallel.timeout_s=10000000000000.0: must be positive and at most"),
+    ("parallel.timeout_s=1e30", "parallel.timeout_s=1e+30: must be from 10 to 31536000"),
+    ("parallel.timeout_s=1e13", "parallel.timeout_s=10000000000000.0: must be from 10 to"),
     ("train.seed=18446744073709551616", "train.seed=18446744073709551616: out of range (64-bit integers only)"),
     ("data.workers=-9223372036854775809", "out of range (64-bit integers only)"),
 ])
@@ -167,7 +167,7 @@ def test_the_longest_timeout_accepted_still_runs_a_collective():
 @pytest.mark.parametrize("override, message", [
     ("train.lr=[", r"the value of override 'train.lr=\[' is not valid YAML"),
     ("train.lr=!!python/object/apply:os.system [echo]", "is not valid YAML: could not determine a constructor"),
-    ("train.lr=*anchor", "is not valid YAML: found undefined alias"),
+    ("train.lr=*anchor", "YAML alias \\*anchor at 1:1: aliases are not allowed in a config"),
     pytest.param("train.lr=" + "[" * 5000, "nests collections too deeply", id="5000 nested lists"),
     ("train.lr={a: 1, a: 2}", "the value of override 'train.lr={a: 1, a: 2}': duplicate key 'a'"),
 ])
@@ -188,21 +188,20 @@ def test_the_command_line_reports_a_bad_override_value(capsys):
     pytest.param("train:\n  lr: 0.1\n".encode("utf-16"), "is not UTF-8 text", id="utf-16"),
     pytest.param(b"train:\n  ? [lr]\n  : 0.1\n", "is not valid YAML: while constructing a mapping", id="list as key"),
     pytest.param(b"train: " + b"[" * 5000, "nests collections too deeply", id="5000 nested lists"),
-    pytest.param(b"#" * (2**20 + 1), "is over the 1048576-byte limit of a config file", id="over 1 MiB"),
+    pytest.param(b"#" * (2**20 + 1), "1048577 bytes, over the 1048576-byte limit of a config file", id="over 1 MiB"),
 ])
 def test_a_config_file_that_is_not_yaml_text_is_a_config_error_naming_it(tmp_path, content, message):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(content)
-    with pytest.raises(ConfigError, match=re.escape(f"config file {bad} {message}")):
+    with pytest.raises(ConfigError, match=re.escape(f"config file {bad}") + ":? " + re.escape(message)):
         load_config([BASE, bad])
 
 
 def test_a_wrong_value_is_shown_short(tmp_path):
-    # Six levels of nine aliases, each of the one before: 600,000 strings, whose full repr is 3.5 MB.
-    levels = ["&l0 [" + ", ".join(["x"] * 9) + "]"]
-    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 6)]
-    bad = tmp_path / "aliases.yaml"
-    bad.write_text("train:\n  lr: [" + ", ".join(levels) + "]\n")
-    with pytest.raises(ConfigError, match=r"train.lr: expected float, got \[\[") as err:
+    # A thousand strings of a thousand characters: a megabyte of repr. (Aliases, which made a small file's
+    # repr exponential, are refused outright: tests/test_hostile_memory.py.)
+    bad = tmp_path / "long.yaml"
+    bad.write_text("train:\n  lr: [" + ", ".join(["x" * 1000] * 1000) + "]\n")
+    with pytest.raises(ConfigError, match=r"train.lr: expected float, got \['xxx") as err:
         load_config([BASE, bad])
     assert len(str(err.value)) < 300

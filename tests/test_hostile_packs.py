@@ -100,7 +100,7 @@ CORRUPT = {
                          "val/labels.npy", r"holds int32 \(1,\), not int64"),
     "labels.npy one label short": (lambda p: np.save(p / "train/labels.npy", np.array([0, 1])),
                                    "train/labels.npy", r"holds int64 \(2,\), not int64 \(3,\)"),
-    "stats.pt truncated": (lambda p: truncate(p / "stats.pt"), "stats.pt", "refused by torch.load"),
+    "stats.pt truncated": (lambda p: truncate(p / "stats.pt"), "stats.pt", "not a torch.save zip file"),
     "stats.pt wrong shape": (lambda p: torch.save({**stats(), "eigenvectors": torch.eye(4)}, p / "stats.pt"),
                              "stats.pt", r"eigenvectors is not a finite float32 tensor of shape \[3, 3\]"),
     "stats.pt a key missing": (lambda p: torch.save({k: v for k, v in stats().items() if k != "eigenvalues"},
@@ -109,7 +109,7 @@ CORRUPT = {
     "stats.pt NaN": (lambda p: torch.save({**stats(), "channel_mean": torch.full((3,), float("nan"))}, p / "stats.pt"),
                      "stats.pt", "channel_mean is not a finite"),
     "stats.pt oversized": (lambda p: os.truncate(p / "stats.pt", MAX_STATS_BYTES + 1), "stats.pt",
-                           f"{MAX_STATS_BYTES + 1} bytes, not a statistics file"),
+                           f"{MAX_STATS_BYTES + 1} bytes, over the {MAX_STATS_BYTES}-byte limit of a statistics file"),
 }
 
 
@@ -142,5 +142,5 @@ def test_a_stats_file_with_a_pickle_payload_is_refused_and_never_run(pack, tmp_p
 def test_labels_holding_a_pickle_are_refused_unread(pack, tmp_path):
     marker = tmp_path / "ran"
     np.save(pack / "val/labels.npy", np.array([Exec(marker)], dtype=object), allow_pickle=True)
-    refused(pack, "val/labels.npy", "not a readable .npy array")
+    refused(pack, "val/labels.npy", "an array of Python objects")
     assert not marker.exists()

@@ -26,7 +26,7 @@ def assert_same_data(got, expected) -> None:
 
 
 def entries(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != ".lock")
+    return sorted(p.name for p in folder.iterdir() if p.name != sources.LOCK_FILE)
 
 
 def test_a_cache_hit_reads_exactly_the_generated_images_and_stats(tmp_path, monkeypatch):

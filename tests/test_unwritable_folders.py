@@ -42,11 +42,12 @@ def _as_unwritable(how: str, folder: Path, cmd: list[str]) -> tuple[list[str], d
     return ["unshare", "--mount", "sh", "-c", remount, str(folder), *cmd], {}
 
 
-@pytest.mark.parametrize("key, how, where", [
-    ("checkpoint.dir", "read-only", "ro/ck"), ("checkpoint.dir", "no room", "logs/ck"),
-    ("checkpoint.dir", "a file", "file"), ("checkpoint.dir", "under a file", "file/ck"), ("log.dir", "a file", "file"),
+@pytest.mark.parametrize("key, how, where, why", [
+    ("checkpoint.dir", "read-only", "ro/ck", "Read-only file system"), ("checkpoint.dir", "no room", "logs/ck", "File too large"),
+    ("checkpoint.dir", "a file", "file", "exists and is not a folder"),
+    ("checkpoint.dir", "under a file", "file/ck", "not a folder"), ("log.dir", "a file", "file", "exists and is not a folder"),
 ])
-def test_an_unwritable_folder_stops_every_process_before_the_process_group(unwritable, key, how, where):
+def test_an_unwritable_folder_stops_every_process_before_the_process_group(unwritable, key, how, where, why):
     """Before, an unwritable checkpoint.dir was found at the first save, an epoch later, with a traceback.
     WORLD_SIZE=2 with no rendezvous address: joining a process group would fail or hang, so exit 2 with the
     message proves the probe ran before it. checkpoint.dir is probed on every rank (each writes its own files):
@@ -62,7 +63,8 @@ def test_an_unwritable_folder_stops_every_process_before_the_process_group(unwri
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, err[-3000:]
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and errors[0].startswith(f"error: {key}={unwritable / where} cannot be written (["), err
+        assert len(errors) == 1 and errors[0].startswith(f"error: {key}={unwritable / where} cannot be written ("), err
+        assert why in errors[0]
         assert errors[0].endswith(f"make it writable, or give another {key}")
     assert list((unwritable / "ro").iterdir()) == []
     assert not [p for p in (unwritable / "logs").rglob("*") if p.is_file()]  # no probe left behind
