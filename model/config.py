@@ -4,6 +4,14 @@ import dataclasses
 from dataclasses import dataclass
 
 
+LRN_SIZE_MAX = 255
+"""A wider window sums the same maps: from any of conv2's 128 maps a tower (the widest layer LRN follows),
+255 reaches all of them. torch pads the window in memory, so 100,000 would take tens of gigabytes."""
+NUM_CLASSES_MAX = 100_000
+"""FC8 then holds 4096 x 100,000 weights (1.6 GB, three times over with the gradient and velocity); ImageNet's
+largest release has 21,841 classes."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The architecture; every default is the paper's."""
@@ -17,7 +25,7 @@ class ModelConfig:
     lrn_k: float = 2.0
     """LRN additive constant k."""
     lrn_size: int = 5
-    """LRN window n, in adjacent kernel maps of the same tower."""
+    """LRN window n, in adjacent kernel maps of the same tower: at most LRN_SIZE_MAX."""
     lrn_alpha: float = 1e-4
     """LRN alpha, read by the convention in `lrn`."""
     lrn_beta: float = 0.75
@@ -33,7 +41,7 @@ class ModelConfig:
     bias_init: float = 1.0
     """Bias of conv2, conv4, conv5, FC6, FC7 (the others start at 0)."""
     num_classes: int = 1000
-    """Outputs of FC8."""
+    """Outputs of FC8: at most NUM_CLASSES_MAX."""
 
     def __post_init__(self) -> None:
         choices = {
@@ -48,9 +56,14 @@ class ModelConfig:
                 raise ValueError(f"{key}={getattr(self, key)!r}: must be one of {allowed}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
-        for key in ("lrn_size", "num_classes"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}={getattr(self, key)}: must be at least 1")
+        for key, high in (("lrn_size", LRN_SIZE_MAX), ("num_classes", NUM_CLASSES_MAX)):
+            if not 1 <= getattr(self, key) <= high:
+                raise ValueError(f"{key}={getattr(self, key)}: must be from 1 to {high}")
+        if not self.lrn_k > 0:  # k is what keeps the denominator from 0 where the window is dark
+            raise ValueError(f"lrn_k={self.lrn_k}: must be positive")
+        for key in ("lrn_alpha", "lrn_beta"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
         if self.weight_std <= 0:
             raise ValueError(f"weight_std={self.weight_std}: must be positive")
 

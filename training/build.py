@@ -8,7 +8,7 @@ from config.schema import Config, ConfigError
 from data.augment import Augmenter
 from data.imageset import Datasets
 from data.order import EpochOrder
-from data.sources import class_names, open_datasets
+from data.sources import data_sizes, open_datasets
 from distributed.exchange import for_layout
 from distributed.layout import Layout
 from distributed.pipeline import PipelinedStep
@@ -34,14 +34,17 @@ class Parts:
 
 
 def check_data(cfg: Config) -> None:
-    """Open the data's description only (no images) and check it fits the model: run in every process
-    before any process group starts, so bad data fails there and not inside a collective."""
+    """Open the data's description only (no images) and check it fits the model and the batch: run in every
+    process before any process group starts, so bad data fails there and not inside a collective."""
     try:
-        classes = len(class_names(cfg.data))
+        classes, train_images = data_sizes(cfg.data)
     except (OSError, ValueError) as err:
         raise ConfigError(str(err)) from None
     if classes > cfg.model.num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the data has {classes} classes")
+    if cfg.train.batch_size > train_images:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is more than the {train_images} training "
+                          "images: an epoch would hold no step; lower the batch or give more data")
 
 
 def build(cfg: Config, layout: Layout) -> Parts:
