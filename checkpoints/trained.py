@@ -1,5 +1,11 @@
 """A trained net, loaded from what a user names: a checkpoint folder, a weights file, or the newest
-checkpoint in checkpoint.dir."""
+checkpoint in checkpoint.dir.
+
+What is refused rather than used for a silently wrong result: a checkpoint folder without the
+model.json that says which architecture its weights are (without it, the weights of another
+architecture with the same shapes, another LRN or pooling say, would be evaluated as this one),
+and weights that are not all finite (NaN or infinite weights give NaN probabilities, not an error).
+"""
 
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +17,7 @@ from checkpoints.weights import SUFFIX, check_weights, is_weights_file, load_wei
 from config.errors import UserError
 from config.schema import Config
 from distributed.exchange import for_layout
-from distributed.layout import Layout
+from distributed.layout import Layout, any_process
 from model.alexnet import AlexNet
 
 
@@ -31,6 +37,9 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
         if is_weights_file(path):
             check_weights(path, cfg.model)
         elif (path / ".metadata").is_file():
+            if not (path / store.MODEL_FILE).is_file():
+                raise UserError(f"{path / store.MODEL_FILE}: missing, so the architecture of checkpoint {path} is "
+                                "unknown; only checkpoints written by this project's training are read")
             store.check_model(path, cfg.model)  # its model.json, before any process group
         else:
             raise UserError(f"{path} is neither a complete checkpoint folder (one with .metadata) nor a {SUFFIX} "
@@ -47,4 +56,9 @@ def load_network(cfg: Config, path: str | Path, device: torch.device, layout: La
         load_weights(net, path, cfg.model)
     else:
         store.load({"model": net.state_dict()}, path, cfg.model)
+    bad = next((name for name, p in net.named_parameters() if not bool(p.isfinite().all())), None)
+    # Each process of a layout holds only its towers' weights: all learn of a bad one, so none waits for a peer.
+    if any_process(bad is not None, layout.plan.device) if layout else bad is not None:
+        raise UserError(f"{path}: holds weights that are not finite (NaN or infinite{', in ' + bad if bad else ''}); "
+                        "they would give NaN probabilities: give another checkpoint")
     return net.to(device).eval()

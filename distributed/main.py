@@ -60,7 +60,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
-    from training.trainer import Trainer  # heavy imports only when training
+    from training.trainer import NonFiniteLoss, Trainer  # heavy imports only when training
 
     try:
         with run_folder.claim(cfg, plan):  # probed and locked before any process group
@@ -69,6 +69,9 @@ def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt
                 started[0].run()
             finally:
                 layout.stop()
+    except NonFiniteLoss as err:  # every process stops at the same step, the last good checkpoint kept
+        print(f"rank {plan.rank}: {err}", file=sys.stderr, flush=True)
+        return 1
     except (CheckpointError, RuntimeError) as err:
         if isinstance(err, RuntimeError) and not lost_peer(err):
             raise

@@ -19,6 +19,7 @@ from checkpoints.weights import SUFFIX, save_weights
 from config import cli
 from config.errors import UserError
 from config.schema import Config
+from files import create_root
 from model.export import grouped_state_dict
 from training.build import check_data
 
@@ -27,6 +28,27 @@ CPU = torch.device("cpu")
 
 def _device(cfg: Config) -> torch.device:
     return torch.device("cuda") if cfg.train.device != "cpu" and torch.cuda.is_available() else CPU
+
+
+def _out_file(out: Path) -> Path:
+    """--out of a command that writes one file: refused before anything is loaded when it cannot be written
+    (the file itself is written whole or not at all: files.replacing)."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the file to write")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: its folder {out.parent} does not exist; create it first")
+    return out
+
+
+def _out_folder(out: Path) -> Path:
+    """--out of `figures`: a folder, made if its parent exists."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; figures writes into a folder")
+    if not out.is_dir():
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: its folder {out.parent} does not exist; create it first")
+        create_root(out)
+    return out
 
 
 def _loaded(args: argparse.Namespace) -> tuple[Config, Path]:
@@ -43,10 +65,11 @@ def _predictor(args: argparse.Namespace):
 
 
 def predict(args: argparse.Namespace) -> int:
-    from results.predict import format_predictions
+    from results.predict import decode_images, format_predictions
 
+    images = decode_images(args.image)  # a file that cannot be read is refused before the net is loaded
     predictor = _predictor(args)
-    for image, top in zip(args.image, predictor.top5(predictor.decode(args.image))):
+    for image, top in zip(args.image, predictor.top5(images.to(predictor.augment.mean.device))):
         print(format_predictions(image, top), flush=True)
     return 0
 
@@ -54,8 +77,8 @@ def predict(args: argparse.Namespace) -> int:
 def figures(args: argparse.Namespace) -> int:
     from results.figure3 import save_conv1_figure
 
+    _out_folder(args.out)
     predictor = _predictor(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     path, colour = save_conv1_figure(predictor.net, args.out / "figure3_conv1.png")
     print(f"wrote {path}; colourfulness per tower: " + ", ".join(f"{t}: {c:.3f}" for t, c in colour.items()))
     if args.image:
@@ -71,6 +94,7 @@ def export(args: argparse.Namespace) -> int:
     (checkpoints/weights.py) with the model config."""
     if args.out.suffix != SUFFIX:  # before loading anything
         raise UserError(f"--out {args.out}: export writes safetensors; name the file *{SUFFIX}")
+    _out_file(args.out)
     cfg, source = _loaded(args)
     save_weights(load_network(cfg, source, CPU).state_dict(), cfg.model, args.out)
     print(f"exported {source} to {args.out}")
@@ -83,6 +107,7 @@ def onnx(args: argparse.Namespace) -> int:
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:  # torch's exporter needs both: say so before loading anything
         raise UserError(f"onnx needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    _out_file(args.out)
     cfg, source = _loaded(args)
     net = load_network(cfg, source, CPU)
     export_onnx(cfg.model, grouped_state_dict(net.state_dict(), cfg.model.towers), args.out)

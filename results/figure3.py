@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from files import replacing
 from model.alexnet import AlexNet
 from training.metrics import colourfulness, conv1_kernels, kernel_grid
 
@@ -33,5 +34,6 @@ def save_conv1_figure(model: AlexNet, path: str | Path) -> tuple[Path, dict[int,
     kernels = conv1_kernels(model)
     figure = conv1_figure(kernels)
     big = figure.repeat_interleave(PNG_SCALE, dim=1).repeat_interleave(PNG_SCALE, dim=2)
-    save_image(big, str(path))
+    with replacing(path) as out:
+        save_image(big, out, format="png")
     return Path(path), {t: colourfulness(w) for t, w in kernels.items()}

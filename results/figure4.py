@@ -14,6 +14,7 @@ from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
 from data.imageset import IMAGE_SHAPE
+from files import replacing
 from results.neighbours import nearest
 from results.predict import Predictor
 
@@ -65,6 +66,7 @@ def save_figure4(predictor: Predictor, files: Sequence[str | Path], folder: Path
                     predictor.cfg.train.batch_size, predictor.cfg.data.workers)
     train_images = predictor.data.train.load(found.indices.flatten())[0].view(*found.indices.shape, *IMAGE_SHAPE)
     paths = [folder / "figure4_predictions.png", folder / "figure4_neighbours.png"]
-    predictions_picture(images, tops).save(paths[0])
-    neighbours_picture(images, train_images).save(paths[1])
+    for path, picture in zip(paths, (predictions_picture(images, tops), neighbours_picture(images, train_images))):
+        with replacing(path) as out:
+            picture.save(out, format="PNG")
     return paths

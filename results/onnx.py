@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from files import atomic_path
 from model.config import ModelConfig
 from model.export import grouped_network
 
@@ -17,13 +18,11 @@ def export_onnx(cfg: ModelConfig, grouped_state: dict[str, torch.Tensor], target
     """
     net = grouped_network(cfg)
     net.load_state_dict(grouped_state)
-    target = Path(target)
-    partial = target.with_name(target.name + ".partial")
     example = torch.zeros(2, 3, cfg.input_size, cfg.input_size)
-    torch.onnx.export(
-        net, (example,), str(partial), input_names=["image"], output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, dynamo=True,
-        external_data=False, verbose=False,
-    )
-    partial.rename(target)
-    return target
+    with atomic_path(target) as partial:  # whole or nothing: a failed export leaves no partial file
+        torch.onnx.export(
+            net, (example,), str(partial), input_names=["image"], output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, dynamo=True,
+            external_data=False, verbose=False,
+        )
+    return Path(target)

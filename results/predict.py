@@ -45,14 +45,8 @@ class Predictor:
         return self.data.classes
 
     def decode(self, files: Sequence[str | Path]) -> torch.Tensor:
-        """uint8 [N, 3, 256, 256] from image files; an unreadable file is a UserError naming it."""
-        images = []
-        for f in files:
-            try:
-                images.append(decode_file(f))
-            except DECODE_ERRORS as err:
-                raise UserError(f"cannot read image {f}: {err}") from None
-        return torch.stack(images).to(self.augment.mean.device)
+        """uint8 [N, 3, 256, 256] from image files, on this net's device (decode_images)."""
+        return decode_images(files).to(self.augment.mean.device)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """[N, classes]: the ten-patch softmax of uint8 `images`."""
@@ -67,6 +61,18 @@ class Predictor:
         probs = self.probabilities(images)[:, : len(self.classes)]
         top = probs.topk(min(TOP, probs.shape[1]), dim=1)
         return [[(self.classes[i], p) for i, p in zip(idx.tolist(), val.tolist())] for idx, val in zip(top.indices, top.values)]
+
+
+def decode_images(files: Sequence[str | Path]) -> torch.Tensor:
+    """uint8 [N, 3, 256, 256] from image files; an unreadable file (a pipe, a device, a bomb) is a UserError
+    naming it."""
+    images = []
+    for f in files:
+        try:
+            images.append(decode_file(f))
+        except DECODE_ERRORS as err:
+            raise UserError(f"cannot read image {f}: {err}") from None
+    return torch.stack(images)
 
 
 def format_predictions(name: str | Path, top: list[tuple[str, float]]) -> str:
