@@ -13,11 +13,10 @@ truncated through.
 import errno
 import fcntl
 import os
-import stat
 from pathlib import Path
 
-from files.errors import Busy, Refused, kind, refusal
-
+from files.errors import Busy, Refused
+from files.reading import open_fd
 
 _held: dict[tuple[int, int], Path] = {}
 """(device, inode) of each lock file this process holds: opening one again, even to look, would drop its lock."""
@@ -57,16 +56,8 @@ def lock(path: str | os.PathLike, *, wait: bool = False, note: str = "") -> Lock
                                   "give each use a folder of its own")
     except FileNotFoundError:
         pass
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = open_fd(target, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, "create a lock file in")
     try:
-        fd = os.open(target, flags, 0o644)
-    except OSError as err:
-        raise refusal(target, err, "create a lock file in") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise Refused(target, f"{kind(mode)}, not a lock file; remove it")
-        os.set_blocking(fd, True)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as err:

@@ -26,20 +26,26 @@ def open_regular(path: str | os.PathLike, *, follow_links: bool = True) -> Binar
     Links are followed by default: reading through one changes nothing, and what it leads to is
     checked like any file. `follow_links=False` refuses a link (for files inside the run's own folders).
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    fd = open_fd(path, os.O_RDONLY | (0 if follow_links else os.O_NOFOLLOW), "open")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def open_fd(path: str | os.PathLike, flags: int, doing: str, mode: int = 0o644) -> int:
+    """A descriptor of `path` opened with `flags` (and O_NONBLOCK, so a pipe cannot hold the open), once
+    fstat proves it a regular file; Refused otherwise, naming it and what was being done."""
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as err:
-        raise refusal(path, err, "open") from None
+        raise refusal(path, err, doing) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise Refused(path, f"{kind(mode)}, not a regular file; refused unread")
+        info = os.fstat(fd).st_mode
+        if not stat.S_ISREG(info):
+            raise Refused(path, f"{kind(info)}, not a regular file; refused unread")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
         raise
+    return fd
 
 
 def size_of(f: BinaryIO) -> int:

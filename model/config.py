@@ -3,7 +3,6 @@
 import dataclasses
 from dataclasses import dataclass
 
-
 LRN_SIZE_MAX = 255
 """A wider window sums the same maps: from any of conv2's 128 maps a tower (the widest layer LRN follows),
 255 reaches all of them. torch pads the window in memory, so 100,000 would take tens of gigabytes."""

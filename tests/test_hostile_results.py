@@ -18,33 +18,20 @@ from safetensors.torch import save_file
 from checkpoints import store
 from checkpoints.trained import checkpoint_paths, load_network
 from config.errors import UserError
-from config.loading import load_config
 from data.prepare import prepare
 from distributed import layout
 from distributed.main import main as training_main
 from distributed.workers import run_workers
 from results.__main__ import main as results_main
 from tests import bounded
-from tests.conftest import ROOT
 from tests.test_hostile_trees import tiny_png
+from tests.test_hostile_weights import config, exported  # noqa: F401  (exported: the trained run's export)
 from tests.test_scale_and_faults import ONE_PIECE
 from tests.trainer_runs import small_words
 
 
-def config(overrides):
-    return load_config([ROOT / "config.yaml"], overrides)
-
-
 @pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    _, _, overrides = trained
-    target = tmp_path_factory.mktemp("weights") / "alexnet.safetensors"
-    assert results_main(["export", "--out", str(target), *overrides]) == 0
-    return target
-
-
-@pytest.fixture(scope="module")
-def not_finite(exported, tmp_path_factory):
+def not_finite(exported, tmp_path_factory):  # noqa: F811
     """The export with one weight of tower 1's half of FC8 made NaN: only a process holding tower 1 sees it."""
     with safe_open(exported, framework="pt") as f:
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
