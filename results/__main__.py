@@ -41,13 +41,12 @@ def _out_file(out: Path) -> Path:
 
 
 def _out_folder(out: Path) -> Path:
-    """--out of `figures`: a folder, made if its parent exists."""
+    """--out of `figures`: a folder, or a name for one in a folder that exists (made once there is
+    something to write into it)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; figures writes into a folder")
-    if not out.is_dir():
-        if not out.parent.is_dir():
-            raise UserError(f"--out {out}: its folder {out.parent} does not exist; create it first")
-        create_root(out)
+    if not out.is_dir() and not out.parent.is_dir():
+        raise UserError(f"--out {out}: its folder {out.parent} does not exist; create it first")
     return out
 
 
@@ -79,6 +78,7 @@ def figures(args: argparse.Namespace) -> int:
 
     _out_folder(args.out)
     predictor = _predictor(args)
+    create_root(args.out)
     path, colour = save_conv1_figure(predictor.net, args.out / "figure3_conv1.png")
     print(f"wrote {path}; colourfulness per tower: " + ", ".join(f"{t}: {c:.3f}" for t, c in colour.items()))
     if args.image:
