@@ -9,7 +9,7 @@ been made by someone hostile, so the rules are written once, here, instead of in
   reading (`read_capped`, `read_json`, `read_torch`, `map_npy`). Reading may follow a link: what
   it reaches is checked the same way, and reading changes nothing.
 - Writing and removing happen only inside folders the run owns, and never through a link
-  (`replacing`, `write_atomic`, `atomic_path`, `atomic_folder`, `make_folder`, `remove`, `lock`):
+  (`replacing`, `write_atomic`, `atomic_path`, `atomic_folder`, `make_folder`, `rename`, `remove`, `lock`):
   a file is written under a temporary name created exclusively (O_EXCL | O_NOFOLLOW), synced,
   and renamed over its final name relative to its folder's descriptor, so a link planted under
   either name is replaced, never written through; a link where a folder is expected is refused
@@ -25,9 +25,9 @@ from files.errors import Busy, Refused
 from files.locking import Lock, lock
 from files.reading import map_npy, open_regular, read_capped, read_json, read_torch
 from files.removing import remove
-from files.writing import atomic_folder, atomic_path, create_root, make_folder, replacing, write_atomic
+from files.writing import atomic_folder, atomic_path, create_root, make_folder, rename, replacing, write_atomic
 
 __all__ = [
     "Busy", "Lock", "Refused", "atomic_folder", "atomic_path", "create_root", "lock", "make_folder", "map_npy",
-    "open_regular", "read_capped", "read_json", "read_torch", "remove", "replacing", "write_atomic",
+    "open_regular", "read_capped", "read_json", "read_torch", "remove", "rename", "replacing", "write_atomic",
 ]

@@ -123,13 +123,24 @@ def atomic_folder(path: str | os.PathLike, suffix: str = PARTIAL) -> Iterator[Pa
     make_folder(building)
     try:
         yield building
-        try:
-            os.rename(building, target)
-        except OSError as err:
-            raise refusal(target, err, "rename a finished folder to") from None
+        rename(building, target)
     except BaseException:
         remove(building)
         raise
+
+
+def rename(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move the entry `source` to `target` in the same folder the run owns (a finished folder to its final name,
+    a broken checkpoint aside). rename(2) moves and replaces entries themselves, never what a link leads to:
+    a link at `source` moves as a link; a link at `target` is unlinked first (rename(2) would not put a folder
+    in its place), a file there is replaced, a folder only if empty."""
+    try:
+        if os.path.islink(target):
+            os.unlink(target)
+        os.rename(source, target)
+    except OSError as err:
+        raise refusal(target, err, f"rename {source} to") from None
+    return Path(target)
 
 
 def make_folder(path: str | os.PathLike) -> Path:

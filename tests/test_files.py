@@ -168,6 +168,19 @@ def test_a_link_where_the_run_makes_a_folder_is_refused(run, outside):
     untouched(outside)
 
 
+def test_renaming_moves_entries_never_what_links_lead_to(run, outside):
+    (run / "step_1").mkdir()
+    (run / "step_1.broken").symlink_to(outside)  # planted under the name a broken checkpoint is set aside as
+    files.rename(run / "step_1", run / "step_1.broken")
+    assert (run / "step_1.broken").is_dir() and not (run / "step_1.broken").is_symlink()
+    (run / "full").mkdir()
+    (run / "full" / "x").write_text("")
+    (run / "step_2").mkdir()
+    with pytest.raises(Refused, match="full: cannot rename"):
+        files.rename(run / "step_2", run / "full")
+    untouched(outside)
+
+
 def test_removing_never_follows_a_link(run, outside):
     (run / "step_1").symlink_to(outside)  # another run's folder, linked in
     assert files.remove(run / "step_1", first=["precious.txt"])
