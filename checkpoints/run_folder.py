@@ -33,7 +33,8 @@ import torch.distributed as dist
 from checkpoints import store
 from config.errors import UserError
 from config.schema import Config
-from distributed.layout import Plan, any_process
+from distributed.layout import Plan
+from distributed.reductions import any_process
 from files import Busy, Refused, create_root, lock, remove, write_atomic
 from model.config import ModelConfig
 

@@ -20,11 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch import nn
-from torch.optim import Optimizer
 
 from checkpoints.reader import CorruptCheckpoint, UnsafeCheckpoint, load_checkpoint
 from config.errors import UserError
@@ -56,17 +53,6 @@ def _is_writer() -> bool:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def training_state(model: nn.Module, optimizer: Optimizer, progress: dict[str, torch.Tensor]) -> dict:
-    """The entries this process saves or loads; velocities are created (zero) if missing."""
-    velocity = {}
-    for name, param in model.named_parameters():
-        state = optimizer.state[param]
-        if "momentum_buffer" not in state or state["momentum_buffer"] is None:
-            state["momentum_buffer"] = torch.zeros_like(param)
-        velocity[name] = state["momentum_buffer"]
-    return {"model": model.state_dict(), "velocity": velocity, "progress": progress}
 
 
 def check_space(directory: str | Path, checkpoint_bytes: int, keep: int) -> None:

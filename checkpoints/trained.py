@@ -17,7 +17,8 @@ from checkpoints.weights import SUFFIX, check_weights, is_weights_file, load_wei
 from config.errors import UserError
 from config.schema import Config
 from distributed.exchange import for_layout
-from distributed.layout import Layout, any_process
+from distributed.layout import Layout
+from distributed.reductions import any_process
 from model.alexnet import AlexNet
 
 

@@ -144,12 +144,3 @@ def start(plan: Plan, timeout_s: float) -> Layout:
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def any_process(flag: bool, device: torch.device) -> bool:
-    """Whether `flag` holds on any process of the run (one MAX; NCCL reduces device tensors only), so
-    every process takes the same decision and none is left waiting for a peer that gave up."""
-    t = torch.tensor([float(flag)], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())

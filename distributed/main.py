@@ -60,7 +60,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
-    from training.trainer import NonFiniteLoss, Trainer  # heavy imports only when training
+    from training.checkpointer import NonFiniteLoss  # heavy imports only when training
+    from training.trainer import Trainer
 
     try:
         with run_folder.claim(cfg, plan):  # probed and locked before any process group

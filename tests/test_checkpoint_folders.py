@@ -185,7 +185,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_architecture(trained, capfd, o
 
 KILLED_PRUNING = """
 import os, sys, torch
-from checkpoints import store as checkpoint
+from checkpoints import store
 root = sys.argv[1]
 state = {"model": {"w": torch.arange(1000.0)}}
 store.save(state, root, 1, keep=1)

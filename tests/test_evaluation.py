@@ -97,7 +97,7 @@ def test_evaluate_one_checkpoint_matches_trainer(trained):
     trainer, _, overrides = trained
     cfg = config(overrides)
     rates = evaluate_checkpoints(cfg, [store.latest(cfg.checkpoint.dir)], one_process(cfg))
-    by_trainer = trainer.evaluate((CENTRE, TEN_PATCHES))
+    by_trainer = trainer.validator(trainer.model, (CENTRE, TEN_PATCHES))
     for way in (CENTRE, TEN_PATCHES):
         expected = by_trainer[way]
         assert (rates[way].top1, rates[way].top5) == pytest.approx((expected.top1, expected.top5)), way

@@ -32,7 +32,7 @@ BY_MODULE = {
 METHODS = {"read_text", "read_bytes", "write_text", "write_bytes", "unlink", "rmdir", "mkdir", "touch",
            "symlink_to", "hardlink_to", "rename", "open", "chmod", "save_file", "load_file", "safe_open"}
 """Path methods (and the like) that do; `replace` counts with one argument (str.replace takes two), `save`
-with a file argument (PIL's Image.save)."""
+with a file name or a format (PIL's Image.save)."""
 HANDLES = {"replacing", "atomic_path", "open_regular"}
 """Primitives whose `with ... as name` gives a handle (or a fresh path) that calls may write into or read."""
 
@@ -89,9 +89,16 @@ def _touches_files(call: ast.Call, ours: set[str]) -> str | None:
         return None
     method = func.attr
     if method in METHODS or (method == "replace" and len(call.args) == 1 and not call.keywords) or \
-            (method == "save" and call.args):
+            (method == "save" and call.args and (_a_path(call.args[0]) or any(k.arg == "format" for k in call.keywords))):
         return "." + method
     return None
+
+
+def _a_path(node: ast.AST) -> bool:
+    """Whether `node` spells a file name (`folder / "x.png"`, a string, Path(...)): PIL's Image.save(name) is told
+    from the program's own `.save(step)` only so."""
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)) or isinstance(node, (ast.Constant, ast.JoinedStr)) \
+        or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("Path", "str"))
 
 
 def _handle_names(function: ast.AST) -> set[str]:
@@ -160,9 +167,10 @@ def test_the_guard_finds_what_it_is_for(tmp_path, monkeypatch):
     assert not planted.exists()
     source = ("import torch, numpy as np, os, shutil\nfrom pathlib import Path\n"
               "def reader(p):\n    open(p)\n    torch.load(p)\n    np.load(p)\n    Path(p).read_text()\n"
-              "    os.replace(p, p)\n    Path(p).replace(p)\n    shutil.rmtree(p)\n    'a'.replace('a', 'b')\n")
+              "    os.replace(p, p)\n    Path(p).replace(p)\n    shutil.rmtree(p)\n    'a'.replace('a', 'b')\n"
+              "    image.save(p / 'x.png')\n    self.saver.save(3)\n")
     monkeypatch.setattr(Path, "rglob", lambda self, pattern: [planted] if self.name == "data" else [])
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
     monkeypatch.setattr(Path, "relative_to", lambda self, other: Path("data/probe.py"))
     found = {what for (_, fn, what) in file_calls() if fn == "reader"}
-    assert found == {"open", "torch.load", "np.load", ".read_text", "os.replace", ".replace", "shutil.rmtree"}
+    assert found == {"open", "torch.load", "np.load", ".read_text", "os.replace", ".replace", "shutil.rmtree", ".save"}

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
+from distributed.reductions import from_every_tower
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
@@ -67,7 +68,7 @@ def _gather_kernels(rank: int, world: int, out: str) -> None:
 
     model = AlexNet(ModelConfig(num_classes=10), tower_indices=(rank,))
     model.init_paper(0)
-    kernels = conv1_kernels(model, dist.group.WORLD)
+    kernels = from_every_tower(conv1_kernels(model), dist.group.WORLD)
     if rank == 0:
         torch.save(kernels, out)
 

@@ -37,8 +37,8 @@ def _two_process_run(rank: int, world: int, run_dir: str, one_process_ck: str, o
     trainer = train(run_dir)
     # Also load the one-process checkpoint into this layout.
     cfg = small_config(run_dir)
-    state = store.training_state(trainer.model, trainer.optimizer, {})
-    loaded = {k: {n: t.clone() for n, t in v.items()} for k, v in state.items() if k != "progress"}
+    state = trainer.checkpointer.state()
+    loaded = {k: {n: t.clone() for n, t in v.items()} for k, v in state.items() if k in ("model", "velocity")}
     store.load(loaded, one_process_ck)
     torch.save({"trained": weights_and_velocity(trainer), "loaded": loaded}, f"{out}/rank{rank}.pt")
     assert cfg.log.dir == run_dir
@@ -60,7 +60,7 @@ def test_two_processes_follow_the_one_process_run(tmp_path):
     # Two-process checkpoint -> one-process layout: exactly the two processes' numbers.
     back = small_config(tmp_path / "back")
     trainer = Trainer(back, layout.start(layout.plan_from_env(back, {}), 60))
-    state = store.training_state(trainer.model, trainer.optimizer, {"step": torch.tensor(0)})
+    state = trainer.checkpointer.state()
     start = weights_and_velocity(trainer)  # the paper's init, zero velocity: where both runs began
     store.load(state, store.latest(tmp_path / "two" / "ck"))
     back_state = weights_and_velocity(trainer)

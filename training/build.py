@@ -13,9 +13,12 @@ from distributed.exchange import for_layout
 from distributed.layout import Layout
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
+from training.checkpointer import Checkpointer
+from training.evaluation import Validator
 from training.fast_path import FastPath
 from training.metrics import MetricLogger
 from training.optimizer import PlateauSchedule, build_optimizer
+from training.progress import Progress
 
 
 @dataclass
@@ -29,8 +32,11 @@ class Parts:
     optimizer: Optimizer
     schedule: PlateauSchedule
     augment: Augmenter
-    logger: MetricLogger
     fast: FastPath
+    progress: Progress
+    logger: MetricLogger
+    validator: Validator
+    checkpointer: Checkpointer
 
 
 def check_data(cfg: Config) -> None:
@@ -54,6 +60,7 @@ def build(cfg: Config, layout: Layout) -> Parts:
     fast = FastPath.resolve(t, plan.device)
     fast.apply_process_flags()
     data = open_datasets(cfg.data, t.seed)
+    order = EpochOrder(len(data.train), t.batch_size, t.seed)
     exchange = for_layout(layout)
     model = AlexNet(cfg.model, plan.tower_indices(cfg.model.towers), exchange)
     model.init_paper(t.seed)
@@ -61,14 +68,20 @@ def build(cfg: Config, layout: Layout) -> Parts:
     if fast.compile != "off":
         model.compile_stages("reduce-overhead" if fast.compile == "cudagraphs" else None)
     optimizer = build_optimizer(model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
+    schedule = PlateauSchedule(optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
+    augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, plan.device)
+    progress = Progress(plan.device)
     return Parts(
         data=data,
-        order=EpochOrder(len(data.train), t.batch_size, t.seed),
+        order=order,
         model=model,
         pipeline=PipelinedStep(model, exchange, layout.replica_group),
         optimizer=optimizer,
-        schedule=PlateauSchedule(optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience),
-        augment=Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, plan.device),
-        logger=MetricLogger(cfg.log.dir, enabled=plan.logs),
+        schedule=schedule,
+        augment=augment,
         fast=fast,
+        progress=progress,
+        logger=MetricLogger(cfg.log.dir, enabled=plan.logs, every_steps=cfg.log.every_steps),
+        validator=Validator(data.val, augment, cfg, layout, lambda: fast.autocast(plan.device), order.steps_per_epoch),
+        checkpointer=Checkpointer(cfg, plan, model, optimizer, {"progress": progress, "schedule": schedule}),
     )

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from checkpoints.trained import load_network
 from config.schema import Config
 from data.augment import Augmenter
+from data.imageset import ImageSet
 from data.sources import open_datasets
 from distributed.feed import validation_batches
 from distributed.layout import Layout
+from distributed.reductions import sum_over
 from model.alexnet import AlexNet
 from training.fast_path import FastPath
 from training.metrics import topk_wrong
@@ -62,20 +64,34 @@ def evaluate(
     for net in nets:
         net.eval()
     device = next(nets[0].parameters()).device
-    totals = torch.zeros(len(ways), 3, device=device)  # wrong top-1, wrong top-5, loss sum
-    images = torch.zeros((), device=device)
+    totals = torch.zeros(len(ways), 4, device=device)  # wrong top-1, wrong top-5, loss sum, images
     for batch, labels in batches:
         with autocast():
             for k, way in enumerate(ways):
                 log_probs = log_probabilities(nets, augment, batch, way)
                 totals[k, :2] += topk_wrong(log_probs, labels)
                 totals[k, 2] += F.nll_loss(log_probs, labels, reduction="sum")
-        images += len(labels)
-    if replica_group is not None:
-        dist.all_reduce(totals, group=replica_group)
-        dist.all_reduce(images, group=replica_group)
-    count = images.item()
-    return {way: ErrorRates(*(totals[k] / count).tolist(), int(count)) for k, way in enumerate(ways)}
+                totals[k, 3] += len(labels)
+    sums = sum_over(totals, replica_group).tolist()
+    return {way: ErrorRates(*(v / sums[k][3] for v in sums[k][:3]), int(sums[k][3])) for k, way in enumerate(ways)}
+
+
+class Validator:
+    """The trainer's validation: this replica's share of the validation set at the end of each epoch (the
+    centre crop, which the plateau schedule reads) and at the run's end (with the ten patches)."""
+
+    def __init__(self, val: ImageSet, augment: Augmenter, cfg: Config, run: Layout, autocast: Callable,
+                 steps_per_epoch: int) -> None:
+        self.val, self.augment, self.cfg, self.run, self.autocast = val, augment, cfg, run, autocast
+        self.steps_per_epoch = steps_per_epoch
+
+    def should_validate(self, step: int) -> bool:
+        """Whether `step` ends an epoch."""
+        return step % self.steps_per_epoch == 0
+
+    def __call__(self, net: AlexNet, ways: Sequence[str] = (CENTRE,)) -> dict[str, ErrorRates]:
+        batches = validation_batches(self.val, self.cfg, self.run)
+        return evaluate([net], self.augment, batches, self.run.replica_group, self.autocast, ways)
 
 
 def report(sources: Sequence[object], rates: dict[str, ErrorRates]) -> str:

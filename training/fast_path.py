@@ -2,8 +2,8 @@
 
 Each is a config switch (`train.precision`, `train.channels_last`, `train.compile`,
 `train.cudnn_benchmark`) whose `auto` is the choice measured best on that kind of
-device (AUTO below; the measurements are in docs/BENCHMARKS.md, made by bench/gpu.py
-on a GPU and bench/cpu_fast_path.py on a CPU). `precision=fp32` with the other
+device (AUTO below; the measurements are in docs/BENCHMARKS.md, made by bench/gpu.py,
+which runs on a GPU or, without one, on the CPU). `precision=fp32` with the other
 switches off is the exact reproduction every layout is tested against.
 """
 

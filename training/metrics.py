@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
@@ -22,19 +21,10 @@ def topk_wrong(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] =
     return torch.stack([(~hits[:, : min(k, k_max)].any(1)).sum() for k in ks]).float()
 
 
-def conv1_kernels(model: AlexNet, tower_group: dist.ProcessGroup | None = None) -> dict[int, torch.Tensor]:
-    """{tower: conv1 weights [kernels, 3, 11, 11]} of every tower, on the CPU.
-
-    With `tower_group` (one tower per process) this is a collective: every process of
-    the group must call it, and each gets both towers' kernels.
-    """
-    local = {int(k): t.conv1.weight.detach() for k, t in model.towers.items()}
-    if tower_group is None:
-        return {k: w.cpu() for k, w in local.items()}
-    (mine,) = local.values()
-    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(tower_group))]
-    dist.all_gather(gathered, mine.contiguous(), group=tower_group)
-    return {t: w.cpu() for t, w in enumerate(gathered)}
+def conv1_kernels(model: AlexNet) -> dict[int, torch.Tensor]:
+    """{tower: conv1 weights [kernels, 3, 11, 11]} of the towers `model` holds (detached, where they are;
+    distributed/reductions.py `from_every_tower` gathers both when each process holds one)."""
+    return {int(k): t.conv1.weight.detach() for k, t in model.towers.items()}
 
 
 def kernel_grid(kernels: torch.Tensor, padding: int = 1) -> torch.Tensor:
@@ -60,8 +50,13 @@ def colourfulness(kernels: torch.Tensor) -> float:
 class MetricLogger:
     """Slash-named scalars (`loss/train`, `error/val_top1`, ...) to TensorBoard, when enabled."""
 
-    def __init__(self, log_dir: str | Path, enabled: bool) -> None:
+    def __init__(self, log_dir: str | Path, enabled: bool, every_steps: int = 1) -> None:
         self.writer = SummaryWriter(str(log_dir)) if enabled else None
+        self.every_steps = every_steps
+
+    def should_log(self, step: int) -> bool:
+        """Whether `step` is a log step (log.every_steps): the only steps the host waits for the device."""
+        return step % self.every_steps == 0
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer:
@@ -76,6 +71,7 @@ class MetricLogger:
         """Figure 3 as training goes: each tower's kernel grid (`kernels/conv1_tower<t>`) and
         colourfulness (`kernels/colour_tower<t>`), from `conv1_kernels`."""
         if self.writer:
+            kernels = {t: w.cpu() for t, w in kernels.items()}
             for t, w in kernels.items():
                 self.writer.add_image(f"kernels/conv1_tower{t}", kernel_grid(w), step)
             self.scalars(step, {f"kernels/colour_tower{t}": colourfulness(w) for t, w in kernels.items()})

@@ -84,10 +84,13 @@ class PlateauSchedule:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
 
-    def state_dict(self) -> dict[str, float]:
-        return {"best": self.best, "epochs_without_gain": self.epochs_without_gain, "drops": self.drops}
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors, as a checkpoint holds them; the best error in float64, so a resumed run compares
+        the next validation error with exactly the value an uninterrupted run would."""
+        return {"best": torch.tensor(self.best, dtype=torch.float64),
+                "epochs_without_gain": torch.tensor(self.epochs_without_gain), "drops": torch.tensor(self.drops)}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.best = float(state["best"])
         self.epochs_without_gain = int(state["epochs_without_gain"])
         self.drops = int(state["drops"])

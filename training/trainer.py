@@ -1,48 +1,52 @@
-"""The training loop: forward, loss, backward, step; evaluation, logs and checkpoints at its edges."""
+"""The training loop: forward, loss, backward, step; validation, logs and checkpoints at its edges.
+
+Each edge is a component that owns its cadence and its state (training/build.py builds them):
+the logger says which steps are log steps, the validator which end an epoch, the checkpointer
+which are saved; the plateau schedule reads each validation error; `Progress` and the schedule
+are saved with every checkpoint through their own state_dict.
+"""
 
 import itertools
 import math
-import time
 
 import torch
-import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
-from checkpoints import run_folder, store
+from checkpoints import run_folder
 from config.schema import Config, to_dict
 from data.loader import train_batches
-from distributed.feed import shared_batches, validation_batches
-from distributed.layout import Layout, any_process
+from distributed.feed import shared_batches
+from distributed.layout import Layout
+from distributed.reductions import from_every_tower
 from model.seeds import derive_seed
 from training.build import build
-from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates, evaluate
+from training.checkpointer import NonFiniteLoss
+from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates
 from training.metrics import conv1_kernels, topk_wrong
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+from training.progress import Window
 
 
 class Trainer:
-    """Runs one process's share of training: the loop, and the end of each epoch."""
+    """Runs one process's share of training: the loop, and what happens at each epoch's end."""
 
     def __init__(self, cfg: Config, layout: Layout) -> None:
         self.cfg, self.layout, self.plan = cfg, layout, layout.plan
         self.device = self.plan.device
         parts = build(cfg, layout)
-        self.fast = parts.fast
         self.data, self.order, self.model, self.pipeline = parts.data, parts.order, parts.model, parts.pipeline
-        self.optimizer, self.schedule, self.augment, self.logger = parts.optimizer, parts.schedule, parts.augment, parts.logger
+        self.optimizer, self.schedule, self.augment, self.fast = parts.optimizer, parts.schedule, parts.augment, parts.fast
+        self.logger, self.validator, self.checkpointer = parts.logger, parts.validator, parts.checkpointer
+        self.progress = parts.progress
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
-        self.step = 0
-        self.saved_step: int | None = None  # the checkpoint this run wrote or resumed last: never written twice
-        # Training top-1 errors and images of the epoch so far, over this replica (the paper's Figure 1 axis).
-        self.epoch_tally = torch.zeros(2, device=self.device)
-        self.reached_target = False
         self.total_steps = cfg.train.epochs * self.order.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.stopping = False  # the run reached train.stop_at_train_error, or converged
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on a replica batch; returns (summed loss, wrong top-1/top-5) without syncing."""
@@ -55,16 +59,16 @@ class Trainer:
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
         inputs = inputs.contiguous(memory_format=self.fast.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, logits = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self._autocast)
+        loss_sum, logits = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self.autocast)
         self.optimizer.step()
         return loss_sum, topk_wrong(logits, labels)
 
-    def _autocast(self):
+    def autocast(self):
         return self.fast.autocast(self.device)
 
     def feed(self, first_step: int):
         """Every remaining step's batch: one loader for the run, prefetching across epoch ends (and so
-        under the evaluation at each), instead of new loading processes every epoch."""
+        under the validation at each), instead of new loading processes every epoch."""
         loaded = None
         if self.plan.loads_data:
             loaded = train_batches(
@@ -74,62 +78,20 @@ class Trainer:
         sizes = itertools.repeat(self.replica_batch, self.total_steps - first_step)
         return shared_batches(loaded, sizes, self.layout.tower_group, self.device)
 
-    def evaluate(self, ways=(CENTRE,)) -> dict[str, ErrorRates]:
-        """The validation set's error rates, summed over replicas (training/evaluation.py)."""
-        batches = validation_batches(self.data.val, self.cfg, self.layout)
-        return evaluate([self.model], self.augment, batches, self.layout.replica_group, self._autocast, ways)
-
-    def _sum_over_replicas(self, t: torch.Tensor) -> None:
-        if self.layout.replica_group is not None:
-            dist.all_reduce(t, group=self.layout.replica_group)
-
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def _state(self) -> dict:
-        progress = {"step": torch.tensor(self.step), "epoch_tally": self.epoch_tally.cpu()}
-        progress.update({k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()})
-        return store.training_state(self.model, self.optimizer, progress)
-
-    def _check_checkpoint_space(self) -> None:
-        # A checkpoint holds the weights and the velocity of every tower (replicas write one copy).
-        weights = sum(t.nbytes for t in self.model.state_dict().values())
-        store.check_space(self.cfg.checkpoint.dir, 2 * weights * self.plan.tower_processes, self.cfg.checkpoint.keep)
-
-    def save(self) -> None:
-        """Checkpoint the run, unless this step is saved already (a run resumed at its end) or a weight is
-        no longer finite (an update can overflow on a finite loss)."""
-        if self.step == self.saved_step:
-            return
-        finite = all(p.isfinite().all() for p in self.model.parameters())
-        if any_process(not finite, self.device):
-            raise NonFiniteLoss(
-                f"weights became non-finite by step {self.step}; stopped, the last good checkpoint in "
-                f"{self.cfg.checkpoint.dir} is kept"
-            )
-        store.save(self._state(), self.cfg.checkpoint.dir, self.step, self.cfg.checkpoint.keep, self.cfg.model)
-        self.saved_step = self.step
-
     def resume(self) -> bool:
-        """Continue from the newest complete checkpoint that loads, if there is one (run_folder.load_newest)."""
-        found = run_folder.load_newest(self._state, self.cfg.checkpoint.dir, self.cfg.model, self.device)
-        if found is None:
+        """Continue from the newest complete checkpoint that loads, if there is one."""
+        path = self.checkpointer.resume()
+        if path is None:
             return False
-        path, state = found
-        progress = state["progress"]
-        self.step = int(progress["step"])
-        self.epoch_tally = progress["epoch_tally"].to(self.device)
-        self.schedule.load_state_dict({k: progress[k].item() for k in ("best", "epochs_without_gain", "drops")})
-        self.saved_step = self.step
+        self.checkpointer.saved_step = self.step
         if self.plan.logs:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return True
 
-    # -- the run ---------------------------------------------------------------------------
-
     def run(self) -> ErrorRates:
-        """Train to the configured length, evaluating and checkpointing each epoch."""
+        """Train to the configured length; validate and checkpoint at each epoch's end."""
         resuming = run_folder.resumes(self.cfg, self.plan)  # or refuses another run's checkpoint.dir
-        self._check_checkpoint_space()
+        self.checkpointer.check_space()
         if self.plan.logs:
             p = self.plan
             print(f"processes: {p.world} ({p.replicas} replica(s) x {p.tower_processes} tower process(es)) on "
@@ -137,103 +99,86 @@ class Trainer:
         if resuming:
             self.resume()
         self.logger.text("config", "```\n" + yaml.safe_dump(to_dict(self.cfg), sort_keys=False) + "\n```")
-        per_epoch = self.order.steps_per_epoch
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.plan.logs and self.cfg.log.progress),
                    unit="step", dynamic_ncols=True)
-        window = _Window(self.device)
-        result = None
+        window, last_validation = Window(self.device), None
         feed = self.feed(self.step)
-        while self.step < self.total_steps and not self.reached_target:
-            wait_start = time.perf_counter()
-            images, labels = next(feed)
-            window.data_wait += time.perf_counter() - wait_start
+        while self.step < self.total_steps and not self.stopping:
+            images, labels = window.next_batch(feed)
             loss, wrong = self.train_step(images, labels)
             window.add(loss, wrong, len(labels))
-            self.epoch_tally[0] += wrong[0]
-            self.epoch_tally[1] += len(labels)
-            self.step += 1
+            self.progress.count(wrong[0], len(labels))
             bar.update(1)
-            if self.step % self.cfg.log.every_steps == 0:
-                self._log_window(window, bar)
-                window = _Window(self.device)
-            epoch_end = self.step % per_epoch == 0
+            if self.logger.should_log(self.step):
+                self._log(window, bar)
+                window = Window(self.device)
+            epoch_end = self.validator.should_validate(self.step)
             if epoch_end:
-                result = self._end_of_epoch(self.step // per_epoch - 1)
-            elif self.cfg.checkpoint.every_steps and self.step % self.cfg.checkpoint.every_steps == 0:
-                self._check_finite(window)
-                self.save()
+                last_validation = self._end_of_epoch()
+            if self.checkpointer.due(self.step, epoch_end):
+                self._stop_if_loss_not_finite(window)
+                self.checkpointer.save(self.step)
         feed.close()
         bar.close()
-        mid_epoch = self.step % per_epoch != 0
+        mid_epoch = not self.validator.should_validate(self.step)
         if mid_epoch:  # stopped by max_steps: keep the place, leave the schedule be
-            self._check_finite(window)
-            self.save()
-        # The last epoch's centre-crop rates stand unless steps followed it (or, resumed after the
-        # last epoch, there are none): then the centre crop is measured with the ten patches.
-        final = self.evaluate((TEN_PATCHES,) if result and not mid_epoch else (CENTRE, TEN_PATCHES))
-        result = final.get(CENTRE, result)
-        ten = final[TEN_PATCHES]
-        if self.plan.logs:
-            print(f"final validation (centre crop): top-1 error {result.top1:.4f}, top-5 error {result.top5:.4f}", flush=True)
-            print(f"final validation (10 patches): top-1 error {ten.top1:.4f}, top-5 error {ten.top5:.4f}", flush=True)
-        self.logger.scalars(self.step, {
-            "error/final_val_top1": result.top1, "error/final_val_top5": result.top5,
-            "error/final_val10_top1": ten.top1, "error/final_val10_top5": ten.top5,
-        })
-        self.logger.close()
-        return result
+            self._stop_if_loss_not_finite(window)
+            self.checkpointer.save(self.step)
+        return self._final_validation(last_validation if not mid_epoch else None)
 
-    def _end_of_epoch(self, epoch: int) -> ErrorRates:
-        tally = self.epoch_tally.clone()
-        self._sum_over_replicas(tally)
-        self.epoch_tally.zero_()
-        wrong, images = tally.tolist()
-        train_top1 = wrong / images
-        target = self.cfg.train.stop_at_train_error
-        result = self.evaluate()[CENTRE]
+    def _end_of_epoch(self) -> ErrorRates:
+        """Validate, let the schedule read it, decide whether to stop, log the epoch."""
+        epoch = self.step // self.order.steps_per_epoch
+        train_top1 = self.progress.end_epoch(self.layout.replica_group)
+        result = self.validator(self.model)[CENTRE]
         dropped = self.schedule.step(result.top1)
         converged = self.cfg.train.stop_when_converged and self.schedule.converged
-        self.reached_target = (0 < target and train_top1 <= target) or converged
-        self.logger.conv1_kernels(conv1_kernels(self.model, self.layout.tower_group), self.step)
+        target = self.cfg.train.stop_at_train_error
+        self.stopping = (0 < target and train_top1 <= target) or converged
+        self.logger.conv1_kernels(from_every_tower(conv1_kernels(self.model), self.layout.tower_group), self.step)
         self.logger.scalars(self.step, {
-            "error/val_top1": result.top1, "error/val_top5": result.top5, "loss/val": result.loss, "epoch": epoch + 1,
+            "error/val_top1": result.top1, "error/val_top5": result.top5, "loss/val": result.loss, "epoch": epoch,
             "error/train_epoch_top1": train_top1,
         })
         if self.plan.logs:
             note = f", lr dropped to {self.schedule.lr:g}" if dropped else ""
             if converged:
                 note += "; validation error stopped improving after the last lr drop, stopping"
-            elif self.reached_target:
+            elif self.stopping:
                 note += f"; reached train.stop_at_train_error={target:g}, stopping"
-            print(f"epoch {epoch + 1}: train top-1 error {train_top1:.4f}, val top-1 error {result.top1:.4f}, "
+            print(f"epoch {epoch}: train top-1 error {train_top1:.4f}, val top-1 error {result.top1:.4f}, "
                   f"top-5 {result.top5:.4f}{note}", flush=True)
-        if not math.isfinite(result.loss):
-            raise NonFiniteLoss(f"validation loss is {result.loss} after step {self.step}; last good checkpoint kept")
-        self.save()
         return result
 
-    def _check_finite(self, window: "_Window") -> None:
-        # Summed over replicas, so every process takes the same decision and none is left
-        # waiting in save() for a peer that stopped.
-        loss = window.loss.clone()
-        self._sum_over_replicas(loss)
-        self._stop_if_not_finite(loss.item())
+    def _final_validation(self, last_epoch: ErrorRates | None) -> ErrorRates:
+        """The ten patches, and the centre crop unless the last epoch's stands (no steps since it)."""
+        final = self.validator(self.model, (TEN_PATCHES,) if last_epoch else (CENTRE, TEN_PATCHES))
+        centre, ten = final.get(CENTRE, last_epoch), final[TEN_PATCHES]
+        if self.plan.logs:
+            print(f"final validation (centre crop): top-1 error {centre.top1:.4f}, top-5 error {centre.top5:.4f}", flush=True)
+            print(f"final validation (10 patches): top-1 error {ten.top1:.4f}, top-5 error {ten.top5:.4f}", flush=True)
+        self.logger.scalars(self.step, {
+            "error/final_val_top1": centre.top1, "error/final_val_top5": centre.top5,
+            "error/final_val10_top1": ten.top1, "error/final_val10_top5": ten.top5,
+        })
+        self.logger.close()
+        return centre
 
-    def _stop_if_not_finite(self, loss: float) -> None:
+    def _stop_if_loss_not_finite(self, window: Window, loss: float | None = None) -> None:
+        """Stop (every process alike: the loss is summed over replicas) when the loss since the last log is
+        NaN or infinite; checked at log steps and before every checkpoint, so none is written after it."""
+        if loss is None:
+            loss = window.loss_over(self.layout.replica_group)
         if not math.isfinite(loss):
             raise NonFiniteLoss(
                 f"training loss became {loss} by step {self.step} (rank {self.plan.rank}); "
                 f"stopped, the last good checkpoint in {self.cfg.checkpoint.dir} is kept"
             )
 
-    def _log_window(self, window: "_Window", bar: tqdm) -> None:
-        # The one host sync of a log step: everything accumulated on the device comes back at once.
-        sums = torch.cat([window.loss[None], window.wrong, torch.tensor([float(window.images)], device=self.device)])
-        self._sum_over_replicas(sums)
-        loss, wrong1, wrong5, images = sums.tolist()
-        self._stop_if_not_finite(loss)
-        elapsed = time.perf_counter() - window.start
-        steps = self.cfg.log.every_steps
+    def _log(self, window: Window, bar: tqdm) -> None:
+        loss, wrong1, wrong5, images = window.totals(self.layout.replica_group)
+        self._stop_if_loss_not_finite(window, loss)
+        elapsed, steps = window.elapsed(), self.cfg.log.every_steps
         exposed = self.pipeline.exposed  # what the steps spent waiting for exchanges to land
         values = {
             "loss/train": loss / images,
@@ -251,19 +196,3 @@ class Trainer:
         exposed.forward = exposed.backward = 0.0
         self.logger.scalars(self.step, values)
         bar.set_postfix(loss=f"{values['loss/train']:.3f}", img_s=f"{values['throughput/images_per_s']:.0f}")
-
-
-class _Window:
-    """Sums over the steps since the last log, kept on the device until the log step."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device)
-        self.wrong = torch.zeros(2, device=device)
-        self.images = 0
-        self.data_wait = 0.0
-        self.start = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
-        self.loss += loss
-        self.wrong += wrong
-        self.images += images

@@ -1,0 +1,38 @@
+"""The small collectives the loop and its components take part in, each written once.
+
+Sums over replicas (the loss, error counts and images of a log window, an epoch's tally, a
+validation pass), a flag raised on any process (so every process takes the same decision and
+none is left waiting for a peer that gave up), and one tensor from every tower process (the
+conv1 kernels of both towers, for Figure 3). Each returns at once where its group would hold one
+rank, so one process runs the same code without collectives. The towers' exchanges, which carry
+activations and gradients, are distributed/exchange.py's.
+"""
+
+import torch
+import torch.distributed as dist
+
+
+def sum_over(t: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """`t` summed in place over `group` (the replicas, for the loop's counts); `t` as it is without one."""
+    if group is not None:
+        dist.all_reduce(t, group=group)
+    return t
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on any process of the run (one MAX; NCCL reduces device tensors only)."""
+    t = torch.tensor([float(flag)], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def from_every_tower(local: dict[int, torch.Tensor], group: dist.ProcessGroup | None) -> dict[int, torch.Tensor]:
+    """{tower: tensor} of every tower, given this process's towers' (`local`): with `group` (one tower per
+    process) every process of the group must call this, and each gets every tower's tensor."""
+    if group is None:
+        return dict(local)
+    (mine,) = local.values()
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, mine.contiguous(), group=group)
+    return dict(enumerate(gathered))
