@@ -61,7 +61,7 @@ def test_evaluate_ensemble_matches_direct_computation(trained, tmp_path):
     # A second, untrained net makes an ensemble whose average differs from either net's.
     other = AlexNet(cfg.model)
     other.init_paper(seed=7)
-    second = store.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1)
+    second = store.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1, model=cfg.model)
     paths = [store.latest(cfg.checkpoint.dir), second]
     rates = evaluate_checkpoints(cfg, paths, one_process(cfg))
 
@@ -131,7 +131,7 @@ def test_evaluate_in_two_processes_equals_one(trained, tmp_path, split):
     other = AlexNet(cfg.model)
     other.init_paper(seed=7)
     paths = [str(store.latest(cfg.checkpoint.dir)),
-             str(store.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1))]
+             str(store.save({"model": other.state_dict()}, tmp_path / "other", step=1, keep=1, model=cfg.model))]
     expected = {way: (r.top1, r.top5, r.images) for way, r in evaluate_checkpoints(cfg, paths, one_process(cfg)).items()}
     run_workers(2, _evaluate_in_processes, overrides, paths, str(tmp_path), free_port(), init=False)
     for rank in range(2):
