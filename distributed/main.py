@@ -23,7 +23,7 @@ from config.schema import Config
 from distributed import layout
 from model.summary import layer_table
 from training.build import check_data
-from training.fast_path import FastPath
+from training.fast_path import FastPath, runs_one_pass
 
 
 def lost_peer(err: RuntimeError) -> bool:
@@ -34,7 +34,8 @@ def lost_peer(err: RuntimeError) -> bool:
 def _checked_plan(cfg: Config) -> layout.Plan:
     """This process's layout, with everything that can refuse the config checked before any process group."""
     plan = layout.plan_from_env(cfg)
-    FastPath.resolve(cfg.train, plan.device)  # refuses a GPU-only switch on a CPU
+    # Refuses a GPU-only switch on a CPU, and a one-pass-only switch in another layout.
+    FastPath.resolve(cfg.train, plan.device, one_pass=runs_one_pass(plan, cfg.train))
     check_data(cfg)
     return plan
 

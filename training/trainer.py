@@ -23,6 +23,7 @@ from model.seeds import derive_seed
 from training.build import build
 from training.checkpointer import NonFiniteLoss
 from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates
+from training.graphed_step import StaticStep
 from training.metrics import conv1_kernels, topk_wrong
 from training.progress import Window
 
@@ -43,6 +44,9 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.stopping = False  # the run reached train.stop_at_train_error, or converged
+        self.graphed = None  # train.step_graph: the step over static buffers, replayed as one CUDA graph
+        if self.fast.step_graph:
+            self.graphed = StaticStep(self.model, self.pipeline, self.optimizer, self.augment, self.fast, self.device)
 
     @property
     def step(self) -> int:
@@ -51,17 +55,23 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on a replica batch; returns (summed loss, wrong top-1/top-5) without syncing."""
         self.model.train()
-        seed, replica = self.cfg.train.seed, self.plan.replica
-        # Augmentation is drawn for the whole batch (the same in every layout); dropout per replica.
-        aug_rng = torch.Generator().manual_seed(derive_seed(seed, "augment", self.step))
-        self.model.seed_dropout(derive_seed(seed, "dropout", self.step, replica))
-        inputs = self.augment.train(images, aug_rng, replica * len(labels), self.cfg.train.batch_size)
+        aug_rng = self.seed_step()
+        if self.graphed is not None:
+            return self.graphed(images, labels, aug_rng)
+        inputs = self.augment.train(images, aug_rng, self.plan.replica * len(labels), self.cfg.train.batch_size)
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
         inputs = inputs.contiguous(memory_format=self.fast.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, logits = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self.autocast)
         self.optimizer.step()
         return loss_sum, topk_wrong(logits, labels)
+
+    def seed_step(self) -> torch.Generator:
+        """Seed this step's draws: the towers' dropout generators from (seed, step, replica); returns the
+        augmentation's generator from (seed, step), drawn for the whole batch (the same in every layout)."""
+        seed = self.cfg.train.seed
+        self.model.seed_dropout(derive_seed(seed, "dropout", self.step, self.plan.replica))
+        return torch.Generator().manual_seed(derive_seed(seed, "augment", self.step))
 
     def autocast(self):
         return self.fast.autocast(self.device)
