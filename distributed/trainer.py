@@ -1,6 +1,5 @@
 """The training loop: forward, loss, backward, step; evaluation, logs and checkpoints at its edges."""
 
-import itertools
 import math
 import time
 
@@ -9,12 +8,11 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
-from data.loader import train_batches
 from distributed import checkpoint, run_folder
 from distributed.build import build
 from distributed.config import Config, to_dict
 from distributed.evaluation import CENTRE, TEN_PATCHES, ErrorRates, evaluate
-from distributed.feed import shared_batches, validation_batches
+from distributed.feed import training_batches, validation_batches
 from distributed.layout import Layout, any_process
 from distributed.metrics import conv1_kernels
 from model.seeds import derive_seed
@@ -64,14 +62,7 @@ class Trainer:
     def feed(self, first_step: int):
         """Every remaining step's batch: one loader for the run, prefetching across epoch ends (and so
         under the evaluation at each), instead of new loading processes every epoch."""
-        loaded = None
-        if self.plan.loads_data:
-            loaded = train_batches(
-                self.data.train, self.order, first_step, self.total_steps, self.plan.replica, self.plan.replicas,
-                self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
-            )
-        sizes = itertools.repeat(self.replica_batch, self.total_steps - first_step)
-        return shared_batches(loaded, sizes, self.layout.tower_group, self.device)
+        return training_batches(self.data.train, self.order, self.cfg, self.layout, first_step, self.total_steps)
 
     def evaluate(self, ways=(CENTRE,)) -> dict[str, ErrorRates]:
         """The validation set's error rates, summed over replicas (distributed/evaluation.py)."""
