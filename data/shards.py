@@ -77,7 +77,7 @@ class PackedImages:
         labels = self.read_records(indices, rows, lengths)
         if self.compressed:
             for i in range(n):  # row i holds record i; the decoded image replaces it
-                rows[i] = self._decode(rows[i, : lengths[i]], int(indices[i])).view(IMAGE_BYTES)
+                images[i].copy_(self._decode(rows[i, : lengths[i]], int(indices[i])))
         return labels
 
     def read_records(self, indices: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
