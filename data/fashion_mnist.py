@@ -3,7 +3,7 @@
 Its 60,000 training and 10,000 test images (28x28 grey, 10 classes) become the
 pack's train and val splits: each image upscaled to 256x256 the same way
 data/prepare.py rescales photographs, then copied to three equal channels, so the
-AlexNet trainer runs on it unchanged. The pack takes about 14 GB.
+AlexNet trainer runs on it unchanged. The pack takes about 13 GB raw, 0.4 GB with --encoding jpeg.
 """
 
 import argparse
