@@ -11,7 +11,8 @@ Item k of a loader (its k-th batch, counted from the loader's start) goes in slo
 
     torch's DataLoader sends its workers `prefetch x workers` items when it starts and one more
     each time it hands an item to the training process (`_MultiProcessingDataLoaderIter._reset` and
-    `_process_data`, torch 2.11 to 2.14), and items are handed over in order. So when the training
+    `_process_data`, read in torch 2.14's source; unchanged since prefetch_factor came in), and
+    items are handed over in order (in_order=True, the default). So when the training
     process has received item j, at most items 0 .. j + prefetch x workers have been sent out, and
     a worker writes nothing past item j + P (P = prefetch x workers). The training process reads
     only the item it received last (`release` is called for every earlier one before it asks for

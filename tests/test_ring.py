@@ -11,7 +11,7 @@ import torch
 
 import data.loader
 from data.imageset import IMAGE_SHAPE
-from data.loader import LoaderFailed, RingBatches, eval_batches, train_batches
+from data.loader import LoaderFailed, RingBatches, eval_batches, is_loader_death, train_batches
 from data.order import EpochOrder
 from data.ring import BatchRing, RingOverrun
 
@@ -100,19 +100,27 @@ def test_validation_chunks_cover_the_share():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_a_dead_or_stopped_loading_process_ends_the_loader_within_its_timeout(how):
+    """One line naming the loader. A killed process may also be reported by torch's SIGCHLD handler, from
+    wherever the training process is when the signal lands (then as torch's own one-line RuntimeError,
+    which distributed/feed.py's loader_failure recognises); a stopped one only by the loader's timeout."""
     loader = train_batches(Stamped(4000, jitter_s=0.0), EpochOrder(4000, 2, 0), 0, 2000, 0, 1, 1, 2, timeout_s=3)
     next(loader)
-    os.kill(int(loader.ring.pids[0]), signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+    pid = int(loader.ring.pids[0])
+    os.kill(pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
     start = time.monotonic()
-    with pytest.raises(LoaderFailed) as failed:
+    with pytest.raises(RuntimeError) as failed:
         for _ in loader:
-            time.sleep(0.001)
+            pass
     took = time.monotonic() - start
+    loader.close()
     message = str(failed.value)
-    assert "\n" not in message and message.startswith("the loading process of the training batches (1 of data.workers)")
+    assert "\n" not in message
     if how == "kill":
-        assert "died" in message and took < 3 + 5  # the DataLoader checks its processes every 5 s
+        assert isinstance(failed.value, LoaderFailed) or is_loader_death(failed.value), message
+        assert str(pid) in message and took < 3 + 5  # the DataLoader checks its processes every 5 s
     else:
-        assert "sent no batch for 3 s (parallel.timeout_s)" in message and 2.5 < took < 3 + 2
-    assert not [p for p in os.popen(f"ps -o pid= --ppid {os.getpid()}").read().split()
-                if int(p) == int(loader.ring.pids[0])], "the stopped loading process was left behind"
+        assert isinstance(failed.value, LoaderFailed), message
+        assert message == ("the loading process of the training batches (1 of data.workers) sent no batch for 3 s "
+                           "(parallel.timeout_s): stopped or stuck?")
+        assert 2.5 < took < 3 + 2
+    assert str(pid) not in os.popen(f"ps -o pid= --ppid {os.getpid()}").read().split(), "the loading process was left"
