@@ -61,7 +61,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
-    from training.trainer import Trainer  # heavy imports only when training
+    from distributed.feed import loader_failure  # heavy imports only when training
+    from training.trainer import Trainer
 
     try:
         with run_folder.claim(cfg, plan):  # probed and locked before any process group
@@ -71,10 +72,14 @@ def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt
             finally:
                 layout.stop()
     except (CheckpointError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and not lost_peer(err):
+        loader = loader_failure(err)
+        if isinstance(err, RuntimeError) and not lost_peer(err) and loader is None:
             raise
         if interrupt.seen:  # Ctrl-C reached every process: a peer that stopped first is no lost peer
             raise KeyboardInterrupt from None
+        if loader is not None:
+            print(f"rank {plan.rank}: at step {started[0].step if started else 0}, {loader}", file=sys.stderr, flush=True)
+            return 1
         # Name who noticed and where (steps done), so the dead or stalled peer can be found in its log.
         lost = "" if isinstance(err, CheckpointError) else f"peer lost at step {started[0].step if started else 0}: "
         print(f"rank {plan.rank}: {lost}{err}", file=sys.stderr, flush=True)

@@ -6,7 +6,6 @@ which are saved; the plateau schedule reads each validation error; `Progress` an
 are saved with every checkpoint through their own state_dict.
 """
 
-import itertools
 import math
 
 import torch
@@ -15,8 +14,7 @@ from tqdm import tqdm
 
 from checkpoints import run_folder
 from config.schema import Config, to_dict
-from data.loader import train_batches
-from distributed.feed import shared_batches
+from distributed.feed import training_batches
 from distributed.layout import Layout
 from distributed.reductions import from_every_tower
 from model.seeds import derive_seed
@@ -79,14 +77,7 @@ class Trainer:
     def feed(self, first_step: int):
         """Every remaining step's batch: one loader for the run, prefetching across epoch ends (and so
         under the validation at each), instead of new loading processes every epoch."""
-        loaded = None
-        if self.plan.loads_data:
-            loaded = train_batches(
-                self.data.train, self.order, first_step, self.total_steps, self.plan.replica, self.plan.replicas,
-                self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
-            )
-        sizes = itertools.repeat(self.replica_batch, self.total_steps - first_step)
-        return shared_batches(loaded, sizes, self.layout.tower_group, self.device)
+        return training_batches(self.data.train, self.order, self.cfg, self.layout, first_step, self.total_steps)
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint that loads, if there is one."""
