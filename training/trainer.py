@@ -87,7 +87,8 @@ class Trainer:
 
     def _state(self) -> dict:
         progress = {"step": torch.tensor(self.step), "epoch_tally": self.epoch_tally.cpu()}
-        progress.update({k: torch.tensor(float(v)) for k, v in self.schedule.state_dict().items()})
+        # float64: the best validation error must come back exactly, or a resumed run could count a tie as a gain
+        progress.update({k: torch.tensor(float(v), dtype=torch.float64) for k, v in self.schedule.state_dict().items()})
         return store.training_state(self.model, self.optimizer, progress)
 
     def _check_checkpoint_space(self) -> None:
