@@ -15,7 +15,6 @@ folder under runs/, the disk a run writes to), removed afterwards.
 """
 
 import argparse
-import resource
 import shutil
 import statistics
 import subprocess
@@ -67,13 +66,19 @@ def size(path: Path) -> int:
 
 
 def peak_memory_of_save(fmt: str, folder: Path) -> float:
-    """MB of peak resident memory a save adds to a process holding the state (a fresh process)."""
-    code = (f"import resource, sys; from pathlib import Path; from bench.checkpoint_format import paper_state, save; "
-            f"s = paper_state(); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            f"save({fmt!r}, s, Path({str(folder)!r})); "
-            f"print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)")
+    """MB of resident memory a save adds at its peak to a process holding the state (a fresh process; the
+    kernel's high-water mark reset once the state is built)."""
+    code = ("import sys; from pathlib import Path; from bench.checkpoint_format import paper_state, resident, save; "
+            "s = paper_state(); open('/proc/self/clear_refs', 'w').write('5'); before = resident('VmRSS'); "
+            f"save({fmt!r}, s, Path({str(folder)!r})); print(resident('VmHWM') - before)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return float(done.stdout.split()[-1])
+
+
+def resident(field: str) -> float:
+    """A /proc/self/status memory figure (VmRSS now, VmHWM the peak), in MB."""
+    line = next(t for t in Path("/proc/self/status").read_text().splitlines() if t.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def main() -> None:
@@ -115,7 +120,6 @@ def main() -> None:
         ratio = statistics.median(times["safetensors", op]) / statistics.median(times["distcp", op])
         print(f"  {op}: safetensors / distcp = {ratio:.2f} (medians)")
     print(f"  size: safetensors / distcp = {sizes['safetensors'] / sizes['distcp']:.4f}")
-    print(f"  peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ _PARTIAL_NAME = re.compile(r"^step_\d{8}\.partial$")
 MARKER = "checkpoint.json"
 """Written last, removed first: a checkpoint folder is complete exactly when it holds it. It names the format."""
 FORMAT = {"format": "safetensors files of torch.distributed.checkpoint.HuggingFaceStorageWriter", "version": 1}
-MAX_MARKER_BYTES = 4096
+MAX_JSON_BYTES = 4096
+"""Largest model.json or checkpoint.json read (the paper's model.json is 255 bytes)."""
 EARLIER_FORMAT = ".metadata"
 """What a folder in the earlier format holds (DCP's FileSystemWriter metadata, a pickle)."""
 MODEL_FILE = "model.json"
@@ -212,7 +213,7 @@ def check_model(path: str | Path, model: ModelConfig) -> bool:
         return False
     try:
         with open(recorded, "rb") as f:
-            text = f.read(MAX_MARKER_BYTES + 1)
+            text = f.read(MAX_JSON_BYTES + 1)
     except OSError as err:
         raise BrokenCheckpoint(f"checkpoint {path}: {MODEL_FILE} cannot be read: {err.strerror or err}") from None
     try:
@@ -226,7 +227,7 @@ def _check_marker(path: Path) -> None:
     """The folder's MARKER names the format read here (a later format is refused, not misread)."""
     try:
         with open(path / MARKER, "rb") as f:
-            written = json.loads(f.read(MAX_MARKER_BYTES + 1))
+            written = json.loads(f.read(MAX_JSON_BYTES + 1))
     except (OSError, ValueError, RecursionError) as err:
         raise BrokenCheckpoint(f"checkpoint {path}: {MARKER} cannot be read: {err}") from None
     if written != FORMAT:
