@@ -164,11 +164,8 @@ def nothing_read(monkeypatch):
         def __exit__(self, *exc):
             return self.opened.__exit__(*exc)
 
-        def keys(self):
-            return self.file.keys()
-
-        def metadata(self):
-            return self.file.metadata()
+        def __getattr__(self, name):  # keys(), metadata()
+            return getattr(self.file, name)
 
         def get_slice(self, key):
             part = self.file.get_slice(key)
@@ -185,42 +182,31 @@ def _other_config(header):
     header["__metadata__"]["model"] = json.dumps({**saved, "lrn": "none", "num_classes": 1000})
 
 
-def _relaid_without(key):
-    def edit(header):
-        del header[key]
-        _relaid({})(header)
-    return edit
-
-
-def _relaid_with(key, like):
-    def edit(header):
-        header[key] = dict(header[like])
-        _relaid({})(header)
-    return edit
-
-
 def _swap_offsets(header):
     # conv3.bias and conv4.bias have the same size: both made to point at conv3's bytes
     header["conv4.bias"]["data_offsets"] = header["conv3.bias"]["data_offsets"]
 
 
-def _relaid(changes):
-    """A well-formed file whose tensors differ from the model's: the changed entry and every span re-laid."""
+def _then_relaid(change):
+    """`change`, then every span laid end to end again: a well-formed file whose tensors differ from the model's."""
     def edit(header):
-        relaid, _ = dcp_checkpoints.relaid(header, changes)
+        change(header)
+        relaid, _ = dcp_checkpoints.relaid(header, {})
         header.clear()
         header.update(relaid)
     return edit
 
 
 EDITS = {
-    "wrong shape": (_relaid({"fc8.weight": {"shape": [11, 4096]}}),
+    "wrong shape": (_then_relaid(lambda h: h["fc8.weight"].update(shape=[11, 4096])),
                     "fc8.weight has shape [11, 4096], this model's is [10, 4096]"),
-    "wrong dtype": (_relaid({"fc8.bias": {"dtype": "F64"}}), "fc8.bias has dtype 'F64', this model's is 'F32'"),
+    "wrong dtype": (_then_relaid(lambda h: h["fc8.bias"].update(dtype="F64")),
+                    "fc8.bias has dtype 'F64', this model's is 'F32'"),
     "another model config": (_other_config, "model.lrn: 'none' -> 'paper'; model.num_classes: 1000 -> 10"),
     "no model config": (lambda h: h.pop("__metadata__"), "no model config in its metadata"),
-    "an extra tensor": (_relaid_with("fc9.weight", "fc8.bias"), "unexpected 'fc9.weight'"),
-    "a missing tensor": (_relaid_without("conv1.bias"), "missing 'conv1.bias'"),
+    "an extra tensor": (_then_relaid(lambda h: h.update({"fc9.weight": dict(h["fc8.bias"])})),
+                        "unexpected 'fc9.weight'"),
+    "a missing tensor": (_then_relaid(lambda h: h.pop("conv1.bias")), "missing 'conv1.bias'"),
     "overlapping tensors": (_swap_offsets, "not a complete safetensors file"),
     "a span that is not its shape": (lambda h: h["fc8.weight"].update(shape=[11, 4096]),
                                      "invalid shape, data type, or offset"),
