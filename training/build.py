@@ -69,7 +69,7 @@ def build(cfg: Config, layout: Layout) -> Parts:
     optimizer = build_optimizer(model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     schedule = PlateauSchedule(optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, plan.device)
-    progress = Progress(plan.device)
+    progress = Progress(plan.device, layout.replica_group, plan.replica)
     return Parts(
         data=data,
         order=order,
