@@ -66,8 +66,7 @@ def packed(root: Path, batch: int, workers: int, augment: bool):
 
     def epoch_batches(epoch: int):
         first = max(epoch, 0) * order.steps_per_epoch
-        loaded = train_batches(data.train, order, first, first + order.steps_per_epoch, 0, 1, workers, prefetch=4,
-                               pin_memory=False)
+        loaded = train_batches(data.train, order, first, first + order.steps_per_epoch, 0, 1, workers, prefetch=4)
         return (augmenter.train(x, rng) if augment else x for x, _ in loaded)
 
     return epoch_batches

@@ -8,9 +8,9 @@ Sizes: on a GPU batches of 128 and 512, 30 timed steps; on a CPU (no GPU) batch 
 
 1. Matrix-product peaks (bf16, and tf32 on a GPU / fp32 on a CPU): the ceiling MFU is read against.
 2. This trainer's training step (Trainer.train_step: augmentation on the device, forward, loss,
-   backward, the paper's SGD) for fp32, tf32, bf16, bf16+channels_last, bf16+channels_last+compile,
-   at the paper's batch 128 and a larger one, on uint8 batches already on the device ("synthetic");
-   the chosen variants again through the real loader on packed images ("packed").
+   backward, the paper's SGD) per VARIANTS at the paper's batch 128 and a larger one (the grouped
+   arithmetic and the whole step as one CUDA graph at 128 only), on uint8 batches already on the device
+   ("synthetic"); the chosen variants again through the real loader on packed images ("packed").
 3. torchvision's alexnet the pytorch/examples imagenet way (ImageFolder + PIL, DataLoader on every
    core, SGD, a host sync per step for its meters), fp32 and bf16 autocast, on the same JPEGs the
    pack was made from, and on float batches already on the device.
@@ -42,16 +42,23 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOP_PER_TRAINING_IMAGE = 4.35e9
 """Forward and backward of the paper's net for one 227x227 image (3 x 1.45 GFLOP)."""
 
-VARIANTS = {
-    "fp32": ("fp32", "off", "off"),
-    "tf32": ("tf32", "off", "off"),
-    "bf16": ("bf16", "off", "off"),
-    "bf16+channels_last": ("bf16", "on", "off"),
-    "bf16+channels_last+compile": ("bf16", "on", "on"),
-    "bf16+channels_last+cudagraphs": ("bf16", "on", "cudagraphs"),
-}
-"""name -> (train.precision, train.channels_last, train.compile)."""
-GPU_ONLY = ("tf32", "bf16+channels_last+cudagraphs")
+VARIANTS = ("fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+compile", "bf16+channels_last+cudagraphs",
+            "bf16+grouped", "bf16+step_graph", "bf16+grouped+step_graph", "bf16+channels_last+compile+step_graph",
+            "bf16+channels_last+compile+grouped+step_graph")
+"""train.precision, then the switches that are on (compile: train.compile=on; cudagraphs: =cudagraphs)."""
+
+
+def switches(variant: str) -> list[str]:
+    """The variant's train.* override words: its precision, and every other fast-path switch on or off."""
+    precision, *on = variant.split("+")
+    compile_ = "cudagraphs" if "cudagraphs" in on else "on" if "compile" in on else "off"
+    return [f"train.precision={precision}", f"train.compile={compile_}",
+            *(f"train.{key}={'on' if key in on else 'off'}" for key in ("channels_last", "step_graph", "grouped"))]
+
+
+GPU_ONLY = ("tf32", "bf16+channels_last+cudagraphs", *(name for name in VARIANTS if "step_graph" in name))
+ONE_PASS_ONLY = tuple(name for name in VARIANTS if "grouped" in name or "step_graph" in name)
+"""Timed at the first batch size only (128: the host bounds the step there), so bench/gpu.sh keeps its time."""
 
 
 @dataclass
@@ -144,11 +151,9 @@ def row(dev: Device, what: str, data: str, batch: int, m: int, seconds: float, p
 
 
 def our_trainer(pack: Path, run_dir: Path, variant: str, batch: int, m: int, workers: int) -> Trainer:
-    precision, channels_last, compile_ = VARIANTS[variant]
     cfg = load_config([ROOT / "config.yaml"], [
-        f"data.root={pack}", f"data.workers={workers}", "model.num_classes=1000",
-        f"train.batch_size={batch}", f"train.micro_batches={m}", f"train.precision={precision}",
-        f"train.channels_last={channels_last}", f"train.compile={compile_}", "train.cudnn_benchmark=on",
+        f"data.root={pack}", f"data.workers={workers}", "model.num_classes=1000", f"train.batch_size={batch}",
+        f"train.micro_batches={m}", *switches(variant), "train.cudnn_benchmark=on",
         f"log.dir={run_dir}", "log.progress=false", f"checkpoint.dir={run_dir}/ck",
     ])
     return Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
@@ -170,7 +175,7 @@ def measure_ours(dev: Device, pack: Path, work: Path, sizes: Sizes, peak: float,
 
         def step(images, labels):
             trainer.train_step(images, labels)
-            trainer.step += 1
+            trainer.progress.step += 1
 
         batches = synthetic_batches(dev, batch) if data == "synthetic" else trainer.feed(0)
         seconds = timed(dev, step, batches, sizes.warmup, sizes.steps)
@@ -181,12 +186,13 @@ def measure_ours(dev: Device, pack: Path, work: Path, sizes: Sizes, peak: float,
     variants = [v for v in variants if dev.cuda or v not in GPU_ONLY]
     for batch in sizes.batches:
         for variant in variants:
-            run(variant, batch, 1, "synthetic")
+            if batch == sizes.batches[0] or variant not in ONE_PASS_ONLY:
+                run(variant, batch, 1, "synthetic")
     if "bf16+channels_last" in variants:  # what cutting the batch into micro-batches costs in one process
         for m in sizes.micro_batch_rows:
             run("bf16+channels_last", sizes.batches[0], m, "synthetic")
     if packed:
-        for variant in variants[-2:]:
+        for variant in [v for v in variants if v not in ONE_PASS_ONLY][-2:]:
             run(variant, sizes.batches[0], 1, "packed")
 
 
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="every row at tiny sizes (CI)")
     parser.add_argument("--work", type=Path, help="scratch folder for the JPEGs, the pack and runs (default: a temporary one)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="this trainer's variants to time (default: all; the last two also run on packed data)")
+                        help="this trainer's variants (default: all; the last two not in ONE_PASS_ONLY also packed)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 128 and 512 on a GPU)")
     parser.add_argument("--only-synthetic", action="store_true",
                         help="this trainer on device batches only: no packed rows, no torchvision baseline")

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.io import encode_jpeg
 
+from data.compact import Encoding
 from data.prepare import prepare
 
 CLASSES = 8
@@ -42,9 +43,9 @@ def make_jpegs(root: Path, count: int, workers: int = 1) -> None:
             _make_jpeg(job)
 
 
-def pack_jpegs(jpegs: Path, pack: Path, workers: int) -> None:
-    """Pack the JPEG folders with data.prepare. A pack needs a validation split to open: the first
-    image of each class, labelled by file name."""
+def pack_jpegs(jpegs: Path, pack: Path, workers: int, encoding: Encoding = Encoding()) -> None:
+    """Pack the JPEG folders with data.prepare, storing images as `encoding`. A pack needs a validation
+    split to open: the first image of each class, labelled by file name."""
     val = pack.parent / f"{pack.name}-val"
     val.mkdir(parents=True, exist_ok=True)
     firsts = [sorted(folder.iterdir())[0] for folder in sorted(jpegs.iterdir())]
@@ -52,7 +53,7 @@ def pack_jpegs(jpegs: Path, pack: Path, workers: int) -> None:
         shutil.copy(path, val / path.name)
     labels = pack.parent / f"{pack.name}-val.txt"
     labels.write_text("".join(f"{p.name} {p.parent.name}\n" for p in firsts))
-    prepare(jpegs, pack, val, labels, workers=workers)
+    prepare(jpegs, pack, val, labels, workers=workers, encoding=encoding)
 
 
 def examples_loader(folder: Path, batch: int, workers: int, pin_memory: bool = False) -> DataLoader:

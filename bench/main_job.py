@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from checkpoints import store
 from config.loading import load_config
 from data.sources import cache_name
 from distributed.exchange import ProcessGroupExchange
@@ -91,7 +92,7 @@ def breakdown(folder: Path, every: int, launch: float, end: float) -> tuple[dict
     # (so this checkpoint figure also carries those steps' difference from the mean).
     checkpoints = [windows[e + every][1] - validations[e] - every * step_s for e in epoch_ends if e + every in windows]
     last_end = max(epoch_ends)
-    written = max((p / ".metadata").stat().st_mtime for p in (folder / "checkpoints").glob("step_*"))
+    written = max((p / store.MARKER).stat().st_mtime for p in (folder / "checkpoints").glob("step_*"))
     checkpoints.append(written - epoch_ends[last_end])
     parts = {
         "start-up (launch to the first step)": windows[first][0] - windows[first][1] - launch,

@@ -55,7 +55,7 @@ def profile_table(dev: Device, fn, path: Path) -> None:
 def trainer_step(trainer, images, labels):
     def step():
         trainer.train_step(images, labels)
-        trainer.step += 1
+        trainer.progress.step += 1
     return step
 
 

@@ -1,20 +1,19 @@
 """Checkpoints that load into any layout, written so a crash mid-write loses nothing.
 
-Each checkpoint is a torch.distributed.checkpoint folder. Every process saves the
-entries it holds, named by tower (`model/towers.1.fc6.weight`, the velocity as
-`velocity/towers.1.fc6.weight`), so a two-process checkpoint holds exactly the
-keys a one-process model asks for, and the other way round. The folder is written
-as `step_XXXXXXXX.partial`, with the model config it was trained with as model.json,
-and renamed when every process has finished. `.metadata`, which DCP writes last, is
-the mark of a complete folder: only a `step_XXXXXXXX` folder holding it is ever read,
-and pruning removes it first, so a kill mid-prune leaves a folder that is ignored
-rather than a half-deleted one that still counts. The writer clears such leftovers,
-and partial folders of dead runs, at its next save. A write that fails (a full disk,
-most often) removes its partial folder and leaves the older checkpoints be; so does
-Ctrl-C, which is reported as what it is, not as a failed write.
+Each checkpoint is a folder of safetensors files written through torch.distributed.checkpoint
+(checkpoints/shards.py: the format, and why). Every process saves the entries it holds, named by
+tower (`model/towers.1.fc6.weight`, the velocity as `velocity/towers.1.fc6.weight`), so a two-process
+checkpoint holds exactly the keys a one-process model asks for, and the other way round. The folder
+is written as `step_XXXXXXXX.partial`, with the model config it was trained with as model.json, and
+renamed when every process has finished. `checkpoint.json` (MARKER), which rank 0 writes last, is the
+mark of a complete folder and names its format: only a `step_XXXXXXXX` folder holding it is ever
+read, and pruning removes it first, so a kill mid-prune leaves a folder that is ignored rather than a
+half-deleted one that still counts. The writer clears such leftovers, and partial folders of dead
+runs, at its next save. A write that fails (a full disk, most often) removes its partial folder and
+leaves the older checkpoints be; so does Ctrl-C, which is reported as what it is, not as a failed
+write. A folder in the earlier format (DCP's pickled `.metadata`) is refused, never read or removed.
 """
 
-import dataclasses
 import json
 import re
 import shutil
@@ -23,14 +22,21 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from checkpoints.reader import CorruptCheckpoint, UnsafeCheckpoint, load_checkpoint
+from checkpoints import shards
+from checkpoints.recorded_model import UnreadableRecord, check_recorded, record
+from checkpoints.tensor_file import OtherTensors, UnreadableFile
 from config.errors import UserError
 from model.config import ModelConfig
 
 _NAME = re.compile(r"^step_(\d{8})$")
 _PARTIAL_NAME = re.compile(r"^step_\d{8}\.partial$")
-MARKER = ".metadata"
-"""DCP's metadata file, written last: a checkpoint folder is complete exactly when it holds it."""
+MARKER = "checkpoint.json"
+"""Written last, removed first: a checkpoint folder is complete exactly when it holds it. It names the format."""
+FORMAT = {"format": "safetensors files of torch.distributed.checkpoint.HuggingFaceStorageWriter", "version": 1}
+MAX_JSON_BYTES = 4096
+"""Largest model.json or checkpoint.json read (the paper's model.json is 255 bytes)."""
+EARLIER_FORMAT = ".metadata"
+"""What a folder in the earlier format holds (DCP's FileSystemWriter metadata, a pickle)."""
 MODEL_FILE = "model.json"
 """The ModelConfig the weights were trained with, as JSON, in each checkpoint folder."""
 PARTIAL = ".partial"
@@ -84,7 +90,22 @@ def complete(directory: str | Path) -> list[Path]:
     root = Path(directory)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if _NAME.match(p.name) and (p / MARKER).is_file()), key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if _NAME.match(p.name) and is_checkpoint(p)), key=lambda p: p.name)
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """Whether `folder` is a complete checkpoint; a UserError if it is one in the earlier, pickled format."""
+    folder = Path(folder)
+    if (folder / MARKER).is_file():
+        return True
+    if (folder / EARLIER_FORMAT).is_file():
+        raise UserError(
+            f"{folder} is a checkpoint in the earlier format (DCP's pickled {EARLIER_FORMAT} and .distcp files), "
+            "which this version does not read, since reading it means unpickling it: export its weights with the "
+            "version that wrote it (python -m results export: a .safetensors file this version reads), or move it "
+            "out of the way"
+        )
+    return False
 
 
 def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelConfig | None = None) -> Path:
@@ -99,9 +120,11 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
         _clear_leftovers(root)
     _barrier()
     try:
-        dcp.save(state, checkpoint_id=partial)
-        if _is_writer() and model is not None:
-            (partial / MODEL_FILE).write_text(json.dumps(dataclasses.asdict(model), indent=1) + "\n")
+        shards.write(state, partial)  # returns once every process has written its file
+        if _is_writer():
+            if model is not None:
+                (partial / MODEL_FILE).write_text(record(model))
+            (partial / MARKER).write_text(json.dumps(FORMAT) + "\n")
         _barrier()
     except BaseException as err:
         # DCP hands a failure on any process (Ctrl-C included) to every process, so all of them land
@@ -138,7 +161,7 @@ def _clear_leftovers(root: Path) -> None:
     """Remove what killed writes and prunes left: partial folders, and step folders without their mark.
     Safe because the run owns the folder (checkpoints/run_folder.py): no other run is writing there."""
     for entry in root.iterdir():
-        torn = _NAME.match(entry.name) and not (entry / MARKER).is_file()
+        torn = _NAME.match(entry.name) and not (entry / MARKER).is_file() and not (entry / EARLIER_FORMAT).is_file()
         if entry.is_dir() and (torn or _PARTIAL_NAME.match(entry.name)):
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -167,40 +190,57 @@ def _causes(err: BaseException) -> str:
     return repr(err)
 
 
-def check_model(path: str | Path, model: ModelConfig) -> None:
+def check_model(path: str | Path, model: ModelConfig) -> bool:
     """Refuse (UserError) a checkpoint whose model.json records another architecture, naming each key with
-    both values; reads no weights, so a command can call it before any process group starts."""
+    both values; reads no weights, so a command can call it before any process group starts. Whether the
+    checkpoint records its model config (folders written by tests may not)."""
     recorded = Path(path) / MODEL_FILE
     if not recorded.is_file():
-        return
+        return False
     try:
-        saved = json.loads(recorded.read_text())
-    except (OSError, ValueError) as err:
-        raise BrokenCheckpoint(f"checkpoint {path}: {MODEL_FILE} cannot be read: {err}") from None
-    differences = model.differences(saved)
-    if differences:
-        raise UserError(
-            f"checkpoint {path} was trained with another model config (checkpoint -> this run): "
-            + "; ".join(differences) + "; give the checkpoint's values, or another checkpoint"
-        )
+        with open(recorded, "rb") as f:
+            text = f.read(MAX_JSON_BYTES + 1)
+    except OSError as err:
+        raise BrokenCheckpoint(f"checkpoint {path}: {MODEL_FILE} cannot be read: {err.strerror or err}") from None
+    try:
+        check_recorded("checkpoint", path, text, model)
+    except UnreadableRecord as err:
+        raise BrokenCheckpoint(f"{err} ({MODEL_FILE})") from None
+    return True
+
+
+def _check_marker(path: Path) -> None:
+    """The folder's MARKER names the format read here (a later format is refused, not misread)."""
+    try:
+        with open(path / MARKER, "rb") as f:
+            written = json.loads(f.read(MAX_JSON_BYTES + 1))
+    except (OSError, ValueError, RecursionError) as err:
+        raise BrokenCheckpoint(f"checkpoint {path}: {MARKER} cannot be read: {err}") from None
+    if written != FORMAT:
+        raise UserError(f"checkpoint {path} is in another format ({MARKER}: {written!r:.200}); this version reads "
+                        f"{FORMAT!r}")
 
 
 def load(state: dict, path: str | Path, model: ModelConfig | None = None) -> None:
-    """Fill `state`'s tensors in place from the checkpoint at `path`, read by checkpoints/reader.py:
-    a folder someone else made is hostile until proven otherwise, and DCP's own reader unpickles it.
-    With `model`, a checkpoint that recorded another architecture is refused (check_model); files that
-    cannot be read raise BrokenCheckpoint."""
-    if model is not None:
-        check_model(path, model)
+    """Fill `state`'s tensors in place from the checkpoint at `path` (checkpoints/shards.py: every header
+    checked, nothing unpickled). With `model`, a checkpoint that recorded another architecture is refused
+    (check_model); files that cannot be read, or that do not hold what the recorded config says, raise
+    BrokenCheckpoint."""
+    path = Path(path)
+    recorded = model is not None and check_model(path, model)
+    _check_marker(path)
     try:
-        load_checkpoint(state, path)
-    except (UnsafeCheckpoint, CorruptCheckpoint) as err:
-        raise BrokenCheckpoint(str(err)) from None
-    except OSError as err:  # no .metadata at all
+        shards.read(state, path)
+    except UnreadableFile as err:
         raise BrokenCheckpoint(f"checkpoint {path} cannot be read: {err}") from None
+    except OtherTensors as err:
+        if recorded:  # the architecture matched: the files themselves are wrong
+            raise BrokenCheckpoint(f"checkpoint {path} does not hold what its {MODEL_FILE} describes: {err}") from None
+        raise UserError(f"checkpoint {path} does not match this model (was it saved with another model config?): "
+                        f"{err}") from None
     except dcp.CheckpointException as err:  # a BaseException: per-rank failures
-        # DCP names the phase that failed: "read" is the files (truncated, missing); "plan" is keys
-        # and shapes that differ from this model's (torch 2.11-2.14).
+        # DCP names the phase that failed: "read" is the files (changed since they were checked); "plan" is
+        # keys and shapes that differ from this model's (torch 2.11-2.14).
         if err.args and err.args[0] == "read":
             raise BrokenCheckpoint(f"checkpoint {path} cannot be read (a file truncated or missing): {_causes(err)}") from None
         raise UserError(

@@ -37,13 +37,12 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
     for path in paths:
         if is_weights_file(path):
             check_weights(path, cfg.model)
-        elif (path / ".metadata").is_file():
-            if not (path / store.MODEL_FILE).is_file():
+        elif store.is_checkpoint(path):
+            if not store.check_model(path, cfg.model):  # its model.json, before any process group
                 raise UserError(f"{path / store.MODEL_FILE}: missing, so the architecture of checkpoint {path} is "
                                 "unknown; only checkpoints written by this project's training are read")
-            store.check_model(path, cfg.model)  # its model.json, before any process group
         else:
-            raise UserError(f"{path} is neither a complete checkpoint folder (one with .metadata) nor a {SUFFIX} "
+            raise UserError(f"{path} is neither a complete checkpoint folder (one with {store.MARKER}) nor a {SUFFIX} "
                             "weights file (python -m results export writes one)")
     return paths
 

@@ -70,6 +70,14 @@ class TrainConfig:
     tower's stages, once per shape (training/fast_path.py)."""
     cudnn_benchmark: str = "auto"
     """on, off or auto (on with a GPU): let cuDNN time its convolution algorithms on the first step."""
+    step_graph: str = "auto"
+    """on, off or auto (off: not yet measured on a GPU): the whole one-process step (augmentation, forward,
+    backward, the paper's update) replayed as one CUDA graph (training/graphed_step.py). on needs a GPU,
+    one process holding both towers, train.micro_batches=1, train.optimizer=paper and compile on or off."""
+    grouped: str = "auto"
+    """on, off or auto (off: slower on a CPU, not yet measured on a GPU): both towers of one process computed
+    as one network per layer (model/grouped.py: groups=2 convolutions, one GEMM per FC layer) from the
+    towers' own weights. on needs one process holding both towers and train.micro_batches=1."""
     stop_at_train_error: float = 0.0
     """End the run after the first epoch whose training top-1 error is at or below this
     (0: never). The paper's Figure 1 counts the epochs each net needs to reach 0.25."""
@@ -88,6 +96,8 @@ class TrainConfig:
             "channels_last": SWITCH,
             "compile": (*SWITCH, "cudagraphs"),
             "cudnn_benchmark": SWITCH,
+            "step_graph": SWITCH,
+            "grouped": SWITCH,
         }.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r}: must be one of {allowed}")

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.compact import RAW
 from data.imageset import SIDE
-from data.packed import FORMAT, SPLITS, VERSION, read_json, shard_name, write_json
+from data.pack_format import FORMAT, SPLITS, VERSION, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
 from files import read_torch, replacing, write_atomic
 
@@ -31,17 +32,20 @@ def atomic_save(value: dict, path: Path) -> None:
         torch.save(value, out)
 
 
-def assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, str], ...]) -> None:
-    """Combine the shard sidecars of a finished split into labels.npy, index.json and stats.pt.
+def assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, str], ...], encoding: str) -> None:
+    """Combine the shard sidecars of a finished split into labels.npy, index.json, stats.pt and (images
+    stored as `encoding` jpeg) lengths.npy.
 
     `left_out` (what was skipped before decoding) comes first in the skipped files.
     """
-    counts, labels, skipped = [], [], [list(entry) for entry in left_out]
+    counts, labels, lengths, skipped = [], [], [], [list(entry) for entry in left_out]
     acc = StatsAccumulator(SIDE)
     for k in range(shards):
         part = read_torch(sidecar_path(folder, k), MAX_SIDECAR_BYTES, "a shard's sidecar")
         counts.append(len(part["labels"]))
         labels.append(part["labels"])
+        if encoding != RAW:
+            lengths.append(part["lengths"])
         skipped += part["skipped"]
         if part["stats"]:
             # The sidecar holds an accumulator's running sums (its vars), saved as plain tensors and ints.
@@ -54,11 +58,17 @@ def assemble(dst: Path, folder: Path, shards: int, left_out: tuple[tuple[str, st
             f"{folder.name}: not one image could be decoded; {dst / 'skipped.txt'} lists the {len(skipped)} "
             f"skipped and why{skipped_examples(skipped)}"
         )
-    with replacing(folder / "labels.npy") as f:
-        np.save(f, torch.cat(labels).numpy())
+    _save_npy(torch.cat(labels), folder / "labels.npy")
+    if encoding != RAW:  # JPEG records: their lengths say where each one is
+        _save_npy(torch.cat(lengths), folder / "lengths.npy")
     if folder.name == "train":
         atomic_save(acc.result().as_dict(), dst / "stats.pt")
     write_json(folder / "index.json", {"counts": counts, "skipped": skipped})
+
+
+def _save_npy(values: torch.Tensor, path: Path) -> None:
+    with replacing(path) as f:
+        np.save(f, values.numpy())
 
 
 def skipped_examples(skipped: list | tuple) -> str:
@@ -66,12 +76,14 @@ def skipped_examples(skipped: list | tuple) -> str:
     return "".join(["; for example:"] + [f"\n  {name}: {reason}" for name, reason in skipped[:3]]) if skipped else ""
 
 
-def write_meta(dst: Path, ids: list[str], names: list[str]) -> None:
-    """meta.json and skipped.txt for the splits finished in `dst`."""
+def write_meta(dst: Path, ids: list[str], names: list[str], encoding: dict) -> None:
+    """meta.json (with `encoding`'s fields: data/compact.py's Encoding.meta) and skipped.txt for the splits
+    finished in `dst`."""
     finished = _finished(dst)
     splits = {split: {"images": sum(index["counts"]), "skipped": len(index["skipped"])} for split, index in finished}
     _write_skipped(dst, [])
-    write_json(dst / "meta.json", {"format": FORMAT, "version": VERSION, "side": SIDE, "ids": ids, "names": names, "splits": splits})
+    write_json(dst / "meta.json", {"format": FORMAT, "version": VERSION, **encoding, "side": SIDE, "ids": ids,
+                                   "names": names, "splits": splits})
 
 
 def _finished(dst: Path) -> list[tuple[str, dict]]:

@@ -7,10 +7,23 @@ and their reflections). Random draws come from a CPU generator the caller seeds,
 so both towers of a replica draw the same crops, flips and colour noise.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from data.config import DataConfig
 from data.stats import ImageStats
+
+
+@dataclass
+class Draws:
+    """One step's random augmentation of a replica's N images: crop offsets (int64 [N]), reflections
+    (bool [N]) and PCA alphas (float [N, 3], already times data.pca_std)."""
+
+    tops: torch.Tensor
+    lefts: torch.Tensor
+    flips: torch.Tensor
+    alphas: torch.Tensor
 
 
 class Augmenter:
@@ -32,12 +45,16 @@ class Augmenter:
         return Augmenter(stats, crop, data.mean, data.flip, data.pca_std, device)
 
     def train(self, images: torch.Tensor, rng: torch.Generator, first: int = 0, total: int | None = None) -> torch.Tensor:
-        """Random patches for images [first, first + N) of a batch of `total`.
+        """Random patches for images [first, first + N) of a batch of `total`: `draw`, then `apply`."""
+        n, _, side, _ = images.shape
+        return self.apply(images, self.draw(rng, n, side, first, total))
+
+    def draw(self, rng: torch.Generator, n: int, side: int, first: int = 0, total: int | None = None) -> Draws:
+        """The draws for images [first, first + n) of a batch of `total` images of `side` pixels, on the CPU.
 
         The draws are made for the whole batch and sliced, so an image gets the same crop,
         reflection and colour noise whether its batch is split over replicas or not.
         """
-        n, _, side, _ = images.shape
         total = n if total is None else total
         span = side - self.crop + 1
         share = slice(first, first + n)
@@ -45,8 +62,12 @@ class Augmenter:
         lefts = torch.randint(span, (total,), generator=rng)[share]
         flips = (torch.rand(total, generator=rng) < 0.5)[share] if self.flip else torch.zeros(n, dtype=torch.bool)
         alphas = (torch.randn(total, 3, generator=rng) * self.pca_std)[share]
-        shifts = to_device(alphas, images.device) @ self.pca_basis.T if self.pca_std > 0 else None
-        return self.patches(images, tops, lefts, flips, shifts)
+        return Draws(tops, lefts, flips, alphas)
+
+    def apply(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """The patches `draws` describe (on the CPU, or already on the images' device)."""
+        shifts = to_device(draws.alphas, images.device) @ self.pca_basis.T if self.pca_std > 0 else None
+        return self.patches(images, draws.tops, draws.lefts, draws.flips, shifts)
 
     def centre(self, images: torch.Tensor) -> torch.Tensor:
         offset = (images.shape[-1] - self.crop) // 2
@@ -102,6 +123,6 @@ class Augmenter:
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A CPU tensor on `device` without blocking the host: a plain copy to a GPU waits for the
     copy to finish, which would stall the step's queue of work once per batch."""
-    if device.type != "cuda":
+    if device.type != "cuda" or t.device == device:
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)

@@ -3,7 +3,7 @@
 Its 60,000 training and 10,000 test images (28x28 grey, 10 classes) become the
 pack's train and val splits: each image upscaled to 256x256 the same way
 data/prepare.py rescales photographs, then copied to three equal channels, so the
-AlexNet trainer runs on it unchanged. The pack takes about 14 GB.
+AlexNet trainer runs on it unchanged. The pack takes about 13 GB raw, 0.4 GB with --encoding jpeg.
 """
 
 import argparse
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.compact import Encoding
 from data.decode import quiet_decoder_warnings, rescale
 from data.packing import Split, pack
-from data.prepare import SHARD_SIZE, report
+from data.prepare import SHARD_SIZE, add_encoding_options, encoding_option, report
 from files import open_regular
 
 DEBIAN_SRC = Path("/usr/share/datasets/fashion-mnist")
@@ -80,12 +81,13 @@ def fashion_splits(src: Path) -> list[Split]:
     return splits
 
 
-def convert(src: Path, dst: Path, workers: int, shard_size: int = SHARD_SIZE) -> int:
-    """Pack the IDX files in `src` into `dst`; returns how many images this run converted."""
+def convert(src: Path, dst: Path, workers: int, shard_size: int = SHARD_SIZE, encoding: Encoding = Encoding()) -> int:
+    """Pack the IDX files in `src` into `dst`, storing images as `encoding`; returns how many images this run
+    converted."""
     for name in (name for pair in FILES.values() for name in pair):
         if not (src / name).is_file():
             raise ValueError(f"{src / name}: not found; apt-get install dataset-fashion-mnist, or pass --src")
-    return pack(dst, fashion_splits(src), CLASSES, CLASSES, shard_size, workers)
+    return pack(dst, fashion_splits(src), CLASSES, CLASSES, shard_size, workers, encoding)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,12 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--src", type=Path, default=DEBIAN_SRC, help=f"folder of the four IDX files (default {DEBIAN_SRC})")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="packing processes (default: every core)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"images per shard (default {SHARD_SIZE})")
+    add_encoding_options(parser)
     args = parser.parse_args(argv)
     if args.workers < 1 or args.shard_size < 1:
         parser.error("--workers and --shard-size must be at least 1")
+    encoding = encoding_option(parser, args)
     quiet_decoder_warnings()
     try:
-        converted = convert(args.src, args.dst, args.workers, args.shard_size)
+        converted = convert(args.src, args.dst, args.workers, args.shard_size, encoding)
     except (ValueError, BrokenProcessPool) as error:
         raise SystemExit(f"error: {error}") from None
     report(args.dst, converted)

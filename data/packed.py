@@ -1,124 +1,50 @@
-"""The packed on-disk format: the paper's uint8 256x256 images in raw shards, read back by index.
+"""The packed on-disk format: the paper's uint8 256x256 images in shards, read back by index.
 
 A pack DST (made by `python -m data.prepare` or `python -m data.fashion_mnist`):
 
-    DST/meta.json                format name and version, class ids, readable names, counts per split
-    DST/stats.pt                 the training set's ImageStats tensors (a dict saved with torch.save)
-    DST/skipped.txt              files that could not be decoded: "split<TAB>file<TAB>reason" lines
-    DST/<split>/images_00000.u8  uint8 [count, 3, 256, 256] in C order, no header
-    DST/<split>/images_00000.pt  that shard's labels, skipped files and partial statistics (for resuming)
-    DST/<split>/labels.npy       int64 [n]: the class index of every image of the split, in order
-    DST/<split>/plan.json        what the split is packed from (a digest of files, labels, classes, shard size)
-    DST/<split>/index.json       images per shard and the skipped files; written last, it marks the split done
+    DST/meta.json                  format name and version, the images' encoding (raw, or jpeg and its
+                                   quality), class ids, readable names, counts per split
+    DST/stats.pt                   the training set's ImageStats tensors (a dict saved with torch.save)
+    DST/skipped.txt                files that could not be decoded: "split<TAB>file<TAB>reason" lines
+    DST/<split>/images_00000.u8    raw: uint8 [count, 3, 256, 256] in C order, no header
+    DST/<split>/images_00000.jpgs  jpeg: one baseline JPEG record per image, end to end, no header
+    DST/<split>/images_00000.pt    that shard's labels, record lengths, skipped files and partial statistics
+    DST/<split>/labels.npy         int64 [n]: the class index of every image of the split, in order
+    DST/<split>/lengths.npy        jpeg: int64 [n]: every image's record length, in order
+    DST/<split>/plan.json          what the split is packed from (a digest of files, labels, classes, shard size)
+    DST/<split>/index.json         images per shard and the skipped files; written last, it marks the split done
 
-Shards are raw arrays with no header, so reading image i of a shard is one read at
-offset i * IMAGE_BYTES: no decoding on the training path, which is the point.
+Raw shards have no header, so reading image i of a shard is one read at offset i * IMAGE_BYTES:
+no decoding on the training path. That is the exact reference, and the fastest on a CPU; the
+compact (jpeg) encoding takes a tenth of the space and is decoded in batch (data/compact.py).
 
 A pack may come from someone else, so it is checked whole when opened (by `read_pack_meta`,
 which training/build.py's check_data runs before any process group, and `open_packed`),
 reading everything but the images: each JSON file's fields, counts against shard sizes,
-labels.npy's dtype, length and range, stats.pt's size, keys and shapes. A bad pack is refused
-there with a ValueError naming the file, never in the middle of an epoch; nothing in it is
-unpickled but stats.pt, through torch's weights-only allow-list. Every file is read through
-files/: regular files only (a named pipe is refused, not waited on), each read bounded before it
-starts (stats.pt by its zip directory too, so it cannot inflate).
+labels.npy's (and lengths.npy's) dtype, length and range, stats.pt's size, keys and shapes. A bad
+pack is refused there with a ValueError naming the file, never in the middle of an epoch; nothing
+in it is unpickled but stats.pt, through torch's weights-only allow-list. What only reading an image
+can tell (a JPEG record that does not decode) is refused when it is read, naming the image. Every
+file is read through files/: regular files only (a named pipe is refused, not waited on), each read
+bounded before it starts (stats.pt by its zip directory too, so it cannot inflate).
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
-from data.imageset import IMAGE_SHAPE, SIDE, Datasets
+from data.compact import ENCODINGS, JPEG, MAX_RECORD_BYTES, RAW
+from data.imageset import IMAGE_BYTES, IMAGE_SHAPE, SIDE, Datasets
+from data.pack_format import FORMAT, MAKE_ONE, SPLITS, VERSIONS, read_json, shard_name
+from data.shards import PackedImages
 from data.stats import ImageStats
-from files import Refused, map_npy, open_regular, read_torch, write_atomic
-from files import read_json as read_json_file
+from files import Refused, map_npy, read_torch
 
-FORMAT = "alexnet-packed"
-VERSION = 1
-IMAGE_BYTES = 3 * SIDE * SIDE
-SPLITS = ("train", "val")
-MAKE_ONE = "make one with python -m data.prepare SRC DST"
-MAX_JSON_BYTES = 16 * 2**20
-"""Largest JSON file read; ImageNet's meta.json is about 40 KB, an index.json listing every skipped file under 1 MB."""
 STATS_SHAPES = {"mean_image": IMAGE_SHAPE, "channel_mean": (3,), "eigenvalues": (3,), "eigenvectors": (3, 3)}
 MAX_STATS_BYTES = 2 * 2**20
 """Largest stats.pt read: its float32 tensors take 0.8 MB."""
-
-
-def shard_name(shard: int) -> str:
-    """The images file of shard `shard`; its sidecar has the same stem and the suffix .pt."""
-    return f"images_{shard:05d}.u8"
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file of a pack, refused (naming it) when larger than MAX_JSON_BYTES or not JSON."""
-    return read_json_file(path, MAX_JSON_BYTES, "a pack's JSON file")
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Replace `path` atomically, so an interrupted run never leaves half a file behind."""
-    write_atomic(path, json.dumps(value, indent=1))
-
-
-class PackedImages:
-    """One split of a pack, as an ImageSet.
-
-    Pickling it (to DataLoader workers) carries only paths and shard sizes; the labels
-    are memory-mapped on first use in whichever process loads. Images are read with a
-    plain seek + readinto straight into the batch tensor, opening each shard only for
-    the duration of a load: a memory map per shard would keep a file descriptor per
-    shard open in every worker (ImageNet has over a thousand shards).
-    """
-
-    def __init__(self, folder: Path, classes: list[str], ids: list[str], counts: list[int] | None = None) -> None:
-        """The split in `folder`, whose shards hold `counts` images (as open_packed checked them; by
-        default index.json's, unchecked)."""
-        self.folder, self.classes, self.ids = folder, classes, ids
-        counts = read_json(folder / "index.json")["counts"] if counts is None else counts
-        self.files = [folder / shard_name(k) for k in range(len(counts))]
-        counts = torch.tensor(counts, dtype=torch.int64)
-        self.ends = counts.cumsum(0)
-        self.starts = self.ends - counts
-        self._labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_labels": None}
-
-    def labels(self) -> np.ndarray:
-        """int64 [n] labels of the whole split, memory-mapped."""
-        if self._labels is None:
-            self._labels = map_npy(self.folder / "labels.npy")
-        return self._labels
-
-    def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [N, 3, 256, 256] images and int64 [N] labels of `indices`."""
-        indices = torch.as_tensor(indices, dtype=torch.int64)
-        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
-            raise IndexError(f"{self.folder}: indices must be in [0, {len(self)})")
-        images = torch.empty((len(indices), 3, SIDE, SIDE), dtype=torch.uint8)
-        if get_worker_info() is not None:
-            # Read straight into shared memory, as DataLoader's collate does: a batch
-            # returned from a worker is otherwise copied there once more on its way out.
-            images.share_memory_()
-        rows = images.view(len(indices), IMAGE_BYTES).numpy()
-        shards = torch.searchsorted(self.ends, indices, right=True)
-        for shard in shards.unique().tolist():
-            picks = (shards == shard).nonzero().flatten().tolist()
-            first = int(self.starts[shard])
-            with open_regular(self.files[shard]) as f:
-                for i in picks:
-                    f.seek((int(indices[i]) - first) * IMAGE_BYTES)
-                    if f.readinto(rows[i]) != IMAGE_BYTES:
-                        raise ValueError(f"{self.files[shard]}: short read of image {int(indices[i]) - first}")
-        labels = torch.from_numpy(np.array(self.labels()[indices.numpy()], dtype=np.int64))
-        return images, labels
 
 
 def _fail(path: Path, why: str) -> ValueError:
@@ -142,13 +68,18 @@ def _check_meta(path: Path, meta: Any) -> None:
         raise _fail(path, f"'side' is {meta.get('side')!r:.40}, not {SIDE}")
     if not isinstance(splits, dict):
         raise _fail(path, "'splits' is not an object")
+    if meta.get("version") != 1 and meta.get("encoding") not in ENCODINGS:
+        raise _fail(path, f"'encoding' is {meta.get('encoding')!r:.40}, not one of {ENCODINGS}")
+    if meta.get("encoding") == JPEG and not (_is_int(meta.get("quality"), 1) and meta["quality"] <= 100):
+        raise _fail(path, f"'quality' is {meta.get('quality')!r:.40}, not a JPEG quality 1..100")
     for split, counts in splits.items():
         if not (isinstance(counts, dict) and _is_int(counts.get("images"), 1) and _is_int(counts.get("skipped"))):
             raise _fail(path, f"splits.{split!s:.40} is not {{'images': n >= 1, 'skipped': n >= 0}}")
 
 
-def _check_split(folder: Path, images: int, classes: int) -> list[int]:
-    """The images per shard of one split, after checking index.json, the shards' sizes and labels.npy."""
+def _check_split(folder: Path, images: int, classes: int, encoding: str) -> list[int]:
+    """The images per shard of one split, after checking index.json, the shards' sizes and labels.npy
+    (and a compact split's lengths.npy)."""
     index = read_json(folder / "index.json")
     counts, skipped = (index.get("counts"), index.get("skipped")) if isinstance(index, dict) else (None, None)
     if not (isinstance(counts, list) and all(_is_int(c) for c in counts)):
@@ -158,24 +89,43 @@ def _check_split(folder: Path, images: int, classes: int) -> list[int]:
         raise _fail(folder / "index.json", "'skipped' is not a list of [file, reason] pairs")
     if sum(counts) != images:
         raise _fail(folder / "index.json", f"its counts add up to {sum(counts)} images, meta.json says {images}")
-    for k, count in enumerate(counts):
-        path = folder / shard_name(k)
+    sizes = [count * IMAGE_BYTES for count in counts]
+    if encoding == JPEG:
+        sizes = _check_lengths(folder / "lengths.npy", counts)
+    for k, expected in enumerate(sizes):
+        path = folder / shard_name(k, encoding)
         size = path.stat().st_size if path.is_file() else -1
-        if size != count * IMAGE_BYTES:
-            raise ValueError(f"{path}: expected {count} images ({count * IMAGE_BYTES} bytes), found {size} bytes")
+        if size != expected:
+            raise ValueError(f"{path}: expected {counts[k]} images ({expected} bytes), found {size} bytes")
     _check_labels(folder / "labels.npy", images, classes)
     return counts
 
 
-def _check_labels(path: Path, images: int, classes: int) -> None:
-    """labels.npy: int64 [images], every label a class index; memory-mapped, never unpickled."""
+def _check_lengths(path: Path, counts: list[int]) -> list[int]:
+    """lengths.npy of a compact split: int64, one length in 1..MAX_RECORD_BYTES per image; each
+    shard's size (the sum of its records' lengths), so that no record reaches past its shard."""
+    lengths = _read_npy(path, sum(counts))
+    if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > MAX_RECORD_BYTES):
+        raise _fail(path, f"has record lengths from {int(lengths.min())} to {int(lengths.max())}, "
+                          f"outside 1..{MAX_RECORD_BYTES}")
+    ends = np.cumsum(counts)
+    return [int(lengths[end - count : end].sum()) for count, end in zip(counts, ends)]
+
+
+def _read_npy(path: Path, images: int) -> np.ndarray:
+    """An int64 [images] .npy array, memory-mapped, never unpickled."""
     try:
-        labels = map_npy(path)
+        values = map_npy(path)
     except Refused as err:  # a named pipe, truncated, an object array, not .npy at all
         raise _fail(path, str(err).removeprefix(f"{path}: ")) from None
-    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (images,):
-        what = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else type(labels).__name__
-        raise _fail(path, f"holds {what}, not int64 ({images},): one label per image")
+    if values.dtype != np.int64 or values.shape != (images,):
+        raise _fail(path, f"holds {values.dtype} {values.shape}, not int64 ({images},): one value per image")
+    return values
+
+
+def _check_labels(path: Path, images: int, classes: int) -> None:
+    """labels.npy: int64 [images], every label a class index."""
+    labels = _read_npy(path, images)
     low, high = int(labels.min()), int(labels.max())  # 8 bytes an image: 10 MB for ImageNet
     if low < 0 or high >= classes:
         raise _fail(path, f"has labels from {low} to {high}, outside the {classes} classes [0, {classes})")
@@ -213,18 +163,25 @@ def _checked(root: str) -> tuple[dict, dict[str, list[int]], ImageStats]:
             why = "missing meta.json"
         raise ValueError(f"data.root={root}: no packed dataset ({why}); {MAKE_ONE}")
     meta = read_json(path / "meta.json")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") not in VERSIONS:
         found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
         raise ValueError(
-            f"data.root={root}: meta.json is not format {FORMAT} version {VERSION} "
+            f"data.root={root}: meta.json is not format {FORMAT} version {' or '.join(map(str, VERSIONS))} "
             f"(found {found[0]!r:.60} version {found[1]!r:.20}); {MAKE_ONE}"
         )
     _check_meta(path / "meta.json", meta)
     missing = [split for split in SPLITS if split not in meta["splits"]]
     if missing:
         raise ValueError(f"data.root={root}: the pack has no {' or '.join(missing)} split; add it with prepare's --val-src")
-    counts = {split: _check_split(path / split, meta["splits"][split]["images"], len(meta["ids"])) for split in SPLITS}
+    encoding = encoding_of(meta)
+    counts = {split: _check_split(path / split, meta["splits"][split]["images"], len(meta["ids"]), encoding)
+              for split in SPLITS}
     return meta, counts, _read_stats(path / "stats.pt")
+
+
+def encoding_of(meta: dict) -> str:
+    """A checked meta.json's image encoding: version 1 packs, which do not say, are raw."""
+    return RAW if meta["version"] == 1 else meta["encoding"]
 
 
 def read_pack_meta(root: str) -> dict:
@@ -237,5 +194,6 @@ def open_packed(root: str) -> Datasets:
     """The training and validation splits and training statistics of the pack at `root`, checked."""
     path = Path(root)
     meta, counts, stats = _checked(root)
-    train, val = (PackedImages(path / split, meta["names"], meta["ids"], counts[split]) for split in SPLITS)
+    train, val = (PackedImages(path / split, meta["names"], meta["ids"], counts[split], encoding_of(meta))
+                  for split in SPLITS)
     return Datasets(train, val, stats)

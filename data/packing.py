@@ -30,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from data.assembly import assemble, atomic_save, sidecar_path, skipped_examples, write_meta
+from data.compact import RAW, Encoding
 from data.decode import DECODE_ERRORS, quiet_decoder_warnings
 from data.imageset import SIDE
-from data.packed import SPLITS, read_json, shard_name, write_json
+from data.pack_format import SPLITS, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
 from files import create_root, make_folder, replacing
 
@@ -75,19 +76,27 @@ class _Shard:
     labels: list[int]
     decode: Callable[[Any], torch.Tensor]
     stats: bool
+    encoding: Encoding
     deadly: tuple[int, ...] = ()
     """Positions in the shard of files that killed the process decoding them: skipped, not decoded again."""
 
 
-def pack(dst: Path, splits: list[Split], ids: list[str], names: list[str], shard_size: int, workers: int) -> int:
-    """Pack `splits` into `dst` with `workers` processes; returns how many images this run decoded.
+def pack(dst: Path, splits: list[Split], ids: list[str], names: list[str], shard_size: int, workers: int,
+         encoding: Encoding = Encoding()) -> int:
+    """Pack `splits` into `dst` with `workers` processes, storing images as `encoding`; returns how many
+    images this run decoded.
 
     Shards and splits already finished in `dst` are kept as they are, so running the
     same command again after an interruption finishes the pack, and over a finished
     pack does nothing.
     """
-    if (dst / "meta.json").is_file() and read_json(dst / "meta.json")["ids"] != ids:
-        raise ValueError(f"{dst}: already holds a pack with other classes; pack into a new folder")
+    if (dst / "meta.json").is_file():
+        meta = read_json(dst / "meta.json")
+        if meta["ids"] != ids:
+            raise ValueError(f"{dst}: already holds a pack with other classes; pack into a new folder")
+        held = {"encoding": RAW, **{k: meta[k] for k in ("encoding", "quality") if k in meta}}
+        if held != encoding.meta():
+            raise ValueError(f"{dst}: already holds a pack stored as {held}, not {encoding.meta()}; pack into a new folder")
     decoded, assembled = 0, False
     for split in splits:
         if split.name not in SPLITS:
@@ -95,38 +104,42 @@ def pack(dst: Path, splits: list[Split], ids: list[str], names: list[str], shard
         if not split.files:
             raise ValueError(f"{split.name}: no images to pack{skipped_examples(split.skipped)}")
         folder = dst / split.name
-        _check_plan(folder, split, ids, shard_size)
+        _check_plan(folder, split, ids, shard_size, encoding)
         if (folder / "index.json").is_file():
             continue
-        decoded += _pack_shards(folder, split, shard_size, workers)
-        assemble(dst, folder, math.ceil(len(split.files) / shard_size), split.skipped)
+        decoded += _pack_shards(folder, split, shard_size, workers, encoding)
+        assemble(dst, folder, math.ceil(len(split.files) / shard_size), split.skipped, encoding.name)
         assembled = True
     if assembled or not (dst / "meta.json").is_file():
-        write_meta(dst, ids, names)
+        write_meta(dst, ids, names, encoding.meta())
     return decoded
 
 
-def _check_plan(folder: Path, split: Split, ids: list[str], shard_size: int) -> None:
-    """Refuse to resume a split from a different list of images: its shard k would hold other images."""
+def _check_plan(folder: Path, split: Split, ids: list[str], shard_size: int, encoding: Encoding) -> None:
+    """Refuse to resume a split from a different list of images (its shard k would hold other images),
+    or into another encoding."""
     digest = hashlib.sha256(json.dumps([ids, split.files, split.labels, shard_size]).encode()).hexdigest()
     plan = {"images": len(split.files), "shard_size": shard_size, "digest": digest}
+    if encoding.name != RAW:  # raw packs' plans predate encodings, and still resume
+        plan.update(encoding.meta())
     create_root(folder.parent)
     make_folder(folder)  # a link in its place is refused: shards go only into a folder of the pack's own
     path = folder / "plan.json"
     if path.is_file():
         if read_json(path) != plan:
-            raise ValueError(f"{folder}: was started from other images, classes or shard size; pack into a new folder")
+            raise ValueError(f"{folder}: was started from other images, classes, shard size or encoding; "
+                             "pack into a new folder")
         return
     write_json(path, plan)
 
 
-def _pack_shards(folder: Path, split: Split, shard_size: int, workers: int) -> int:
+def _pack_shards(folder: Path, split: Split, shard_size: int, workers: int, encoding: Encoding) -> int:
     tasks = []
     for k, start in enumerate(range(0, len(split.files), shard_size)):
         if not sidecar_path(folder, k).is_file():
             end = start + shard_size
             part = split.files[start:end], split.sources[start:end], split.labels[start:end]
-            tasks.append(_Shard(folder, k, *part, split.decode, split.name == "train"))
+            tasks.append(_Shard(folder, k, *part, split.decode, split.name == "train", encoding))
     todo = sum(len(task.files) for task in tasks)
     if not tasks:
         return 0
@@ -216,9 +229,9 @@ def _start_worker(decoding) -> None:
 
 def _pack_shard(shard: _Shard) -> tuple[int, int]:
     """Decode and write one shard; returns (images attempted, images skipped)."""
-    path = shard.folder / shard_name(shard.index)
+    path = shard.folder / shard_name(shard.index, shard.encoding.name)
     acc = StatsAccumulator(SIDE) if shard.stats else None
-    labels, skipped = [], []
+    labels, lengths, skipped = [], [], []
     _decoding[shard.index] = WRITING
     with replacing(path) as out:
         for at, (name, source, label) in enumerate(zip(shard.files, shard.sources, shard.labels)):
@@ -235,11 +248,19 @@ def _pack_shard(shard: _Shard) -> tuple[int, int]:
                 _decoding[shard.index] = WRITING
             if image.shape != (3, SIDE, SIDE) or image.dtype != torch.uint8:
                 raise TypeError(f"{name}: decode gave {image.dtype} {tuple(image.shape)}, not uint8 (3, {SIDE}, {SIDE})")
-            out.write(image.contiguous().numpy().data)
+            try:
+                stored, image = shard.encoding.store(image)
+            except DECODE_ERRORS as error:  # a JPEG record that does not decode back
+                skipped.append([name, skip_reason(error)])
+                continue
+            out.write(stored)
             labels.append(label)
+            lengths.append(stored.nbytes)
             if acc is not None:
                 acc.add(image[None])
     sidecar = {"labels": torch.tensor(labels, dtype=torch.int64), "skipped": skipped, "stats": vars(acc) if acc else {}}
+    if shard.encoding.name != RAW:
+        sidecar["lengths"] = torch.tensor(lengths, dtype=torch.int64)
     atomic_save(sidecar, sidecar_path(shard.folder, shard.index))
     return len(shard.files), len(skipped)
 

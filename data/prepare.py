@@ -26,8 +26,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from data.compact import ENCODINGS, QUALITY, RAW, Encoding
 from data.decode import MAX_PIXELS, decode_file, quiet_decoder_warnings
-from data.packed import read_json
+from data.pack_format import read_json
 from data.packing import Split, pack, skip_reason
 from files import read_capped
 
@@ -46,8 +47,10 @@ def prepare(
     workers: int,
     shard_size: int = SHARD_SIZE,
     max_pixels: int = MAX_PIXELS,
+    encoding: Encoding = Encoding(),
 ) -> int:
-    """Pack SRC (and VAL) into DST; returns how many images this run decoded (0 over a finished pack)."""
+    """Pack SRC (and VAL) into DST, storing images as `encoding`; returns how many images this run decoded
+    (0 over a finished pack)."""
     if not src.is_dir():
         raise ValueError(f"{src}: no such folder")
     ids = class_folders(src)
@@ -59,7 +62,7 @@ def prepare(
         if val_labels is None:
             raise ValueError(f"{val_src}: validation images need a label file")
         splits.append(val_split(val_src, val_labels, ids, decode))
-    return pack(dst, splits, ids, readable_names(ids), shard_size, workers)
+    return pack(dst, splits, ids, readable_names(ids), shard_size, workers, encoding)
 
 
 def class_folders(src: Path) -> list[str]:
@@ -196,25 +199,43 @@ def main(argv: list[str] | None = None) -> None:
         "--max-pixels", type=int, default=MAX_PIXELS,
         help=f"skip images whose header declares more pixels, width x height x frames (default {MAX_PIXELS})",
     )
+    add_encoding_options(parser)
     args = parser.parse_args(argv)
     if (args.val_src is None) != (args.val_labels is None):
         parser.error("--val-src and --val-labels go together")
     if args.workers < 1 or args.shard_size < 1 or args.max_pixels < 1:
         parser.error("--workers, --shard-size and --max-pixels must be at least 1")
+    encoding = encoding_option(parser, args)
     quiet_decoder_warnings()
     try:
         decoded = prepare(
-            args.src, args.dst, args.val_src, args.val_labels, args.workers, args.shard_size, args.max_pixels
+            args.src, args.dst, args.val_src, args.val_labels, args.workers, args.shard_size, args.max_pixels, encoding
         )
     except (ValueError, BrokenProcessPool) as error:
         raise SystemExit(f"error: {error}") from None
     report(args.dst, decoded)
 
 
+def add_encoding_options(parser: argparse.ArgumentParser) -> None:
+    """--encoding and --quality, for every program that writes a pack."""
+    parser.add_argument("--encoding", choices=ENCODINGS, default=RAW,
+                        help="raw: uint8 rows, no decoding (196 KB an image, the exact reference); jpeg: one JPEG "
+                             "record per image, decoded in batch when loaded (about a tenth of the size; docs/DATA.md)")
+    parser.add_argument("--quality", type=int, default=QUALITY, help=f"JPEG quality with --encoding jpeg (default {QUALITY})")
+
+
+def encoding_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Encoding:
+    try:
+        return Encoding(args.encoding, args.quality)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def report(dst: Path, decoded: int) -> None:
     """What the pack at `dst` holds, in a few lines."""
     meta = read_json(dst / "meta.json")
-    print(f"{dst}: {len(meta['ids'])} classes; decoded {decoded} images in this run")
+    stored = f"JPEG records at quality {meta['quality']}" if meta.get("encoding") == "jpeg" else "raw images"
+    print(f"{dst}: {len(meta['ids'])} classes, {stored}; decoded {decoded} images in this run")
     for split, counts in meta["splits"].items():
         print(f"  {split}: {counts['images']} images, {counts['skipped']} skipped")
     if any(counts["skipped"] for counts in meta["splits"].values()):

@@ -16,7 +16,8 @@ import torch
 from data import synthetic
 from data.config import DataConfig
 from data.imageset import SIDE, Datasets
-from data.packed import FORMAT, VERSION, open_packed, read_pack_meta
+from data.pack_format import FORMAT, VERSION
+from data.packed import open_packed, read_pack_meta
 from data.packing import Split, pack
 from data.stats import compute_stats
 from data.synthetic import SyntheticImages, synthetic_classes, synthetic_image, synthetic_labels

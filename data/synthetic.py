@@ -22,6 +22,8 @@ def synthetic_classes(classes: int) -> list[str]:
 class SyntheticImages:
     """`size` uint8 3x256x256 images of `classes` classes, image i a pure function of (seed, split, i)."""
 
+    compressed = False
+
     def __init__(self, classes: int, size: int, seed: int, split: str) -> None:
         self.classes = synthetic_classes(classes)
         self.size, self.seed, self.split = size, seed, split
@@ -35,6 +37,12 @@ class SyntheticImages:
         classes = len(self.classes)
         images = torch.stack([synthetic_image(classes, self.seed, self.split, int(i)) for i in indices])
         return images, self.labels[indices]
+
+    def load_into(self, indices: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Draw `indices` into images[:N]; their labels."""
+        drawn, labels = self.load(indices)
+        images[: len(indices)] = drawn
+        return labels
 
 
 def synthetic_labels(classes: int, size: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from config.schema import Config
 from distributed import layout
 from model.summary import layer_table
 from training.build import check_data
-from training.fast_path import FastPath
+from training.fast_path import FastPath, runs_one_pass
 
 
 def lost_peer(err: RuntimeError) -> bool:
@@ -34,7 +34,8 @@ def lost_peer(err: RuntimeError) -> bool:
 def _checked_plan(cfg: Config) -> layout.Plan:
     """This process's layout, with everything that can refuse the config checked before any process group."""
     plan = layout.plan_from_env(cfg)
-    FastPath.resolve(cfg.train, plan.device)  # refuses a GPU-only switch on a CPU
+    # Refuses a GPU-only switch on a CPU, and a one-pass-only switch in another layout.
+    FastPath.resolve(cfg.train, plan.device, one_pass=runs_one_pass(plan, cfg.train))
     check_data(cfg)
     return plan
 
@@ -60,7 +61,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
-    from training.checkpointer import NonFiniteLoss  # heavy imports only when training
+    from distributed.feed import loader_failure  # heavy imports only when training
+    from training.checkpointer import NonFiniteLoss
     from training.trainer import Trainer
 
     try:
@@ -74,10 +76,14 @@ def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt
         print(f"rank {plan.rank}: {err}", file=sys.stderr, flush=True)
         return 1
     except (CheckpointError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and not lost_peer(err):
+        loader = loader_failure(err)
+        if isinstance(err, RuntimeError) and not lost_peer(err) and loader is None:
             raise
         if interrupt.seen:  # Ctrl-C reached every process: a peer that stopped first is no lost peer
             raise KeyboardInterrupt from None
+        if loader is not None:
+            print(f"rank {plan.rank}: at step {started[0].step if started else 0}, {loader}", file=sys.stderr, flush=True)
+            return 1
         # Name who noticed and where (steps done), so the dead or stalled peer can be found in its log.
         lost = "" if isinstance(err, CheckpointError) else f"peer lost at step {started[0].step if started else 0}: "
         print(f"rank {plan.rank}: {lost}{err}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from model.alexnet import AlexNet
+from model.alexnet import AlexNet, Masks
 from model.exchange import Exchange, Pending
 from model.layers import STAGES
 
@@ -50,7 +50,7 @@ class PipelinedStep:
         """Accumulate d(mean loss over the batch)/d(params) into .grad; returns (summed loss, the logits),
         detached, without syncing."""
         if micro_batches == 1 and self.exchange.in_process and self.replica_group is None:
-            return self._whole_batch(inputs, labels, autocast)
+            return self.whole_batch(inputs, labels, autocast)
         xs, ys = inputs.chunk(micro_batches), labels.chunk(micro_batches)
         m, towers, wait = len(xs), len(self.model.towers), self.exposed.wait
         leaves = [[None] * m for _ in STAGES]  # each stage's exchanged input, a leaf that collects its grad
@@ -87,12 +87,15 @@ class PipelinedStep:
             finish()
         return loss_sum, torch.cat(all_logits)
 
-    def _whole_batch(self, inputs: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    def whole_batch(
+        self, inputs: torch.Tensor, labels: torch.Tensor, autocast, keeps: Masks | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Nothing to overlap (both towers here, one micro-batch, no replicas): one forward and one
         backward through autograd: the same arithmetic and dropout draws as the staged schedule,
-        without the per-stage bookkeeping whose host time a GPU would wait on (docs/BENCHMARKS.md)."""
+        without the per-stage bookkeeping whose host time a GPU would wait on (docs/BENCHMARKS.md).
+        `keeps`: dropout masks drawn beforehand (training/graphed_step.py), else drawn in the forward."""
         with autocast():
-            logits = self.model(inputs)
+            logits = self.model(inputs, keeps)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         (loss / len(labels)).backward()
         return loss.detach(), logits.detach()

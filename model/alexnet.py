@@ -15,6 +15,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.exchange import Exchange, LocalExchange
+from model.grouped import GroupedTowers
 from model.layers import (
     BIAS_ONE_LAYERS,
     GATHER,
@@ -27,6 +28,9 @@ from model.layers import (
     widths,
 )
 from model.seeds import derive_seed
+
+Masks = dict[str, list[torch.Tensor | None]]
+"""Each tower's dropout masks (by tower key), one entry per stage: None where a stage has none."""
 
 
 class Tower(nn.Module):
@@ -59,9 +63,12 @@ class Tower(nn.Module):
         """One function per stage, (x, keep) -> output: what torch.compile compiles, one graph each."""
         return tuple(partial(self.run_stage, k) for k in range(len(STAGES)))
 
-    def dropout_mask(self, stage: int, images: int, rng: torch.Generator | None, device: torch.device) -> torch.Tensor | None:
+    def dropout_mask(
+        self, stage: int, images: int, rng: torch.Generator | None, device: torch.device, out: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """The kept units of the stage's dropout layer for `images` images, scaled by 1/keep (inverted
-        dropout); None in eval, without dropout, or for a stage with none.
+        dropout); None in eval, without dropout, or for a stage with none. Drawn into `out` when given
+        (a static buffer a CUDA graph reads: the same draws as into a fresh tensor).
 
         Drawn outside the stage functions, from the tower's own generator, so a tower's masks
         do not depend on whether the other tower lives in the same process, and a compiled
@@ -72,7 +79,9 @@ class Tower(nn.Module):
             return None
         keep = 1.0 - self.dropout_p
         width = getattr(self, name).out_features
-        return torch.empty(images, width, device=device).bernoulli_(keep, generator=rng).div_(keep)
+        if out is None:
+            out = torch.empty(images, width, device=device)
+        return out.bernoulli_(keep, generator=rng).div_(keep)
 
     def init_paper(self, weight_std: float, bias_init: float, rng: torch.Generator) -> None:
         """Weights ~ N(0, weight_std^2); biases `bias_init` in BIAS_ONE_LAYERS, else 0."""
@@ -98,6 +107,7 @@ class AlexNet(nn.Module):
         self.exchange = exchange or LocalExchange()
         self.dropout_rngs: dict[str, torch.Generator] = {}
         self.compiled: dict[str, tuple] = {}
+        self.grouped: GroupedTowers | None = None
 
     def init_paper(self, seed: int) -> None:
         """The paper's init, each tower from its own seed so every layout starts equal.
@@ -117,27 +127,64 @@ class AlexNet(nn.Module):
             for key, t in self.towers.items()
         }
 
+    def group_towers(self) -> None:
+        """Compute every tower as one network per layer from here on (model/grouped.py): the same function
+        and parameters, fewer and larger kernels. Needs every tower in this process; call before compile_stages."""
+        if not self.exchange.in_process or len(self.towers) != self.cfg.towers:
+            raise ValueError("grouping the towers needs every tower in this process")
+        self.grouped = GroupedTowers(list(self.towers.values()))
+
     def compile_stages(self, mode: str | None = None) -> None:
-        """torch.compile each tower's stage functions for training, in torch.compile's `mode`. Each stage
-        is its own function, so each compiles once per input shape; evaluation (other batch sizes, no
-        dropout) stays eager rather than spending a recompilation on every shape it meets."""
-        self.compiled = {
-            key: tuple(torch.compile(f, dynamic=False, mode=mode) for f in t.stages()) for key, t in self.towers.items()
+        """torch.compile each tower's stage functions (or the grouped ones) for training, in torch.compile's
+        `mode`. Each stage is its own function, so each compiles once per input shape; evaluation (other
+        batch sizes, no dropout) stays eager rather than spending a recompilation on every shape it meets."""
+        def compiled(stages) -> tuple:
+            return tuple(torch.compile(f, dynamic=False, mode=mode) for f in stages)
+
+        if self.grouped is not None:
+            self.compiled = {"grouped": compiled(self.grouped.stages())}
+        else:
+            self.compiled = {key: compiled(t.stages()) for key, t in self.towers.items()}
+
+    def dropout_masks(self, images: int, device: torch.device, out: Masks | None = None) -> Masks:
+        """Every tower's masks for one forward pass over `images` images, drawn from each tower's generator
+        in the order a forward pass draws them; into `out`'s tensors when given (static buffers)."""
+        return {
+            key: [tower.dropout_mask(k, images, self.dropout_rngs.get(key), device, out[key][k] if out else None)
+                  for k in range(len(STAGES))]
+            for key, tower in self.towers.items()
         }
 
-    def stage(self, index: int, x: torch.Tensor) -> list[torch.Tensor]:
+    def _mask(self, key: str, index: int, x: torch.Tensor, keeps: Masks | None) -> torch.Tensor | None:
+        """Stage `index`'s mask of tower `key`: given in `keeps`, or drawn now."""
+        if keeps is not None:
+            return keeps[key][index]
+        return self.towers[key].dropout_mask(index, x.shape[0], self.dropout_rngs.get(key), x.device)
+
+    def stage(self, index: int, x: torch.Tensor, keeps: Masks | None = None) -> list[torch.Tensor]:
         """Stage `index` of every tower this process holds, on the exchanged input `x`."""
         outputs = []
         for key, tower in self.towers.items():
-            run = (self.compiled[key] if self.training and self.compiled else tower.stages())[index]
-            outputs.append(run(x, tower.dropout_mask(index, x.shape[0], self.dropout_rngs.get(key), x.device)))
+            run = (self.compiled[key] if self.training and key in self.compiled else tower.stages())[index]
+            outputs.append(run(x, self._mask(key, index, x, keeps)))
         return outputs
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits: each stage's outputs joined across towers as STAGES says (gathers, then FC8's sum)."""
+    def _grouped_stage(self, index: int, x: torch.Tensor, keeps: Masks | None) -> torch.Tensor:
+        """Stage `index` of the grouped towers: already the joined output."""
+        masks = [self._mask(key, index, x, keeps) for key in self.towers]
+        compiled = self.training and "grouped" in self.compiled
+        run = (self.compiled["grouped"] if compiled else self.grouped.stages())[index]
+        return run(x, None if masks[0] is None else masks)
+
+    def forward(self, image: torch.Tensor, keeps: Masks | None = None) -> torch.Tensor:
+        """Logits: each stage's outputs joined across towers as STAGES says (gathers, then FC8's sum).
+        `keeps`: the dropout masks (`dropout_masks`), else drawn here."""
         x = image
         for index, stage in enumerate(STAGES):
-            x = self.exchange.join(stage.exchange, self.stage(index, x))
+            if self.grouped is None:
+                x = self.exchange.join(stage.exchange, self.stage(index, x, keeps))
+            else:
+                x = self._grouped_stage(index, x, keeps)
         return x
 
     def features(self, image: torch.Tensor, layer: str = "fc7") -> torch.Tensor:

@@ -1,18 +1,20 @@
-"""A small genuine DCP checkpoint for the checkpoint_reader tests, and the tools to tamper with it.
+"""A small genuine checkpoint for the checkpoint reader tests, and the tools to tamper with its files.
 
-Every payload only creates a marker file (in the test's tmp_path) when it runs.
+Every code payload only creates a marker file (in the test's tmp_path) when it runs.
 """
 
+import json
+import os
 import pathlib
-import pickle
+import struct
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.metadata import Metadata
+
+from checkpoints import store
 
 
 def genuine_state() -> dict:
-    """A model and progress state of several dtypes, nested, the same at every call."""
+    """A model and progress state of several dtypes and shapes (0-d included), nested, the same at every call."""
     g = torch.Generator().manual_seed(0)
     return {
         "model": {
@@ -22,7 +24,7 @@ def genuine_state() -> dict:
             "fc.index": torch.arange(7),
             "towers": {"1": {"mask": torch.tensor([True, False, True])}},
         },
-        "progress": {"step": torch.tensor(3)},
+        "progress": {"step": torch.tensor(3), "best": torch.tensor(0.3, dtype=torch.float64)},
     }
 
 
@@ -31,14 +33,49 @@ def zeros_like(state: dict) -> dict:
     return {k: zeros_like(v) if isinstance(v, dict) else torch.zeros_like(v) for k, v in state.items()}
 
 
-def save_checkpoint(state: dict, path: pathlib.Path) -> pathlib.Path:
-    """`state` saved by stock DCP into the folder `path`; returns `path`."""
-    dcp.save(state, checkpoint_id=path)
+def save_checkpoint(state: dict, root: pathlib.Path, step: int = 1) -> pathlib.Path:
+    """`state` saved by the project's writer as checkpoint `step` in `root`; returns its folder."""
+    return store.save(state, root, step, keep=10)
+
+
+def shard(folder: pathlib.Path) -> pathlib.Path:
+    """The one data file of a checkpoint written by one process."""
+    (only,) = folder.glob("*.safetensors")
+    return only
+
+
+def read_header(path: pathlib.Path) -> tuple[dict, bytes]:
+    """A safetensors file's header (parsed, trusting it) and the bytes after it."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + length]), raw[8 + length:]
+
+
+def write_file(path: pathlib.Path, header: dict, data: bytes) -> pathlib.Path:
+    """A safetensors file with `header` (as given, consistent or not) followed by `data`."""
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
     return path
 
 
+def relaid(header: dict, changes: dict[str, dict]) -> tuple[dict, int]:
+    """`header` with each key's entry updated by `changes` (a dtype, a shape) and every tensor laid end to
+    end again, and the bytes its tensors then take: a well-formed file, only its tensors are not the ones
+    saved."""
+    sizes = {"F64": 8, "F32": 4, "I64": 8, "BF16": 2, "BOOL": 1, "F16": 2, "I32": 4, "U8": 1}
+    out, offset = {"__metadata__": header.get("__metadata__", {})}, 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        entry = {**entry, **changes.get(key, {})}
+        length = sizes[entry["dtype"]] * int(torch.tensor(entry["shape"]).prod())
+        out[key] = {**entry, "data_offsets": [offset, offset + length]}
+        offset += length
+    return out, offset
+
+
 class Touch:
-    """Pickles as pathlib.Path.touch(marker): a dotted name inside the allowed `pathlib` module."""
+    """Pickles as pathlib.Path.touch(marker): unpickling it creates the marker file."""
 
     def __init__(self, marker: pathlib.Path):
         self.marker = marker
@@ -47,13 +84,8 @@ class Touch:
         return (pathlib.Path.touch, (self.marker,))
 
 
-def write_metadata(md: Metadata, path: pathlib.Path) -> None:
-    """Replace the .metadata of the checkpoint in `path` with `md`, pickled as is."""
-    with open(path / ".metadata", "wb") as f:
-        pickle.dump(md, f)
-
-
-def plain_metadata(path: pathlib.Path) -> Metadata:
-    """The .metadata of the checkpoint in `path`, read with plain pickle.load (trusting it)."""
-    with open(path / ".metadata", "rb") as f:
-        return pickle.load(f)
+def sparse(path: pathlib.Path, prefix: bytes, size: int) -> pathlib.Path:
+    """A file of `size` bytes that starts with `prefix`, the rest a hole (no disk used)."""
+    path.write_bytes(prefix)
+    os.truncate(path, size)
+    return path

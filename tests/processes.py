@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoints.reader import load_checkpoint, read_metadata
+from checkpoints import shards, store
+from checkpoints.tensor_file import DTYPE_NAMES
 
 CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 """A launched run's environment: one thread per process, as the in-process workers use."""
@@ -38,8 +39,9 @@ def wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 300) -> None:
 
 def final_state(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's tensors as `group/name` (model/towers.0.fc6.weight), read in this one process without a
-    process group, through the project's allow-listed reader (DCP's own dcp_to_torch_save unpickles plainly)."""
-    entries = read_metadata(path).state_dict_metadata  # DCP's flat names: model.towers.0.fc6.weight
-    state = {fqn: torch.empty(m.size, dtype=m.properties.dtype) for fqn, m in entries.items()}
-    load_checkpoint(state, path)
+    process group, through the project's checked reader, whatever layout wrote it."""
+    dtypes = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+    entries = shards.check(path, {})  # DCP's flat names: model.towers.0.fc6.weight
+    state = {fqn: torch.empty(shape, dtype=dtypes[dtype]) for fqn, (dtype, shape) in entries.items()}
+    store.load(state, path)
     return {fqn.replace(".", "/", 1): value for fqn, value in state.items()}

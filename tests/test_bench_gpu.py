@@ -14,8 +14,10 @@ def test_device_script_smoke_mode_measures_every_row(tmp_path):
     result = json.loads((tmp_path / "out" / "gpu.json").read_text())
     rows = {(r["what"], r["data"], r["batch"], r["micro_batches"]) for r in result["rows"]}
     ours = [w for w, *_ in rows if w.startswith("this trainer")]
-    # fp32, bf16, bf16+channels_last, +compile (no TF32 on a CPU), a micro-batch row, two through the loader
-    assert len(ours) == 7 and ("this trainer, bf16+channels_last+compile", "packed", 8, 1) in rows
+    # fp32, bf16, bf16+channels_last, +compile, bf16+grouped (no TF32 or CUDA graphs on a CPU), a micro-batch
+    # row, two through the loader
+    assert len(ours) == 8 and ("this trainer, bf16+channels_last+compile", "packed", 8, 1) in rows
+    assert ("this trainer, bf16+grouped", "synthetic", 8, 1) in rows
     examples = [r for r in rows if r[0].startswith("torchvision alexnet")]
     assert {r[1] for r in examples} == {"synthetic", "ImageFolder + PIL"} and len(examples) == 4
     assert all(r["images_per_s"] > 0 and r["mfu"] > 0 for r in result["rows"])

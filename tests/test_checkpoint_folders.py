@@ -141,13 +141,13 @@ def test_resume_sets_a_truncated_newest_checkpoint_aside_and_uses_the_one_before
     named, renamed step_4.broken (not deleted), and both ranks resume from step 2 and finish."""
     _finish(_ranks(launch, tmp_path, "train.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep=2"), 0)
     newest = tmp_path / "ck" / "step_00000004"
-    torn = newest / "__1_0.distcp"
+    torn = newest / "shard-00002-model-00001-of-00001.safetensors"  # rank 1's
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
     kept = _folder(newest)
     _finish(procs := _ranks(launch, tmp_path, "train.resume=true", "checkpoint.every_steps=2", "checkpoint.keep=2"), 0)
     warning = [line for line in procs[0].err.read_text().splitlines() if line.startswith("warning: checkpoint")]
     assert len(warning) == 1 and warning[0].startswith(
-        f"warning: checkpoint {newest} cannot be read (a file truncated or missing): rank "), warning
+        f"warning: checkpoint {newest} cannot be read: {torn}: not a complete safetensors file (truncated"), warning
     assert warning[0].endswith("; set aside as step_00000004.broken, trying the checkpoint before it")
     assert f"resumed from {tmp_path}/ck/step_00000002 at step 2" in procs[0].out.read_text()
     assert _folder(tmp_path / "ck" / "step_00000004.broken") == kept
@@ -202,7 +202,7 @@ store.save(state, root, 2, keep=1)
 
 def test_a_kill_during_pruning_leaves_a_folder_that_is_ignored_and_later_removed(tmp_path):
     """The process dies right after removing the first file of the checkpoint it prunes. Before, rmtree took
-    a data file first and left .metadata: the half-deleted folder still counted as complete."""
+    a data file first and left the marker: the half-deleted folder still counted as complete."""
     ck = tmp_path / "ck"
     done = subprocess.run([sys.executable, "-c", KILLED_PRUNING, str(ck)], cwd=ROOT, env=CPU_ENV, timeout=120,
                           capture_output=True, text=True)

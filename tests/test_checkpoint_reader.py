@@ -1,34 +1,37 @@
-"""checkpoints.reader: DCP checkpoints load without running code stored in them.
+"""What a hostile or damaged checkpoint folder can do now that checkpoints are safetensors files.
 
-Every crafted payload here only creates a marker file in the test's tmp_path; each test that
-shows a payload refused also shows that the stock path (plain pickle.load, or dcp.load with
-the stock FileSystemReader) really would have run it, so a refusal is not an accident.
-Here: the .metadata file; the data files are in test_checkpoint_data_files.
+Nothing in the format can run: a safetensors file is a length, a JSON header and raw bytes, and
+DCP's HuggingFace reader builds its metadata from those headers and copies bytes out (no pickle, no
+torch.load; test_checkpoint_data_files shows the whole load path runs with unpickling disabled). What
+is left is lying, and each lie is refused before DCP reads a tensor, as one line naming the file: a
+crafted header (another dtype or shape, spans that overlap or do not cover the file, not JSON, a
+piece of a tensor), a truncated file, an oversized header, a key in two files, a file that leaves
+the folder. Where the stock reader behaves otherwise, the test shows it, so a refusal is not an accident.
 """
 
-import builtins
 import os
 import pathlib
-import pickle
 import tracemalloc
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint import HuggingFaceStorageReader
 
-from checkpoints.reader import (
-    ALLOWED_GLOBALS,
-    MAX_METADATA_BYTES,
-    CorruptCheckpoint,
-    SafeFileSystemReader,
-    UnsafeCheckpoint,
-    load_checkpoint,
-    read_metadata,
+from checkpoints import shards, store
+from checkpoints.tensor_file import MAX_HEADER_BYTES, OtherTensors, UnreadableFile
+from config.errors import UserError
+from distributed.workers import run_workers
+from model.config import ModelConfig
+from tests.dcp_checkpoints import (
+    genuine_state,
+    read_header,
+    relaid,
+    save_checkpoint,
+    shard,
+    sparse,
+    write_file,
+    zeros_like,
 )
-from tests.dcp_checkpoints import Touch, genuine_state, plain_metadata, save_checkpoint, write_metadata, zeros_like
 
 
 def _assert_same(got: dict, want: dict) -> None:
@@ -41,204 +44,180 @@ def _assert_same(got: dict, want: dict) -> None:
             assert torch.equal(got[key], value), key
 
 
-class Exec:
-    """Pickles as builtins.exec(code that creates the marker)."""
+@pytest.fixture
+def ckpt(tmp_path) -> pathlib.Path:
+    return save_checkpoint(genuine_state(), tmp_path / "ck")
 
-    def __init__(self, marker: pathlib.Path):
-        self.marker = marker
 
-    def __reduce__(self):
-        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
+def _refused(folder: pathlib.Path, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        shards.read(zeros_like(genuine_state()), folder)
 
 
 # (1) a genuine checkpoint ------------------------------------------------------------------------
 
 
-def test_genuine_checkpoint_loads_exactly(tmp_path):
-    saved = genuine_state()
-    ckpt = save_checkpoint(saved, tmp_path / "ckpt")
-
-    loaded = zeros_like(saved)
-    dcp.load(loaded, storage_reader=SafeFileSystemReader(ckpt))
-    _assert_same(loaded, saved)
-
-    again = zeros_like(saved)
-    load_checkpoint(again, ckpt)
-    _assert_same(again, saved)
-
-    md = read_metadata(ckpt)
-    assert md.state_dict_metadata["model.conv.weight"].size == torch.Size([4, 3, 3, 3])
-    assert md.state_dict_metadata["progress.step"].properties.dtype == torch.int64
-    assert read_metadata(ckpt / ".metadata").state_dict_metadata.keys() == md.state_dict_metadata.keys()
+def test_genuine_checkpoint_loads_exactly(ckpt):
+    loaded = zeros_like(genuine_state())
+    store.load(loaded, ckpt)
+    _assert_same(loaded, genuine_state())
+    found = shards.check(ckpt, {})
+    assert found["model.fc.weight"] == ("BF16", (5, 6)) and found["progress.step"] == ("I64", ())
+    assert sorted(p.name for p in ckpt.iterdir()) == [store.MARKER, "shard-00001-model-00001-of-00001.safetensors"]
 
 
-def test_genuine_bytes_entries_load(tmp_path):
-    """Non-tensor values (DCP's bytes entries) still load when they are plain data."""
-    saved = {"model": {"w": torch.ones(2, 2)}, "extra": {"n": 3, "s": "x", "l": [1, 2.5, None], "d": {"a": (1, 2)}}}
-    ckpt = save_checkpoint(saved, tmp_path / "ckpt")
-    loaded = {"model": {"w": torch.zeros(2, 2)}, "extra": {"n": 0, "s": "", "l": [], "d": {"a": ()}}}
-    dcp.load(loaded, storage_reader=SafeFileSystemReader(ckpt))
-    assert loaded["extra"] == saved["extra"]
-    assert torch.equal(loaded["model"]["w"], saved["model"]["w"])
+def test_a_net_loads_without_the_rest():
+    """Tensors the state does not ask for are left in the files (a net loads without its velocity)."""
+    assert shards.flat_specs({"model": {"w": torch.zeros(2)}}) == {"model.w": ("F32", (2,))}
 
 
-def test_allow_list_covers_what_dcp_writes(tmp_path):
-    """Every global a real DCP .metadata names is allowed (how the allow-list was derived)."""
-    state = {
-        **genuine_state(),
-        "layouts": {
-            "channels_last": torch.randn(1, 3, 4, 4).to(memory_format=torch.channels_last),
-            "transposed": torch.randn(3, 5).t(),
-            "empty": torch.empty(0),
-            "dtypes": {str(dt): torch.zeros(2, dtype=dt) for dt in (torch.float16, torch.float64, torch.uint8,
-                                                                     torch.int8, torch.int32, torch.complex64)},
-        },
-        "extra": {"n": 3},
-    }
-    seen = set()
-
-    class Recorder(pickle.Unpickler):
-        def find_class(self, module, name):
-            seen.add((module, name))
-            return super().find_class(module, name)
-
-    for one_file in (True, False):
-        ckpt = tmp_path / f"ckpt{one_file}"
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(ckpt, single_file_per_rank=one_file))
-        with open(ckpt / ".metadata", "rb") as f:
-            Recorder(f).load()
-        read_metadata(ckpt)
-    assert ("torch.distributed.checkpoint.metadata", "Metadata") in seen
-    assert seen <= ALLOWED_GLOBALS.keys(), seen - ALLOWED_GLOBALS.keys()
+# (2) a crafted header --------------------------------------------------------------------------------
 
 
-# (2) a crafted .metadata ----------------------------------------------------------------------------
+@pytest.mark.parametrize("changes, message", [
+    ({"model.conv.bias": {"dtype": "F64"}}, "model.conv.bias has dtype 'F64', this model's is 'F32'"),
+    ({"model.conv.bias": {"shape": [5]}}, r"model.conv.bias has shape \[5\], this model's is \[4\]"),
+    ({"progress.step": {"dtype": "F32"}}, "progress.step has dtype 'F32', this model's is 'I64'"),
+])
+def test_a_well_formed_file_with_other_tensors_is_refused(ckpt, changes, message):
+    """DCP's reader would copy_ another dtype into the state, converting it silently."""
+    header, length = relaid(read_header(shard(ckpt))[0], changes)
+    write_file(shard(ckpt), header, bytes(length))
+    _refused(ckpt, OtherTensors, rf"{ckpt}: {message}")
+    with pytest.raises(UserError, match=f"checkpoint {ckpt} does not match this model.*{message}"):
+        store.load(zeros_like(genuine_state()), ckpt)
 
 
-@pytest.mark.parametrize("payload, refused", [(Touch, "pathlib.Path.touch"), (Exec, "builtins.exec")])
-def test_crafted_metadata_is_refused(tmp_path, payload, refused):
-    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
-    md = plain_metadata(ckpt)
-    marker = tmp_path / "pwned"
-    md.planner_data = {"note": payload(marker)}  # the rest of the file stays a real checkpoint's
-    write_metadata(md, ckpt)
-    file = str(ckpt / ".metadata")
-
-    with pytest.raises(UnsafeCheckpoint) as err:
-        read_metadata(ckpt)
-    assert file in str(err.value) and f"'{refused}'" in str(err.value)
-    assert err.value.global_name == refused and isinstance(err.value, ValueError)
-    assert not marker.exists()
-
-    with pytest.raises(UnsafeCheckpoint, match=refused):
-        SafeFileSystemReader(ckpt).read_metadata()
-    with pytest.raises(UnsafeCheckpoint, match=refused):
-        load_checkpoint(zeros_like(genuine_state()), ckpt)
-    # Through dcp.load itself DCP swallows the refusal (then fails with "metadata is None", wrapped).
-    with pytest.raises(dcp.CheckpointException):
-        dcp.load(zeros_like(genuine_state()), storage_reader=SafeFileSystemReader(ckpt))
-    assert not marker.exists()
-
-    # The test means something: the stock reader runs the payload.
-    FileSystemReader(ckpt).read_metadata()
-    assert marker.exists()
+def test_a_missing_key_is_named(ckpt):
+    header, _ = read_header(shard(ckpt))
+    del header["model.conv.bias"]
+    header, length = relaid(header, {})
+    write_file(shard(ckpt), header, bytes(length))
+    _refused(ckpt, OtherTensors, "missing 'model.conv.bias'")
 
 
-def test_refused_rank_local_metadata(tmp_path):
-    """DCP's fallback file __0.metadata is read the same way."""
-    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
-    md = plain_metadata(ckpt)
-    md.planner_data = Touch(tmp_path / "pwned")
-    with open(ckpt / "__0.metadata", "wb") as f:
-        pickle.dump(md, f)
-    os.remove(ckpt / ".metadata")
-    with pytest.raises(UnsafeCheckpoint, match=r"__0\.metadata.*pathlib\.Path\.touch"):
-        SafeFileSystemReader(ckpt).read_metadata(rank=0)
-    with pytest.raises(UnsafeCheckpoint, match=r"__0\.metadata"):
-        load_checkpoint(zeros_like(genuine_state()), ckpt)
-    assert not (tmp_path / "pwned").exists()
+@pytest.mark.parametrize("edit", ["overlapping spans", "a span not its dtype x shape", "not JSON", "a list"])
+def test_a_header_that_contradicts_itself_is_refused_by_safetensors(ckpt, edit):
+    header, data = read_header(shard(ckpt))
+    if edit == "overlapping spans":
+        header["model.conv.bias"]["data_offsets"] = header["model.fc.index"]["data_offsets"]
+    elif edit == "a span not its dtype x shape":
+        header["model.conv.bias"]["shape"] = [5]
+    path = write_file(shard(ckpt), header, data)
+    if edit in ("not JSON", "a list"):
+        raw = b"{not json" if edit == "not JSON" else b"[1, 2]"
+        path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    _refused(ckpt, UnreadableFile, rf"{path}: not a complete safetensors file .*deserializing header")
 
 
-def test_build_on_a_class_is_refused(tmp_path):
-    """BUILD may set state on metadata objects only, never rewrite an allowed class."""
-    file = tmp_path / ".metadata"
-    # Metadata (the class itself), then BUILD with (None, {"poisoned": 1}): setattr(Metadata, ...).
-    file.write_bytes(
-        b"\x80\x04\x8c%torch.distributed.checkpoint.metadata\x8c\x08Metadata\x93"
-        b"N}\x8c\x08poisoned\x4b\x01s\x86b."
-    )
-    with pytest.raises(UnsafeCheckpoint, match="refusing to set the state"):
-        read_metadata(file)
-    assert not hasattr(Metadata, "poisoned")
+def test_a_piece_of_a_tensor_is_refused(ckpt):
+    """DCP's writer records where each tensor's piece starts; the project writes whole tensors only, and a
+    piece would make the stock reader assemble a tensor of another size."""
+    header, data = read_header(shard(ckpt))
+    header["__metadata__"][shards.SHARDING_KEY] = header["__metadata__"][shards.SHARDING_KEY].replace(
+        '"model.conv.bias": {"saved_offsets": [0]}', '"model.conv.bias": {"saved_offsets": [2]}')
+    write_file(shard(ckpt), header, data)
+    _refused(ckpt, UnreadableFile, r"model.conv.bias is not a whole tensor .*offsets \[2\]")
+    assert HuggingFaceStorageReader(str(ckpt)).read_metadata().state_dict_metadata["model.conv.bias"].size == (6,)
 
 
-def test_huge_memo_index_allocates_nothing(tmp_path):
-    """A 9-byte pickle naming memo slot 2**30: the C unpickler would allocate 16 GiB for it."""
-    file = tmp_path / ".metadata"
-    file.write_bytes(b"\x80\x04N" + b"r" + (2**30).to_bytes(4, "little") + b".")
+# (3) a truncated file, an oversized header --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [0, 7, 100, -1])
+def test_a_truncated_file_is_refused(ckpt, keep):
+    path = shard(ckpt)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:keep])
+    _refused(ckpt, UnreadableFile, rf"{path}: .*(too short|not a complete safetensors file|over the)")
+    with pytest.raises(store.BrokenCheckpoint, match=f"checkpoint {ckpt} cannot be read: {path}: "):
+        store.load(zeros_like(genuine_state()), ckpt)
+
+
+def test_a_header_length_of_gigabytes_is_never_read(ckpt):
+    """A sparse file as long as its header claims: reading that header would take 8 GiB."""
+    path = sparse(shard(ckpt), (2**33).to_bytes(8, "little") + b"{", 8 + 2**33)
     tracemalloc.start()
     try:
-        with pytest.raises(CorruptCheckpoint, match="not DCP Metadata"):
-            read_metadata(file)
+        _refused(ckpt, UnreadableFile, f"{path}: its header says it is 8589934592 bytes long, over the "
+                                       f"{MAX_HEADER_BYTES}-byte limit")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 16 * 2**20
 
 
-def test_data_file_outside_the_folder_is_refused(tmp_path):
-    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
-    md = plain_metadata(ckpt)
-    index = next(iter(md.storage_data))
-    for bad in ("../elsewhere.distcp", "/etc/passwd", "C:\\x.distcp", "a/../../b"):
-        md.storage_data[index] = _StorageInfo(bad, 0, 10)
-        write_metadata(md, ckpt)
-        with pytest.raises(UnsafeCheckpoint, match="outside the checkpoint folder"):
-            read_metadata(ckpt)
+# (4) files that are not the checkpoint's ----------------------------------------------------------------
 
 
-# (3) an oversized .metadata ------------------------------------------------------------------------
+def test_a_key_in_two_files_is_refused(ckpt):
+    """A stray copy of a shard (or of another run's): which one DCP's reader took would be an accident."""
+    copy = ckpt / "shard-00009-model-00001-of-00001.safetensors"
+    copy.write_bytes(shard(ckpt).read_bytes())
+    with pytest.raises(UnreadableFile, match=f"{ckpt}: model.conv.bias is in both shard-00001"):
+        shards.read(zeros_like(genuine_state()), ckpt)
 
 
-def test_oversized_metadata_is_refused_unread(tmp_path):
-    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
-    marker = tmp_path / "pwned"
-    md = plain_metadata(ckpt)
-    md.planner_data = Touch(marker)
-    write_metadata(md, ckpt)
-    size = MAX_METADATA_BYTES + 1
-    os.truncate(ckpt / ".metadata", size)  # sparse: a payload up front, then zeros pickle never reads
-    with pytest.raises(UnsafeCheckpoint) as err:
-        read_metadata(ckpt)
-    message = str(err.value)
-    assert str(ckpt / ".metadata") in message and f"{size} bytes" in message and f"{MAX_METADATA_BYTES}-byte" in message
-    with pytest.raises(UnsafeCheckpoint, match=f"{size} bytes"):
-        SafeFileSystemReader(ckpt).read_metadata()
-    assert not marker.exists()
+@pytest.mark.parametrize("kind", ["a link out of the folder", "a fifo", "a folder"])
+def test_a_file_that_is_not_a_regular_file_of_the_folder_is_refused(ckpt, tmp_path, kind):
+    """DCP's reader opens every *.safetensors name the folder lists, following links: a link could bring in
+    a file from anywhere (shown), a fifo would block the load."""
+    other = save_checkpoint({"elsewhere": {"w": torch.ones(2)}}, tmp_path / "other")
+    name = ckpt / "shard-00002-model-00001-of-00001.safetensors"
+    if kind == "a link out of the folder":
+        os.symlink(shard(other), name)
+        assert "elsewhere.w" in HuggingFaceStorageReader(str(ckpt)).read_metadata().state_dict_metadata
+    elif kind == "a fifo":
+        os.mkfifo(name)
+    else:
+        name.mkdir()
+    _refused(ckpt, UnreadableFile, f"{name} is not a regular file")
 
 
-def test_metadata_without_a_size_is_read_only_up_to_the_limit(tmp_path):
-    """A file the file system gives no size for (/dev/zero here) is cut off at the limit."""
-    (tmp_path / "ckpt").mkdir()
-    os.symlink("/dev/zero", tmp_path / "ckpt" / ".metadata")
-    with pytest.raises(UnsafeCheckpoint, match="more than 4096 bytes"):
-        read_metadata(tmp_path / "ckpt", max_bytes=4096)
-    with pytest.raises(UnsafeCheckpoint, match="more than 4096 bytes"):
-        SafeFileSystemReader(tmp_path / "ckpt", max_metadata_bytes=4096).read_metadata()
+def test_a_folder_without_data_files_is_broken(ckpt):
+    shard(ckpt).unlink()
+    with pytest.raises(store.BrokenCheckpoint, match=f"{ckpt} holds no .safetensors file"):
+        store.load(zeros_like(genuine_state()), ckpt)
 
 
-# (4) a truncated .metadata ---------------------------------------------------------------------------
+def test_tensors_that_contradict_the_recorded_model_make_the_checkpoint_broken(tmp_path):
+    """With model.json matching this model, a tensor it does not describe means damaged files, not a user's
+    mistake: the checkpoint is broken (set aside on resume), where without a record it is a mismatch."""
+    folder = store.save(genuine_state(), tmp_path / "ck", 1, keep=1, model=ModelConfig())
+    header, length = relaid(read_header(shard(folder))[0], {"model.conv.bias": {"shape": [5]}})
+    write_file(shard(folder), header, bytes(length))
+    with pytest.raises(store.BrokenCheckpoint, match="does not hold what its model.json describes"):
+        store.load(zeros_like(genuine_state()), folder, ModelConfig())
 
 
-@pytest.mark.parametrize("keep", [0, 1, 0.5])
-def test_truncated_metadata_is_a_clear_error(tmp_path, keep):
-    ckpt = save_checkpoint(genuine_state(), tmp_path / "ckpt")
-    file = ckpt / ".metadata"
-    data = file.read_bytes()
-    file.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
-    with pytest.raises(CorruptCheckpoint) as err:
-        read_metadata(ckpt)
-    assert isinstance(err.value, ValueError) and not isinstance(err.value, (pickle.UnpicklingError, EOFError))
-    assert str(file) in str(err.value) and "truncated or corrupt" in str(err.value)
-    with pytest.raises(CorruptCheckpoint, match="truncated or corrupt"):
-        load_checkpoint(zeros_like(genuine_state()), ckpt)
+# (5) the marker and the earlier format -----------------------------------------------------------------
+
+
+def test_a_marker_of_another_format_is_refused(ckpt):
+    (ckpt / store.MARKER).write_text('{"format": "something newer", "version": 2}')
+    with pytest.raises(UserError, match=f"checkpoint {ckpt} is in another format"):
+        store.load(zeros_like(genuine_state()), ckpt)
+
+
+# (6) a failure one process alone meets ----------------------------------------------------------------
+
+
+def _load_own_tower(rank: int, world: int, root: str, out: str) -> None:
+    state = {"model": {f"towers.{rank}.w": torch.full((3,), float(rank))}}
+    folder = store.save(state, root, 1, keep=1, model=ModelConfig())
+    if rank == 0:
+        (folder / "shard-00002-model-00001-of-00001.safetensors").unlink()  # rank 1's
+    torch.distributed.barrier()
+    try:
+        store.load(zeros_like(state), folder, ModelConfig())
+    except store.BrokenCheckpoint as err:
+        pathlib.Path(out, f"rank{rank}").write_text(str(err))
+
+
+def test_a_file_missing_for_one_process_stops_every_process(tmp_path):
+    """Rank 0's tensors are all there, rank 1's file is gone: both ranks raise rank 1's reason (unshared, rank 0
+    would wait in DCP's load for a peer that had given up, until the run's timeout)."""
+    run_workers(2, _load_own_tower, str(tmp_path / "ck"), str(tmp_path))
+    for rank in range(2):
+        message = (tmp_path / f"rank{rank}").read_text()
+        assert "does not hold what its model.json describes" in message and "missing 'model.towers.1.w'" in message

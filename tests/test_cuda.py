@@ -129,7 +129,7 @@ def test_the_training_step_never_waits_for_the_gpu(tmp_path):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(2):
-            trainer.step += 1
+            trainer.progress.step += 1
             trainer.train_step(images, labels)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -46,11 +46,14 @@ ALLOWED = {
 """(file, function, call) -> why it may stay."""
 
 PENDING = {
-    "checkpoints/store.py": "DCP folders: rewritten by the checkpoint format change (branch ckpt); its partial "
-                            "folder, pruning, model.json and set_aside then go through files/",
-    "checkpoints/reader.py": "deleted by the checkpoint format change (branch ckpt)",
-    "checkpoints/weights.py": "rewritten around safetensors.safe_open by the checkpoint format change (branch ckpt); "
-                              "its header read then opens through files.open_regular, its writes files.atomic_path",
+    "checkpoints/store.py": "the checkpoint store: its partial folder, pruning, set_aside and model.json/checkpoint.json "
+                            "reads and writes move onto files/ (make_folder, remove(first=[MARKER]), rename, read_json, "
+                            "write_atomic); tests marked PENDING in tests/test_hostile_links.py and _blocking.py",
+    "checkpoints/tensor_file.py": "open_checked opens the file before checking it is regular (a pipe blocks): "
+                                  "files.open_regular first",
+    "checkpoints/weights.py": "save_weights writes NAME.partial itself: files.atomic_path; safe_open after open_checked",
+    "checkpoints/shards.py": "DCP's own readers and writers open the folder's files by name, after check() refused "
+                             "links and non-regular files",
 }
 """Whole files left to the checkpoint helper's branch; the engineer removes each entry as it is applied."""
 

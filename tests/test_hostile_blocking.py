@@ -62,22 +62,37 @@ def test_a_config_file_that_is_a_pipe_is_refused_naming_it(tmp_path):
         load_config([ROOT / "config.yaml", fifo(tmp_path / "c.yaml")])
 
 
-AFTER_THE_FORMAT_CHANGE = pytest.mark.xfail(strict=True, reason="applied after the checkpoint format change "
-                                            "(checkpoints/weights.py, store.py: helper 'ckpt'): see the report of branch safe")
+PENDING = pytest.mark.xfail(strict=True, reason="the checkpoint code's own opens (checkpoints/tensor_file.py "
+                            "open_checked, store.py check_model and _check_marker) still block on a pipe: they move "
+                            "onto files.open_regular / read_json next (see the report of branch safe)")
 
 
-@AFTER_THE_FORMAT_CHANGE
+def _checkpoint(tmp_path):
+    return store.save({"model": {"w": torch.arange(4.0)}}, tmp_path / "ck", 1, keep=1, model=ModelConfig())
+
+
+@PENDING
 def test_weights_that_are_a_pipe_are_refused_naming_them(tmp_path):
     path = fifo(tmp_path / "x.safetensors")
     outcome = bounded.call("from checkpoints.weights import check_weights\nfrom model.config import ModelConfig",
                            f"check_weights({str(path)!r}, ModelConfig())", 20)
-    assert outcome["error"] == "UserError" and "a named pipe" in outcome["message"], outcome
+    assert "UserError" in outcome["kinds"] and "a named pipe" in outcome["message"], outcome
 
 
-@AFTER_THE_FORMAT_CHANGE
+@PENDING
+@pytest.mark.parametrize("name", ["model.json", "checkpoint.json"])
+def test_a_checkpoint_s_json_file_that_is_a_pipe_is_refused_naming_it(tmp_path, name):
+    folder = _checkpoint(tmp_path)
+    fifo(folder / name)
+    outcome = bounded.call("import torch\nfrom checkpoints import store\nfrom model.config import ModelConfig",
+                           f"store.load({{'model': {{'w': torch.zeros(4)}}}}, {str(folder)!r}, ModelConfig())", 20)
+    assert "UserError" in outcome["kinds"] and "a named pipe" in outcome["message"], outcome
+
+
 def test_a_checkpoint_data_file_that_is_a_pipe_is_refused_naming_it(tmp_path):
-    folder = store.save({"model": {"w": torch.arange(4.0)}}, tmp_path / "ck", 1, keep=1, model=ModelConfig())
-    fifo(next(folder.glob("*.distcp")))
+    folder = _checkpoint(tmp_path)
+    data = next(folder.glob("*.safetensors"))
+    fifo(data)
     outcome = bounded.call("import torch\nfrom checkpoints import store",
-                           f"store.load({{'model': {{'w': torch.zeros(4)}}}}, {str(folder)!r})", 20)
-    assert outcome["error"] and "a named pipe" in outcome["message"], outcome
+                           f"store.load({{'model': {{'w': torch.zeros(4)}}}}, {str(folder)!r})", DEADLINE)
+    assert "UserError" in outcome["kinds"] and f"{data} is not a regular file" in outcome["message"], outcome

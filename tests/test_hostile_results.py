@@ -104,17 +104,12 @@ def test_an_out_that_cannot_be_written_is_one_line_before_anything_is_loaded(tra
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no partial file
 
 
-AFTER_THE_FORMAT_CHANGE = pytest.mark.xfail(strict=True, reason="applied after the checkpoint format change "
-                                            "(checkpoints/store.py check_model: helper 'ckpt'): see the report of branch safe")
-
-
-@AFTER_THE_FORMAT_CHANGE
 @pytest.mark.parametrize("content", [pytest.param("[1, 2]", id="a list"), pytest.param("[" * 100_000 + "]" * 100_000, id="nested")])
 def test_a_model_json_that_is_not_an_object_is_refused_naming_it(tmp_path, content):
     folder = tmp_path / "step_00000001"
     folder.mkdir()
-    (folder / ".metadata").write_bytes(b"")
-    (folder / "model.json").write_text(content)
+    (folder / store.MARKER).write_text(json.dumps(store.FORMAT))
+    (folder / store.MODEL_FILE).write_text(content)
     with pytest.raises(UserError, match="model.json"):
         checkpoint_paths(config(["train.device=cpu"]), [folder])
 

@@ -13,19 +13,22 @@ import os
 import re
 import struct
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 import safetensors
 import torch
 from safetensors import safe_open
 
-from checkpoints import store, weights
+from checkpoints import store
+from checkpoints.tensor_file import MAX_HEADER_BYTES
 from checkpoints.trained import load_network
 from config.errors import UserError
 from config.loading import load_config
 from distributed import layout
 from distributed.workers import free_port, run_workers
 from results.__main__ import main as results_main
+from tests import dcp_checkpoints
 from tests.conftest import ROOT
 from training.evaluation import evaluate_checkpoints
 
@@ -146,10 +149,32 @@ def test_predict_reads_the_file_as_it_reads_the_checkpoint(trained, exported, tm
 
 @pytest.fixture
 def nothing_read(monkeypatch):
-    """Fail the test if the tensors of a file are opened at all."""
-    def opened(*args, **kwargs):
-        raise AssertionError("the tensor data was opened before the header was refused")
-    monkeypatch.setattr(safetensors, "safe_open", opened)
+    """Fail the test if a tensor of a file is read: its header only may be (safe_open maps the file and
+    parses the header; a tensor's bytes are read when one is asked for)."""
+    real = safetensors.safe_open
+
+    class HeaderOnly:
+        def __init__(self, *args, **kwargs):
+            self.opened = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.file = self.opened.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.opened.__exit__(*exc)
+
+        def __getattr__(self, name):  # keys(), metadata()
+            return getattr(self.file, name)
+
+        def get_slice(self, key):
+            part = self.file.get_slice(key)
+            return SimpleNamespace(get_shape=part.get_shape, get_dtype=part.get_dtype)
+
+        def get_tensor(self, key):
+            raise AssertionError("a tensor was read before the header was refused")
+
+    monkeypatch.setattr(safetensors, "safe_open", HeaderOnly)
 
 
 def _other_config(header):
@@ -162,17 +187,31 @@ def _swap_offsets(header):
     header["conv4.bias"]["data_offsets"] = header["conv3.bias"]["data_offsets"]
 
 
+def _then_relaid(change):
+    """`change`, then every span laid end to end again: a well-formed file whose tensors differ from the model's."""
+    def edit(header):
+        change(header)
+        relaid, _ = dcp_checkpoints.relaid(header, {})
+        header.clear()
+        header.update(relaid)
+    return edit
+
+
 EDITS = {
-    "wrong shape": (lambda h: h["fc8.weight"].update(shape=[11, 4096]),
+    "wrong shape": (_then_relaid(lambda h: h["fc8.weight"].update(shape=[11, 4096])),
                     "fc8.weight has shape [11, 4096], this model's is [10, 4096]"),
-    "wrong dtype": (lambda h: h["fc8.bias"].update(dtype="F64"), "fc8.bias has dtype 'F64', this model's is 'F32'"),
+    "wrong dtype": (_then_relaid(lambda h: h["fc8.bias"].update(dtype="F64")),
+                    "fc8.bias has dtype 'F64', this model's is 'F32'"),
     "another model config": (_other_config, "model.lrn: 'none' -> 'paper'; model.num_classes: 1000 -> 10"),
     "no model config": (lambda h: h.pop("__metadata__"), "no model config in its metadata"),
-    "an extra tensor": (lambda h: h.update({"fc9.weight": h["fc8.bias"]}), "unexpected 'fc9.weight'"),
-    "a missing tensor": (lambda h: h.pop("conv1.bias"), "missing 'conv1.bias'"),
-    "overlapping tensors": (_swap_offsets, "laid end to end"),
-    "an oversized header": (lambda h: h["__metadata__"].update(pad="x" * weights.MAX_HEADER_BYTES),
-                            f"over the {weights.MAX_HEADER_BYTES}-byte limit"),
+    "an extra tensor": (_then_relaid(lambda h: h.update({"fc9.weight": dict(h["fc8.bias"])})),
+                        "unexpected 'fc9.weight'"),
+    "a missing tensor": (_then_relaid(lambda h: h.pop("conv1.bias")), "missing 'conv1.bias'"),
+    "overlapping tensors": (_swap_offsets, "not a complete safetensors file"),
+    "a span that is not its shape": (lambda h: h["fc8.weight"].update(shape=[11, 4096]),
+                                     "invalid shape, data type, or offset"),
+    "an oversized header": (lambda h: h["__metadata__"].update(pad="x" * MAX_HEADER_BYTES),
+                            f"over the {MAX_HEADER_BYTES}-byte limit"),
 }
 
 
@@ -184,7 +223,8 @@ def test_a_file_that_is_not_this_models_weights_is_refused_from_its_header(train
     header = read_header(exported)
     data_bytes = data_end(header)
     change(header)
-    crafted = craft(tmp_path / "crafted.safetensors", header, data_bytes)
+    relaid = edit in ("wrong shape", "wrong dtype", "a missing tensor", "an extra tensor")
+    crafted = craft(tmp_path / "crafted.safetensors", header, None if relaid else data_bytes)
     with pytest.raises(UserError, match=re.escape(str(crafted)) + ".*" + re.escape(message)):
         load_network(config(overrides), crafted, CPU)
 
@@ -194,7 +234,7 @@ def test_a_truncated_file_is_refused_before_reading(trained, exported, tmp_path,
     header = read_header(exported)
     total = data_end(header)
     crafted = craft(tmp_path / "short.safetensors", header, total - 1)
-    with pytest.raises(UserError, match=f"{total - 1} bytes follow its header, but this model's tensors take {total}"):
+    with pytest.raises(UserError, match=f"{crafted}: not a complete safetensors file .*file not fully covered"):
         load_network(config(overrides), crafted, CPU)
 
 

@@ -196,7 +196,7 @@ def test_images_load_in_a_dataloader_worker(packed):
     train = open_packed(str(packed)).train
     expected = all_images(train)
     assert len(pickle.dumps(train)) < 4096  # paths and shard sizes, not images or labels
-    batches = list(eval_batches(train, 4, 0, 1, workers=1, prefetch=1, pin_memory=False))
+    batches = [(x.clone(), y.clone()) for x, y in eval_batches(train, 4, 0, 1, workers=1, prefetch=1)]
     assert torch.equal(torch.cat([b[0] for b in batches]), expected[0])
     assert torch.equal(torch.cat([b[1] for b in batches]), expected[1])
 

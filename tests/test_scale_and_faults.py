@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.distributed.checkpoint.filesystem import FileSystem
 
 from checkpoints import store
 from config.loading import load_config
@@ -154,11 +155,11 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     trainer.checkpointer.save(trainer.step)
     saved = weights_and_velocity(trainer)
     # The disk fills halfway through writing step 2: DCP's writer fails after some bytes.
-    def full_disk(obj, stream, *args, **kwargs):
-        stream.write(b"some bytes")
+    def full_disk(self, path, mode):
+        Path(path).write_bytes(b"some bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(FileSystem, "create_stream", full_disk)
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(1)
@@ -169,7 +170,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     # Garbage left by crashes that killed the process mid-write, and a complete-looking name without metadata.
     for torn in ("step_00000002.partial", "step_00000003.partial"):
         (tmp_path / "ck" / torn).mkdir()
-        (tmp_path / "ck" / torn / ".metadata").write_bytes(b"garbage")
+        (tmp_path / "ck" / torn / store.MARKER).write_bytes(b"garbage")
     (tmp_path / "ck" / "step_00000004").mkdir()
     assert store.latest(tmp_path / "ck").name == "step_00000001"
     monkeypatch.undo()
@@ -197,7 +198,7 @@ def test_space_check_counts_the_checkpoints_kept_and_the_one_being_written(tmp_p
     store.check_space(tmp_path / "new" / "ck", 100, keep=2)
     for step in (1, 2):
         (tmp_path / f"step_0000000{step}").mkdir()
-        (tmp_path / f"step_0000000{step}" / ".metadata").touch()
+        (tmp_path / f"step_0000000{step}" / store.MARKER).touch()
     _disk_with_free(monkeypatch, 99)
     with pytest.raises(store.CheckpointError, match="1 more checkpoint"):
         store.check_space(tmp_path, 100, keep=2)

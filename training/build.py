@@ -15,7 +15,7 @@ from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
 from training.checkpointer import Checkpointer
 from training.evaluation import Validator
-from training.fast_path import FastPath
+from training.fast_path import FastPath, runs_one_pass
 from training.metrics import MetricLogger
 from training.optimizer import PlateauSchedule, build_optimizer
 from training.progress import Progress
@@ -57,7 +57,7 @@ def build(cfg: Config, layout: Layout) -> Parts:
     """The parts of a run on this process, its fast path applied. The weights start from the
     paper's init on the CPU, so every layout and device starts from the same numbers."""
     plan, t = layout.plan, cfg.train
-    fast = FastPath.resolve(t, plan.device)
+    fast = FastPath.resolve(t, plan.device, one_pass=runs_one_pass(plan, t))
     fast.apply_process_flags()
     data = open_datasets(cfg.data, t.seed)
     order = EpochOrder(len(data.train), t.batch_size, t.seed)
@@ -65,12 +65,14 @@ def build(cfg: Config, layout: Layout) -> Parts:
     model = AlexNet(cfg.model, plan.tower_indices(cfg.model.towers), exchange)
     model.init_paper(t.seed)
     model.to(plan.device, memory_format=fast.memory_format)
+    if fast.grouped:
+        model.group_towers()
     if fast.compile != "off":
         model.compile_stages("reduce-overhead" if fast.compile == "cudagraphs" else None)
     optimizer = build_optimizer(model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     schedule = PlateauSchedule(optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, plan.device)
-    progress = Progress(plan.device)
+    progress = Progress(plan.device, layout.replica_group, plan.replica)
     return Parts(
         data=data,
         order=order,

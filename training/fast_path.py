@@ -1,10 +1,12 @@
-"""The fast path: number format, memory layout, compilation and cuDNN autotuning, resolved per device.
+"""The fast path: number format, memory layout, compilation, cuDNN autotuning, the whole step as one
+CUDA graph and the grouped arithmetic, resolved per device.
 
 Each is a config switch (`train.precision`, `train.channels_last`, `train.compile`,
-`train.cudnn_benchmark`) whose `auto` is the choice measured best on that kind of
-device (AUTO below; the measurements are in docs/BENCHMARKS.md, made by bench/gpu.py,
-which runs on a GPU or, without one, on the CPU). `precision=fp32` with the other
-switches off is the exact reproduction every layout is tested against.
+`train.cudnn_benchmark`, `train.step_graph`, `train.grouped`) whose `auto` is the choice measured
+best on that kind of device (AUTO below; the measurements are in docs/BENCHMARKS.md, made by
+bench/gpu.py, which runs on a GPU or, without one, on the CPU). `precision=fp32` with the other
+switches off is the exact reproduction every layout is tested against. The last two apply only
+to the one-pass step (one process holding both towers, one micro-batch, no replicas).
 """
 
 import contextlib
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from config.schema import ConfigError, TrainConfig
+from distributed.layout import Plan
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,15 @@ class FastPath:
     """off, on (torch.compile's default mode) or cudagraphs (its reduce-overhead mode: each compiled
     stage replays as a CUDA graph, which cuts the host's launch work; a GPU feature)."""
     cudnn_benchmark: bool
+    step_graph: bool = False
+    """The whole one-pass step captured once and replayed as one CUDA graph (training/graphed_step.py)."""
+    grouped: bool = False
+    """Both towers computed as one network per layer (model/grouped.py)."""
 
     @staticmethod
-    def resolve(train: TrainConfig, device: torch.device) -> "FastPath":
-        """The config's switches with every `auto` replaced by AUTO's choice for `device`."""
+    def resolve(train: TrainConfig, device: torch.device, one_pass: bool | None = None) -> "FastPath":
+        """The config's switches with every `auto` replaced by AUTO's choice for `device`. `one_pass`: whether
+        this process runs the one-pass step (`runs_one_pass`); None where no step is run (evaluation)."""
         best = AUTO["cuda" if device.type == "cuda" else "cpu"]
         compile_ = best.compile if train.compile == "auto" else train.compile
         if train.channels_last == "auto":
@@ -42,11 +50,22 @@ class FastPath:
             channels_last=channels_last,
             compile=compile_,
             cudnn_benchmark=best.cudnn_benchmark if train.cudnn_benchmark == "auto" else train.cudnn_benchmark == "on",
+            step_graph=_one_pass_switch("step_graph", train.step_graph, best.step_graph, one_pass),
+            grouped=_one_pass_switch("grouped", train.grouped, best.grouped, one_pass),
         )
         if device.type != "cuda" and chosen.precision == "tf32":
             raise ConfigError("train.precision=tf32 needs a GPU (TF32 is a GPU matrix-unit format); use fp32 or bf16")
         if device.type != "cuda" and chosen.compile == "cudagraphs":
             raise ConfigError("train.compile=cudagraphs needs a GPU (CUDA graphs); use on or off")
+        if chosen.step_graph:
+            if device.type != "cuda":
+                raise ConfigError("train.step_graph=on needs a GPU (CUDA graphs); use off")
+            if chosen.compile == "cudagraphs":
+                raise ConfigError("train.step_graph=on already replays the whole step as one CUDA graph: "
+                                  "use train.compile=on or off with it, not cudagraphs")
+            if train.optimizer != "paper":
+                raise ConfigError(f"train.step_graph=on needs train.optimizer=paper, not {train.optimizer}: "
+                                  "the graph reads the rate from a device tensor, torch_sgd reads it on the host")
         return chosen
 
     def apply_process_flags(self) -> None:
@@ -58,10 +77,11 @@ class FastPath:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
-    def autocast(self, device: torch.device):
-        """The context every forward runs in: bf16 autocast, or nothing."""
+    def autocast(self, device: torch.device, cache: bool = True):
+        """The context every forward runs in: bf16 autocast, or nothing. `cache=False` inside a CUDA graph's
+        capture, as torch.cuda.graphs asks: autocast's cache of cast weights must not outlive the capture."""
         if self.precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
+            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
         return contextlib.nullcontext()
 
     @property
@@ -69,12 +89,35 @@ class FastPath:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def describe(self) -> str:
-        return (f"precision {self.precision}, channels_last {'on' if self.channels_last else 'off'}, "
-                f"compile {self.compile}, cudnn_benchmark {'on' if self.cudnn_benchmark else 'off'}")
+        def word(on: bool) -> str:
+            return "on" if on else "off"
+
+        return (f"precision {self.precision}, channels_last {word(self.channels_last)}, compile {self.compile}, "
+                f"cudnn_benchmark {word(self.cudnn_benchmark)}, step_graph {word(self.step_graph)}, "
+                f"grouped {word(self.grouped)}")
+
+
+def runs_one_pass(plan: Plan, train: TrainConfig) -> bool:
+    """Whether this process runs the one-pass step (distributed/pipeline.py `whole_batch`): every tower
+    in this process, one micro-batch, no replicas. The whole-step graph and the grouped arithmetic need it."""
+    return plan.tower_processes == 1 and plan.replicas == 1 and train.micro_batches == 1
+
+
+def _one_pass_switch(key: str, value: str, best: bool, one_pass: bool | None) -> bool:
+    """A switch that applies only to the one-pass step: `auto` is off in any other layout, `on` refused there."""
+    if value == "auto":
+        return best and one_pass is not False
+    if value == "on" and one_pass is False:
+        raise ConfigError(f"train.{key}=on needs the one-pass step: one process holding both towers, "
+                          "train.micro_batches=1 and no replicas (this layout pipelines or splits the towers)")
+    return value == "on"
 
 
 AUTO = {
-    "cuda": FastPath(precision="bf16", channels_last=True, compile="on", cudnn_benchmark=True),
-    "cpu": FastPath(precision="fp32", channels_last=False, compile="off", cudnn_benchmark=False),
+    "cuda": FastPath(precision="bf16", channels_last=True, compile="on", cudnn_benchmark=True,
+                     step_graph=False, grouped=False),
+    "cpu": FastPath(precision="fp32", channels_last=False, compile="off", cudnn_benchmark=False,
+                    step_graph=False, grouped=False),
 }
-"""What `auto` means on each kind of device, from the measurements in docs/BENCHMARKS.md."""
+"""What `auto` means on each kind of device, from the measurements in docs/BENCHMARKS.md. step_graph and
+grouped stay off until bench/gpu.py has measured them on a GPU (grouped measured slower on a CPU)."""

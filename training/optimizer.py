@@ -34,8 +34,8 @@ class PaperSGD(Optimizer):
                 velocities.append(state["momentum_buffer"])
             lr = group["lr"]
             torch._foreach_mul_(velocities, group["momentum"])
-            torch._foreach_add_(velocities, params, alpha=-group["weight_decay"] * lr)
-            torch._foreach_add_(velocities, grads, alpha=-lr)
+            _add_scaled_(velocities, params, -group["weight_decay"] * lr)
+            _add_scaled_(velocities, grads, -lr)
             torch._foreach_add_(params, velocities)
         return None
 
@@ -82,7 +82,7 @@ class PlateauSchedule:
 
     def apply(self) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            set_rate(group, self.lr)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors, as a checkpoint holds them; the best error in float64, so a resumed run compares
@@ -95,3 +95,30 @@ class PlateauSchedule:
         self.epochs_without_gain = int(state["epochs_without_gain"])
         self.drops = int(state["drops"])
         self.apply()
+
+
+# A rate held on the device (training/graphed_step.py): a CUDA graph replays the update with the rate it
+# reads from a tensor at each replay, where a Python number would be baked into the capture.
+
+
+def hold_rate_on_device(optimizer: Optimizer, device: torch.device) -> None:
+    """Keep each group's rate as a 0-dim tensor on `device`, of its parameters' dtype; `set_rate` writes into it."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=group["params"][0].dtype, device=device)
+
+
+def set_rate(group: dict, lr: float) -> None:
+    """A group's rate: replaced when a number, written in place when held on the device (no recapture)."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
+
+
+def _add_scaled_(targets: list[torch.Tensor], sources: list[torch.Tensor], scale) -> None:
+    """targets += scale * sources, for a number (one fused pass) or a rate-derived 0-dim tensor (a product,
+    then a sum: foreach ops take a tensor factor but no tensor alpha)."""
+    if isinstance(scale, torch.Tensor):
+        torch._foreach_add_(targets, torch._foreach_mul(sources, scale))
+    else:
+        torch._foreach_add_(targets, sources, alpha=scale)

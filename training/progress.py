@@ -16,8 +16,8 @@ from distributed.reductions import sum_over
 class Progress:
     """Steps done, and the epoch's wrong top-1 answers and images on this replica."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, replica_group: dist.ProcessGroup | None = None, replica: int = 0) -> None:
+        self.device, self.replica_group, self.replica = device, replica_group, replica
         self.step = 0
         self.epoch_tally = torch.zeros(2, device=device)
 
@@ -34,11 +34,16 @@ class Progress:
         return wrong / images
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"step": torch.tensor(self.step), "epoch_tally": self.epoch_tally.cpu()}
+        """The step, and the epoch's tally summed over replicas: every process saves the same key and a
+        checkpoint keeps one copy of it, so a replica's own share would be lost. Every process calls this
+        (a collective with replicas)."""
+        return {"step": torch.tensor(self.step), "epoch_tally": sum_over(self.epoch_tally.clone(), self.replica_group).cpu()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """The tally goes back to replica 0 alone, so the sum at the epoch's end is the saved one in any layout."""
         self.step = int(state["step"])
-        self.epoch_tally = state["epoch_tally"].to(self.device)
+        tally = state["epoch_tally"].to(self.device)
+        self.epoch_tally = tally if self.replica == 0 else torch.zeros_like(tally)
 
 
 class Window:

@@ -6,7 +6,6 @@ which are saved; the plateau schedule reads each validation error; `Progress` an
 are saved with every checkpoint through their own state_dict.
 """
 
-import itertools
 import math
 
 import torch
@@ -15,14 +14,14 @@ from tqdm import tqdm
 
 from checkpoints import run_folder
 from config.schema import Config, to_dict
-from data.loader import train_batches
-from distributed.feed import shared_batches
+from distributed.feed import training_batches
 from distributed.layout import Layout
 from distributed.reductions import from_every_tower
 from model.seeds import derive_seed
 from training.build import build
 from training.checkpointer import NonFiniteLoss
 from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates
+from training.graphed_step import StaticStep
 from training.metrics import conv1_kernels, topk_wrong
 from training.progress import Window
 
@@ -43,6 +42,9 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.stopping = False  # the run reached train.stop_at_train_error, or converged
+        self.graphed = None  # train.step_graph: the step over static buffers, replayed as one CUDA graph
+        if self.fast.step_graph:
+            self.graphed = StaticStep(self.model, self.pipeline, self.optimizer, self.augment, self.fast, self.device)
 
     @property
     def step(self) -> int:
@@ -51,11 +53,10 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on a replica batch; returns (summed loss, wrong top-1/top-5) without syncing."""
         self.model.train()
-        seed, replica = self.cfg.train.seed, self.plan.replica
-        # Augmentation is drawn for the whole batch (the same in every layout); dropout per replica.
-        aug_rng = torch.Generator().manual_seed(derive_seed(seed, "augment", self.step))
-        self.model.seed_dropout(derive_seed(seed, "dropout", self.step, replica))
-        inputs = self.augment.train(images, aug_rng, replica * len(labels), self.cfg.train.batch_size)
+        aug_rng = self.seed_step()
+        if self.graphed is not None:
+            return self.graphed(images, labels, aug_rng)
+        inputs = self.augment.train(images, aug_rng, self.plan.replica * len(labels), self.cfg.train.batch_size)
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
         inputs = inputs.contiguous(memory_format=self.fast.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
@@ -63,20 +64,20 @@ class Trainer:
         self.optimizer.step()
         return loss_sum, topk_wrong(logits, labels)
 
+    def seed_step(self) -> torch.Generator:
+        """Seed this step's draws: the towers' dropout generators from (seed, step, replica); returns the
+        augmentation's generator from (seed, step), drawn for the whole batch (the same in every layout)."""
+        seed = self.cfg.train.seed
+        self.model.seed_dropout(derive_seed(seed, "dropout", self.step, self.plan.replica))
+        return torch.Generator().manual_seed(derive_seed(seed, "augment", self.step))
+
     def autocast(self):
         return self.fast.autocast(self.device)
 
     def feed(self, first_step: int):
         """Every remaining step's batch: one loader for the run, prefetching across epoch ends (and so
         under the validation at each), instead of new loading processes every epoch."""
-        loaded = None
-        if self.plan.loads_data:
-            loaded = train_batches(
-                self.data.train, self.order, first_step, self.total_steps, self.plan.replica, self.plan.replicas,
-                self.cfg.data.workers, self.cfg.data.prefetch, self.device.type == "cuda",
-            )
-        sizes = itertools.repeat(self.replica_batch, self.total_steps - first_step)
-        return shared_batches(loaded, sizes, self.layout.tower_group, self.device)
+        return training_batches(self.data.train, self.order, self.cfg, self.layout, first_step, self.total_steps)
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint that loads, if there is one."""

@@ -1,0 +1,127 @@
+"""The checkpoint format: safetensors files, written and read through torch.distributed.checkpoint's public
+HuggingFace storage (`HuggingFaceStorageWriter`/`HuggingFaceStorageReader`, the same file in torch 2.11 and
+2.14), so loading a folder unpickles nothing.
+
+Every process writes the entries it holds into a file of its own (`save_distributed=True`:
+`shard-0000R-model-00001-of-00001.safetensors`, R its rank + 1; a process whose entries another process
+already wrote, a second replica's copy, writes none), each under its full name (`model.towers.1.fc6.weight`,
+`velocity.towers.1.fc6.weight`, `progress.step`). DCP's reader lists the folder's `*.safetensors` files and
+builds its metadata from their headers, so a checkpoint that two processes wrote loads into one and back.
+
+Why this format: DCP's default files (`FileSystemWriter`) keep the metadata as a pickle that DCP reads back
+with `pickle.load`, and non-tensor values as `torch.save` bytes it loads with `weights_only=False`, so a
+folder someone else made runs what its author chose; making that safe took an allow-listed unpickler over
+torch's private names, which a torch upgrade could break. Here DCP builds the metadata from JSON headers,
+reads tensors with safetensors' `safe_open`, and never meets a bytes entry: the format holds tensors only,
+so every value saved is one (the step, the schedule, the epoch's error tally too). Measured against the
+pickled format on the paper's net: docs/SCALING.md, "A run's folders".
+
+Before DCP reads a folder, `check` has read every header (bounded, checkpoints/tensor_file.py) and refused
+what DCP's reader would trust: a file that is a link or not a regular file, a key in two files, a piece of
+a tensor (this project writes whole tensors), and any key, dtype or shape other than the state's.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+
+from checkpoints.tensor_file import OtherTensors, Spec, UnreadableFile, check_tensors, open_checked, spec_of, specs
+
+SUFFIX = ".safetensors"
+"""DCP's reader reads every file of the folder with this suffix."""
+SHARDING_KEY = "DCP_SHARDING_INFO"
+"""The safetensors metadata entry where HuggingFaceStorageWriter records where each tensor's piece starts."""
+
+
+def flat_specs(state: dict, prefix: str = "") -> dict[str, Spec]:
+    """Each tensor of a nested state by DCP's name for it (dict keys joined by '.'), with its dtype and shape."""
+    found: dict[str, Spec] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found.update(flat_specs(value, name + "."))
+        elif isinstance(value, torch.Tensor):
+            found[name] = spec_of(value)
+        else:  # DCP would write it as pickled bytes into the safetensors file, which no reader could open
+            raise TypeError(f"checkpoint entry {name} is a {type(value).__name__}: safetensors holds tensors only")
+    return found
+
+
+def write(state: dict, folder: Path) -> None:
+    """Save `state` (this process's entries) into `folder`, every process its own file; a collective.
+    Every value must be a tensor (TypeError before anything is written)."""
+    flat_specs(state)
+    dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+
+
+def check(folder: Path, expected: dict[str, Spec]) -> dict[str, Spec]:
+    """Every tensor the files of `folder` hold (DCP's name -> dtype and shape), once each header has been
+    checked; UnreadableFile for a damaged folder, OtherTensors unless the `expected` tensors are there
+    (other tensors may be there too: a net loads without the velocity)."""
+    try:
+        entries = sorted((e for e in os.scandir(folder) if e.name.endswith(SUFFIX)), key=lambda e: e.name)
+    except OSError as err:
+        raise UnreadableFile(f"cannot list {folder}: {err.strerror or err}") from None
+    if not entries:
+        raise UnreadableFile(f"{folder} holds no {SUFFIX} file")
+    found: dict[str, Spec] = {}
+    where: dict[str, str] = {}
+    for entry in entries:
+        path = Path(folder) / entry.name
+        if not entry.is_file(follow_symlinks=False):  # a link could lead out of the folder
+            raise UnreadableFile(f"{path} is not a regular file (a link, a folder); refused")
+        with open_checked(path) as opened:
+            held = specs(opened)
+            _check_whole(path, held, (opened.metadata() or {}).get(SHARDING_KEY))
+        for key in held:
+            if key in where:
+                raise UnreadableFile(f"{folder}: {key} is in both {where[key]} and {entry.name}")
+            where[key] = entry.name
+        found.update(held)
+    check_tensors(folder, found, expected, exact=False)
+    return found
+
+
+def _check_whole(path: Path, held: dict[str, Spec], sharding: str | None) -> None:
+    """Each tensor of the file `path` starts at offset 0 in every dimension (DCP's reader would place a piece
+    where the file says, and trusts the JSON's form)."""
+    if sharding is None:
+        return  # DCP's reader takes every tensor as whole
+    try:
+        pieces = json.loads(sharding)
+    except (ValueError, RecursionError):
+        pieces = None
+    for key, (_, shape) in held.items():
+        piece = pieces.get(key) if isinstance(pieces, dict) else None
+        offsets = piece.get("saved_offsets") if isinstance(piece, dict) else None
+        if offsets != [0] * len(shape):
+            raise UnreadableFile(f"{path}: {key} is not a whole tensor ({SHARDING_KEY} gives offsets "
+                                 f"{offsets!r:.80}); this project writes whole tensors only")
+
+
+def read(state: dict, folder: Path) -> None:
+    """Fill `state`'s tensors in place from `folder`, checked first (`check`); a collective. A check that
+    fails on any process raises its error on every process, so none waits in DCP's load for a peer that
+    gave up (each process checks the tensors it holds: rank 1's file may be missing for rank 1 alone)."""
+    failure: UnreadableFile | OtherTensors | None = None
+    try:
+        check(folder, flat_specs(state))
+    except (UnreadableFile, OtherTensors) as err:
+        failure = err
+    if dist.is_initialized():
+        # Each process's failure as (kind, message), strings this run made, gathered as DCP gathers its plans.
+        mine = None if failure is None else (type(failure).__name__, str(failure))
+        failures: list = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, mine)
+        first = next((f for f in failures if f is not None), None)
+        if first is not None:
+            kind, message = first
+            failure = OtherTensors(message) if kind == OtherTensors.__name__ else UnreadableFile(message)
+    if failure is not None:
+        raise failure
+    dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder)))

@@ -1,0 +1,103 @@
+"""One safetensors file, its header checked before a tensor byte is read: what checkpoint folders
+(checkpoints/shards.py) and shared weights files (checkpoints/weights.py) both need.
+
+A safetensors file is an 8-byte length, a JSON header (each tensor's dtype, shape and byte span,
+and a string-to-string `__metadata__`) and raw tensor bytes. There is nothing in the format that
+could run: no class names, no pickle, and safetensors' reader is Rust code that parses the JSON and
+maps the bytes. What a hostile or damaged file can still do is lie, and each lie is refused here as
+one line naming the file:
+- a header gigabytes long: its length is read first (8 bytes) and held to `max_header_bytes`
+  before anything else is read (safetensors' own limit is 100 MB);
+- tensors that overlap, leave gaps, run past the end of the file or stop short of it, a span that
+  is not its dtype x shape, a header that is not JSON: `safetensors.safe_open` refuses these
+  itself (`UnreadableFile`);
+- a key, dtype or shape that is not the one asked for (`check_tensors`: `OtherTensors`).
+"""
+
+import os
+import stat
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import safetensors
+import torch
+
+from config.errors import UserError
+
+MAX_HEADER_BYTES = 64 * 1024
+"""Largest header read. The paper's net writes about 1.5 KB as a weights file (16 tensors and the model
+config) and about 10 KB for the biggest checkpoint file (one process holding both towers: 69 tensors)."""
+DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+               torch.bool: "BOOL"}
+"""safetensors' name of each dtype a state here may hold (the names of its format's header)."""
+
+Spec = tuple[str, tuple[int, ...]]
+"""A tensor as a header describes it: (safetensors dtype name, shape)."""
+
+
+class UnreadableFile(UserError):
+    """Not a complete safetensors file: too short, a header over the limit or not JSON, spans that do not
+    tile the file (truncated, say), not a regular file."""
+
+
+class OtherTensors(UserError):
+    """A well-formed safetensors file whose tensors are not the ones asked for (a key, a dtype, a shape)."""
+
+
+def spec_of(tensor: torch.Tensor) -> Spec:
+    """How a header describes `tensor` (any device, meta included)."""
+    return DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape)
+
+
+@contextmanager
+def open_checked(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[Any]:
+    """`safetensors.safe_open(path)` on CPU, once the header's length is within `max_header_bytes`; every
+    failure to open it an UnreadableFile. safe_open maps the file and parses the header: no tensor is read
+    until one is asked for."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UnreadableFile(f"{path} is not a regular file")
+            prefix = f.read(8)
+    except OSError as err:
+        raise UnreadableFile(f"cannot read {path}: {err.strerror or err}") from None
+    if len(prefix) < 8:
+        raise UnreadableFile(f"{path}: {info.st_size} bytes, too short to be a safetensors file")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > max_header_bytes or length > info.st_size - 8:
+        raise UnreadableFile(f"{path}: its header says it is {length} bytes long, over the {max_header_bytes}-byte "
+                             f"limit or the file's {info.st_size} bytes; not a file this project wrote, refused unread")
+    try:
+        handle = safetensors.safe_open(path, framework="pt", device="cpu")
+    except (safetensors.SafetensorError, OSError) as err:
+        raise UnreadableFile(f"{path}: not a complete safetensors file (truncated, or not written by this "
+                             f"project): {err}") from None
+    with handle as opened:
+        yield opened
+
+
+def specs(opened: Any) -> dict[str, Spec]:
+    """key -> (dtype name, shape) of every tensor in an open safetensors file (its header only)."""
+    return {key: (opened.get_slice(key).get_dtype(), tuple(opened.get_slice(key).get_shape()))
+            for key in opened.keys()}
+
+
+def check_tensors(path: str | Path, found: dict[str, Spec], expected: dict[str, Spec], exact: bool = True) -> None:
+    """Refuse (OtherTensors) unless every expected key is found with its dtype and shape; with `exact`, no
+    other key either. `path` names what is checked in the messages."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected)) if exact else []
+    if extra or missing:
+        raise OtherTensors(f"{path}: its tensors are not this model's: "
+                           + "; ".join([f"unexpected {k!r}" for k in extra[:5]] + [f"missing {k!r}" for k in missing[:5]]))
+    for key, (dtype, shape) in expected.items():
+        got_dtype, got_shape = found[key]
+        if got_dtype != dtype:
+            raise OtherTensors(f"{path}: {key} has dtype {got_dtype!r}, this model's is {dtype!r}")
+        if got_shape != shape:
+            raise OtherTensors(f"{path}: {key} has shape {list(got_shape)}, this model's is {list(shape)}")

@@ -1,0 +1,113 @@
+"""The one-pass training step (one process holding both towers, one micro-batch, no replicas) over
+static buffers, captured once as a CUDA graph and replayed every step (`train.step_graph`).
+
+A replay launches the whole step (augmentation, forward, loss, backward, the paper's update) in one
+call, where the eager step has the host enqueue each of its kernels; the host then does only what
+must change from step to step, outside the graph, into buffers the graph reads:
+- the uint8 batch and its labels, copied into static buffers;
+- the augmentation's draws (crop offsets, reflections, PCA alphas), made on the CPU from the step's
+  seeded generator exactly as the eager step makes them (data/augment.py `Augmenter.draw`), sent in
+  one transfer;
+- each tower's dropout masks, drawn from the tower's own generator into static buffers, so one
+  process still draws exactly the masks two processes would.
+The learning rate is a device tensor the update reads (training/optimizer.py `hold_rate_on_device`);
+a plateau drop writes into it, so nothing is captured again. As torch.cuda.graphs asks, the first
+steps run uncaptured on a side stream (cuDNN's search, compilation, the gradients' and velocities'
+first allocations: they are real training steps, not thrown away); gradients are zeroed inside the
+graph (set_to_none=False), so they stay the static tensors the update reads.
+
+Without capture (`capture=False`, on a CPU) the same code runs as it is: the tests compare it with
+the eager step (training/trainer.py `Trainer.train_step`), bitwise.
+"""
+
+import torch
+from torch.optim import Optimizer
+
+from data.augment import Augmenter, Draws
+from distributed.pipeline import PipelinedStep
+from model.alexnet import AlexNet
+from training.fast_path import FastPath
+from training.metrics import topk_wrong
+from training.optimizer import hold_rate_on_device
+
+WARMUP_STEPS = 3
+"""Steps run uncaptured before the capture (torch.cuda.graphs' whole-network example warms up 3)."""
+
+
+class StaticStep:
+    """One process's training step over static buffers; on a GPU, replayed as one CUDA graph."""
+
+    def __init__(self, model: AlexNet, pipeline: PipelinedStep, optimizer: Optimizer, augment: Augmenter,
+                 fast: FastPath, device: torch.device, capture: bool = True) -> None:
+        self.model, self.pipeline, self.optimizer, self.augment = model, pipeline, optimizer, augment
+        self.fast, self.device, self.capture = fast, device, capture
+        hold_rate_on_device(optimizer, device)
+        self.images: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.draws: torch.Tensor | None = None
+        """alphas [N, 3], then tops, lefts and flips [N] each, as float32 (exact for offsets and flags):
+        one buffer, so one transfer a step."""
+        self.keeps = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.side = torch.cuda.Stream(device) if capture else None
+        self.warmed = 0
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, rng: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on this batch, its augmentation drawn from `rng` and its dropout masks from the towers'
+        generators (seeded for the step by the caller); returns (summed loss, wrong top-1/top-5) without syncing."""
+        self._load(images, labels, rng)
+        if not self.capture:
+            return self._compute()
+        if self.graph is None and self.warmed < WARMUP_STEPS:
+            self.warmed += 1
+            return self._on_side_stream()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.outputs[0].clone(), self.outputs[1].clone()  # the graph's outputs are overwritten next step
+
+    def _load(self, images: torch.Tensor, labels: torch.Tensor, rng: torch.Generator) -> None:
+        """Everything that changes per step, into the static buffers (allocated at the first step)."""
+        n, side = len(labels), images.shape[-1]
+        if self.images is None:
+            self.images, self.labels = torch.empty_like(images), torch.empty_like(labels)
+            self.draws = torch.empty(6 * n, device=self.device)
+        elif images.shape != self.images.shape:
+            raise ValueError(f"a static step takes batches of {tuple(self.images.shape)}, not {tuple(images.shape)}")
+        self.images.copy_(images)
+        self.labels.copy_(labels)
+        d = self.augment.draw(rng, n, side)
+        host = torch.cat([d.alphas.reshape(-1), d.tops.float(), d.lefts.float(), d.flips.float()])
+        # From pinned memory the copy does not block the host; the pinned block is not reused before it lands.
+        self.draws.copy_(host.pin_memory() if self.device.type == "cuda" else host, non_blocking=True)
+        self.keeps = self.model.dropout_masks(n, self.device, out=self.keeps)
+
+    def _compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step from the static buffers: what the graph captures."""
+        n = len(self.labels)
+        alphas, tops, lefts, flips = self.draws.split([3 * n, n, n, n])
+        draws = Draws(tops.long(), lefts.long(), flips.bool(), alphas.view(n, 3))
+        inputs = self.augment.apply(self.images, draws).contiguous(memory_format=self.fast.memory_format)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss_sum, logits = self.pipeline.whole_batch(
+            inputs, self.labels, lambda: self.fast.autocast(self.device, cache=False), self.keeps)
+        self.optimizer.step()
+        return loss_sum, topk_wrong(logits, self.labels)
+
+    def _on_side_stream(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A warm-up step, on a side stream ordered after the loads and before whatever reads its results."""
+        current = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(current)
+        with torch.cuda.stream(self.side):
+            outputs = self._compute()
+        current.wait_stream(self.side)
+        return outputs
+
+    def _capture(self) -> None:
+        """Record the step once (nothing runs while it is recorded: the loaded step runs at the first replay)."""
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self._compute()
