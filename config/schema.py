@@ -22,10 +22,10 @@ MAX_TIMEOUT_S = 365 * 24 * 3600.0
 """A year, already "never" for one collective. torch keeps deadlines as 64-bit nanoseconds (292
 years); past them the group fails to start (gloo refuses 1e13 s, the TCP store times out at once at
 9.2e12 s) and timedelta overflows at 8.6e13 s."""
-MIN_TIMEOUT_S = 10.0
-"""A collective waits for its peers' whole step (seconds on a CPU), and the process group's start for the
-slowest process's imports; below a second torch rounds the deadline to 0 ms and the group fails to start
-with C++ frames instead of a message."""
+MIN_TIMEOUT_S = 1.0
+"""torch keeps the deadline in milliseconds and the process group's start waits on it too: at 1e-6 s it rounds
+to 0 ms and the group fails to start, with C++ frames instead of a message. A second is the least that can
+work (the tests of stalled processes use 5 s); set it above the slowest legitimate wait."""
 SWITCH = ("auto", "on", "off")
 """The values of a fast-path switch; auto is chosen per device (training/fast_path.py)."""
 

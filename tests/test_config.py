@@ -135,8 +135,8 @@ def test_nan_infinity_and_floats_beyond_float32_are_refused_for_every_float_key(
 
 @pytest.mark.parametrize("override, message", [
     # timedelta overflows at 8.6e13 s; gloo refuses 1e13 s
-    ("parallel.timeout_s=1e30", "parallel.timeout_s=1e+30: must be from 10 to 31536000"),
-    ("parallel.timeout_s=1e13", "parallel.timeout_s=10000000000000.0: must be from 10 to"),
+    ("parallel.timeout_s=1e30", "parallel.timeout_s=1e+30: must be from 1 to 31536000"),
+    ("parallel.timeout_s=1e13", "parallel.timeout_s=10000000000000.0: must be from 1 to"),
     ("train.seed=18446744073709551616", "train.seed=18446744073709551616: out of range (64-bit integers only)"),
     ("data.workers=-9223372036854775809", "out of range (64-bit integers only)"),
 ])

@@ -251,7 +251,7 @@ def test_missing_or_empty_data_root_fails_before_the_process_group(tmp_path, roo
 
 @pytest.mark.parametrize("override, message", [
     ("parallel.timeout_s=soon", "parallel.timeout_s: expected float"),
-    ("parallel.timeout_s=0", "parallel.timeout_s=0.0: must be from 10 to 31536000"),
+    ("parallel.timeout_s=0", "parallel.timeout_s=0.0: must be from 1 to 31536000"),
     ("checkpoint.every_steps=-1", "checkpoint.every_steps=-1: must be at least 0"),
     ("train.micro_batches=0", "train.micro_batches=0: must be at least 1"),
     ("train.max_steps=2.5", "train.max_steps: expected int"),
