@@ -12,6 +12,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import warnings
@@ -21,10 +22,12 @@ import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "lrn.cpp"
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "lrn_extension"
+FLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
+"""-fopenmp: at::parallel_for is OpenMP inside torch's headers; -fno-math-errno: std::sqrt may then vectorise."""
 
 
 def build_folder() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
     return CACHE / f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{digest}"
 
 
@@ -41,7 +44,14 @@ def extension():
 
 
 def _load():
-    from torch.utils import cpp_extension
+    # Importing cpp_extension logs a guess at CUDA's location on a machine without CUDA: irrelevant to a CPU build.
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
 
     if importlib.util.find_spec("ninja") is not None:  # the pinned PyPI ninja, wherever the venv's bin is
         import ninja
@@ -56,5 +66,5 @@ def _load():
         (folder / "lock").unlink(missing_ok=True)
         return cpp_extension.load(
             name="alexnet_lrn", sources=[str(SOURCE)], build_directory=str(folder),
-            extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"], verbose=False,
+            extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False,
         )
