@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import lrn_ops, lrn_twin
-from model.lrn_build import extension
+from model.cpu_kernels import extension
 
 IMPLEMENTATIONS = ("auto", "kernel", "twin", "reference")
 
 
 @torch.compiler.assume_constant_result  # decided once per process; torch.compile need not trace the build
 def kernel_available() -> bool:
-    """Whether the C++ kernel is built (building it on the first call; see model/lrn_build.py)."""
+    """Whether the C++ kernel is built (building it on the first call; see model/cpu_kernels.py)."""
     return extension() is not None
 
 

@@ -2,14 +2,14 @@
 
 torch.library custom ops, so torch.compile treats each as one opaque call (its shapes from the fake
 kernels below) and autograd knows the backward (register_autograd). Only for CPU tensors and only where
-`model.lrn_build.extension()` built the kernel: model/lrn.py checks both before calling `lrn`.
+`model.cpu_kernels.extension()` built the kernel: model/lrn.py checks both before calling `lrn`.
 Arguments: the input z, the window `size`, `alpha` multiplying the plain sum of squares, `beta`, `k`,
 whether a ReLU comes first, and the max-pool after it (`pool_kernel` 0: none).
 """
 
 import torch
 
-from model.lrn_build import extension
+from model.cpu_kernels import extension
 
 
 def _output_like(z: torch.Tensor, pool_kernel: int, pool_stride: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from model import lrn_build
+from model import cpu_kernels
 from model.lrn import LocalResponseNorm, kernel_available, set_implementation
 from tests.conftest import ROOT
 from tests.test_lrn import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
@@ -47,14 +47,14 @@ def test_without_the_kernel_the_twin_runs_and_says_so_once(monkeypatch):
     def no_compiler():
         raise RuntimeError("Ninja is required to load C++ extensions")
 
-    monkeypatch.setattr(lrn_build, "_load", no_compiler)
-    lrn_build.extension.cache_clear()
+    monkeypatch.setattr(cpu_kernels, "_load", no_compiler)
+    cpu_kernels.extension.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="could not be built .*Ninja is required.*pure-torch twin"):
-            assert lrn_build.extension() is None
+        with pytest.warns(RuntimeWarning, match="could not be built .*Ninja is required.*pure-torch twins"):
+            assert cpu_kernels.extension() is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a second use says nothing more
-            assert lrn_build.extension() is None
+            assert cpu_kernels.extension() is None
             assert not kernel_available()
             module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
             x = inputs(torch.float32, "contiguous")
@@ -66,7 +66,7 @@ def test_without_the_kernel_the_twin_runs_and_says_so_once(monkeypatch):
         assert_scaled_close(got_grad, want_grad, 1e-6)
     finally:
         monkeypatch.undo()
-        lrn_build.extension.cache_clear()
+        cpu_kernels.extension.cache_clear()
     assert kernel_available()  # the next test finds the kernel again
 
 
@@ -79,9 +79,9 @@ _BUILDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from torch.utils import cpp_extension
-    from model import lrn_build
+    from model import cpu_kernels
 
-    lrn_build.CACHE = Path(sys.argv[1])
+    cpu_kernels.CACHE = Path(sys.argv[1])
     log = Path(sys.argv[2])
 
     def load(build_directory, **kwargs):  # a slow build that notes when it starts and ends
@@ -94,7 +94,7 @@ _BUILDER = textwrap.dedent("""
         return "built"
 
     cpp_extension.load = load
-    print(lrn_build.extension())
+    print(cpu_kernels.extension())
 """)
 
 
@@ -102,7 +102,7 @@ def test_processes_starting_at_once_build_one_at_a_time(tmp_path):
     """Two processes at once: the file lock lets one build while the other waits (a build killed earlier left
     torch's own lock file behind: it is cleared, not waited on forever)."""
     cache, log = tmp_path / "cache", tmp_path / "log"
-    stale = lrn_build.build_folder().relative_to(lrn_build.CACHE)
+    stale = cpu_kernels.build_folder().relative_to(cpu_kernels.CACHE)
     (cache / stale).mkdir(parents=True)
     (cache / stale / "lock").touch()
     procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(cache), str(log)], cwd=ROOT, stdout=subprocess.PIPE,

@@ -1,11 +1,12 @@
-"""The CPU kernel of model/csrc/lrn.cpp, compiled at first use (torch.utils.cpp_extension.load, ninja).
+"""The project's C++ CPU kernels (model/csrc/: LRN, and the paper's SGD update), compiled at first use
+(torch.utils.cpp_extension.load, with ninja) into one module.
 
-Built once per machine into the git-ignored `.cache/lrn_extension/`, in a folder named by the torch and
-Python versions and the source's hash, so a changed source or another torch builds afresh rather than
-loading a stale library. Processes that start at once (the two tower processes, parallel tests) take a
-file lock: one builds, the others wait and load what it built. Where nothing can be built (no compiler,
-no ninja: the GPU image) `extension()` says why once and returns None, and model/lrn.py runs the
-pure-torch twin instead.
+Built once per machine into the git-ignored `.cache/cpu_kernels/`, in a folder named by the torch and
+Python versions and a hash of the sources and flags, so a changed source or another torch builds afresh
+rather than loading a stale library. Processes that start at once (the two tower processes, parallel
+tests) take a file lock: one builds, the others wait and load what it built. Where nothing can be built
+(no compiler, no ninja: the GPU image) `extension()` says why once and returns None, and the callers run
+their pure-torch twins instead (model/lrn_twin.py; PaperSGD's foreach update).
 """
 
 import fcntl
@@ -20,26 +21,27 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "lrn.cpp"
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "lrn_extension"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lrn.cpp", "paper_sgd.cpp")]
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "cpu_kernels"
 FLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 """-fopenmp: at::parallel_for is OpenMP inside torch's headers; -fno-math-errno: std::sqrt may then vectorise."""
 
 
 def build_folder() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
     return CACHE / f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{digest}"
 
 
 @functools.cache
 def extension():
-    """The compiled module (`forward`, `backward`), or None where it cannot be built (said once, as a warning)."""
+    """The compiled module (`forward`, `backward`: LRN; `paper_sgd_`), or None where it cannot be built (said
+    once, as a warning)."""
     try:
         return _load()
     except Exception as err:  # no compiler, no ninja, a failed build: the twin computes the same numbers
         reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
-        warnings.warn(f"LRN: the C++ kernel could not be built ({reason}); using the pure-torch twin "
-                      "(model/lrn_twin.py)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"the C++ CPU kernels could not be built ({reason}); using their pure-torch twins "
+                      "(LRN: model/lrn_twin.py; SGD: foreach)", RuntimeWarning, stacklevel=2)
         return None
 
 
@@ -65,6 +67,6 @@ def _load():
         # holding ours, no other process is building here.
         (folder / "lock").unlink(missing_ok=True)
         return cpp_extension.load(
-            name="alexnet_lrn", sources=[str(SOURCE)], build_directory=str(folder),
+            name="alexnet_cpu_kernels", sources=[str(p) for p in SOURCES], build_directory=str(folder),
             extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False,
         )
