@@ -10,8 +10,8 @@ Three implementations of the one formula, each forward and backward:
   the others are tested against, and what torch.export (the ONNX export) sees.
 `implementation="auto"` (the default) takes the kernel where it applies, else the twin.
 
-Precision: float32 and float64 are computed in their own type; bfloat16 and float16 (autocast) in float32,
-rounded once at the end, and the pool compares the rounded values, as the unfused ops would.
+Precision: float32 and float64 are computed in their own type; bfloat16 (autocast) and float16 (the twin only)
+in float32, rounded once at the end, and the pool compares the rounded values, as the unfused ops would.
 """
 
 import torch
@@ -22,6 +22,7 @@ from model import lrn_ops, lrn_twin
 from model.cpu_kernels import extension
 
 IMPLEMENTATIONS = ("auto", "kernel", "twin", "reference")
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 @torch.compiler.assume_constant_result  # decided once per process; torch.compile need not trace the build
@@ -66,7 +67,8 @@ class LocalResponseNorm(nn.Module):
             return self.implementation
         if torch.compiler.is_exporting():
             return "reference"
-        return "kernel" if x.device.type == "cpu" and x.dim() == 4 and kernel_available() else "twin"
+        fits = x.device.type == "cpu" and x.dim() == 4 and x.dtype in KERNEL_DTYPES
+        return "kernel" if fits and kernel_available() else "twin"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         way = self.chosen(x)
