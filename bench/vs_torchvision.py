@@ -11,7 +11,8 @@ weight decay 1e-4), zero_grad / forward / backward / step, as pytorch/examples/i
 
 Per batch size and variant (fp32; bf16 autocast; each compiled: ours compiles its stage functions as
 train.compile=on does, torchvision's whole model), the nets step in turn, A B C A B C, for a warm-up
-step and `--steps` timed steps each; images/s is the batch over the median step. Then torch.profiler's
+step and `--steps` timed steps each; images/s is the batch over the median step (and the ratios again by
+the process's CPU time per step, the steadier figure on cores other work shares). Then torch.profiler's
 time per kind of operation (bench/op_shares.py) for the fp32 eager nets, and the two-process step (one
 tower per gloo process, one thread each, the config's micro-batches) at the same batch. --quick: fp32
 eager only. Everything runs in a fixed order from fixed seeds.
@@ -97,22 +98,26 @@ def examples(batch: int, bf16: bool, compiled: bool):
     return net, step
 
 
-def interleaved(steps: dict, timed: int) -> dict[str, float]:
-    """Seconds per step (median of `timed`) of each step function, called in turn after one warm-up each."""
-    times = {name: [] for name in steps}
+def interleaved(steps: dict, timed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall and CPU seconds per step (medians of `timed`) of each step function, called in turn after one warm-up
+    each. CPU time (all of the process's threads) stops while other work holds the cores, so on shared cores
+    its ratios are the steadier ones."""
+    wall, cpu = {name: [] for name in steps}, {name: [] for name in steps}
     for round_ in range(timed + 1):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return ({name: statistics.median(t) for name, t in wall.items()},
+            {name: statistics.median(t) for name, t in cpu.items()})
 
 
 def _two_process_worker(rank: int, world: int, batch: int, timed: int, out: str) -> None:
     exchange = ProcessGroupExchange(dist.group.WORLD)
     _, step = ours(batch, False, False, towers=(rank,), exchange=exchange, micro_batches=MICRO_BATCHES_TWO_PROCESSES)
-    seconds = interleaved({"two": step}, timed)["two"]
+    seconds = interleaved({"two": step}, timed)[0]["two"]
     gathered = [None] * world
     dist.all_gather_object(gathered, seconds)
     if rank == 0:
@@ -140,8 +145,8 @@ def main() -> None:
           f"C++ LRN kernel: {'built' if kernel_available() else 'not built (the twin runs)'}; "
           f"median of {args.steps} steps after 1 warm-up\n", flush=True)
     print("| batch | variant | ours images/s | before (F.local_response_norm) | torchvision images/s "
-          "| ours / torchvision | before / torchvision |")
-    print("|---:|---|---:|---:|---:|---:|---:|", flush=True)
+          "| ours / torchvision | before / torchvision | the same two ratios by CPU time |")
+    print("|---:|---|---:|---:|---:|---:|---:|---|", flush=True)
     best: dict[int, dict[str, float]] = {}
     for batch in args.batches:
         for variant in ["fp32"] if args.quick else list(VARIANTS):
@@ -150,18 +155,20 @@ def main() -> None:
             nets = {"ours": ours(batch, bf16, compiled)[1], "torchvision": examples(batch, bf16, compiled)[1]}
             if variant == "fp32":  # "before" only where it is the comparison the issue names
                 nets["before"] = ours(batch, bf16, compiled, implementation="reference")[1]
-            rate = {name: batch / s for name, s in interleaved(nets, args.steps).items()}
+            wall, cpu = interleaved(nets, args.steps)
+            rate = {name: batch / s for name, s in wall.items()}
             for name in ("ours", "torchvision"):
                 best.setdefault(batch, {})[name] = max(best.get(batch, {}).get(name, 0.0), rate[name])
             before = rate.get("before")
             before_cells = f"{before:.1f} | {before / rate['torchvision']:.2f}x" if before else "- | -"
+            by_cpu = " / ".join(f"{cpu['torchvision'] / cpu[name]:.2f}x" for name in ("ours", "before") if name in cpu)
             print(f"| {batch} | {variant} | {rate['ours']:.1f} | {before_cells.split(' | ')[0]} | "
                   f"{rate['torchvision']:.1f} | **{rate['ours'] / rate['torchvision']:.2f}x** | "
-                  f"{before_cells.split(' | ')[1]} |", flush=True)
+                  f"{before_cells.split(' | ')[1]} | {by_cpu} |", flush=True)
         if not args.quick:
             b = best[batch]
             print(f"| {batch} | best of each | {b['ours']:.1f} | - | {b['torchvision']:.1f} | "
-                  f"**{b['ours'] / b['torchvision']:.2f}x** | - |", flush=True)
+                  f"**{b['ours'] / b['torchvision']:.2f}x** | - | - |", flush=True)
     print("\nTwo processes, one tower and one thread each (gloo), "
           f"{MICRO_BATCHES_TWO_PROCESSES} micro-batches, fp32, the slower process's median step:\n")
     for batch in args.batches:

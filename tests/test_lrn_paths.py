@@ -149,3 +149,19 @@ def test_without_lrn_or_relu_nothing_is_fused():
         tower = AlexNet(cfg).towers["0"]
         assert tower.steps["conv1"] == ("act", "lrn", "pool")
         assert not hasattr(tower, "act_lrn_pool")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_on_cuda_the_twin_runs_and_equals_the_reference(compiled):
+    """On a GPU `auto` is the twin (the C++ kernel is for CPU tensors): eager and compiled, against F ops on the GPU."""
+    torch._dynamo.reset()
+    x = inputs(torch.float32, "contiguous").cuda()
+    module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
+    assert module.chosen(x) == "twin"
+    got, got_grad = value_and_grad(torch.compile(module, fullgraph=True) if compiled else module, x)
+    module.implementation = "reference"
+    want, want_grad = value_and_grad(module, x)
+    assert_scaled_close(got, want, 1e-6)
+    assert_scaled_close(got_grad, want_grad, 1e-6)
