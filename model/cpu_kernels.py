@@ -22,13 +22,15 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lrn.cpp", "paper_sgd.cpp")]
+HEADERS = [Path(__file__).with_name("csrc") / "lrn_planes.h"]
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "cpu_kernels"
 FLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 """-fopenmp: at::parallel_for is OpenMP inside torch's headers; -fno-math-errno: std::sqrt may then vectorise."""
 
 
 def build_folder() -> Path:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
+    text = b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join(FLAGS).encode()
+    digest = hashlib.sha256(text).hexdigest()[:16]
     return CACHE / f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{digest}"
 
 
