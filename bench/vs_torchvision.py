@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.vs_torchvision [--quick] [--batches 64 128] [--steps 5] [--threads 2]
 
 Ours: the one-process step the trainer runs (distributed/pipeline.py PipelinedStep over both towers, one
-micro-batch, then distributed/optimizer.py PaperSGD), on float inputs already on the device (augmented
+micro-batch, then training/optimizer.py PaperSGD), on float inputs already on the device (augmented
 crops: the trainer augments on the device before the step). "before": the same net with every LRN as
 F.local_response_norm and its ReLU and max-pool as separate modules (model/lrn.py's "reference"), as the
 network ran before the fast LRN. torchvision: `alexnet()`, nn.CrossEntropyLoss, SGD(lr 0.01, momentum 0.9,
@@ -33,13 +33,13 @@ import torchvision
 
 from bench.op_shares import KINDS, shares
 from distributed.exchange import ProcessGroupExchange
-from distributed.optimizer import PaperSGD
 from distributed.pipeline import PipelinedStep
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from model.exchange import LocalExchange
 from model.lrn import kernel_available, set_implementation
+from training.optimizer import PaperSGD
 
 VARIANTS = {"fp32": (False, False), "bf16": (True, False), "fp32+compile": (False, True), "bf16+compile": (True, True)}
 """name -> (bf16 autocast, compiled)."""

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from distributed import optimizer as optimizer_module
-from distributed.optimizer import PaperSGD
 from model import cpu_kernels
+from training.optimizer import PaperSGD
 
 LRS = [0.01, 0.01, 0.001, 0.001]
 

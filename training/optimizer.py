@@ -39,7 +39,7 @@ class PaperSGD(Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 velocities.append(state["momentum_buffer"])
             lr = group["lr"]
-            if _one_pass_applies(params, grads, velocities):
+            if not isinstance(lr, torch.Tensor) and _one_pass_applies(params, grads, velocities):  # a held rate: foreach
                 cpu_kernels.extension().paper_sgd_(params, grads, velocities, lr, group["momentum"],
                                                    group["weight_decay"])
                 continue
