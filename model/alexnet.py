@@ -18,10 +18,12 @@ from model.exchange import Exchange, LocalExchange
 from model.grouped import GroupedTowers
 from model.layers import (
     BIAS_ONE_LAYERS,
+    FUSED,
     GATHER,
     LAYERS,
     STAGES,
     build_layer,
+    companion_steps,
     companions,
     fan_ins,
     split_by_input,
@@ -44,8 +46,10 @@ class Tower(nn.Module):
             for layer in stage.layers:
                 bias = index == 0 or not split_by_input(layer.name)
                 self.add_module(layer.name, build_layer(cfg, layer, fan_in[layer.name], width[layer.name], bias=bias))
-        for name, module in companions(cfg).items():
+        modules = companions(cfg)
+        for name, module in modules.items():
             self.add_module(name, module)
+        self.steps = {layer.name: companion_steps(layer.after, FUSED in modules) for stage in STAGES for layer in stage.layers}
         self.dropout_p = cfg.dropout
 
     def run_stage(self, index: int, x: torch.Tensor, keep: torch.Tensor | None = None, until: str | None = None) -> torch.Tensor:
@@ -53,7 +57,7 @@ class Tower(nn.Module):
         with dropout's scaled mask `keep` (None: no dropout); `until` stops after that layer's companions."""
         for layer in STAGES[index].layers:
             x = getattr(self, layer.name)(x)
-            for step in layer.after:
+            for step in self.steps[layer.name]:
                 x = (x if keep is None else x * keep) if step == "dropout" else getattr(self, step)(x)
             if layer.name == until:
                 break

@@ -106,14 +106,29 @@ def build_layer(cfg: ModelConfig, layer: Layer, fan_in: int, width: int, groups:
     return nn.Linear(fan_in, width, bias=bias)
 
 
+FUSED = "act_lrn_pool"
+"""The companion that computes ("act", "lrn", "pool") in one pass (model/lrn.py), where the net has a ReLU and LRN."""
+
+
 def companions(cfg: ModelConfig) -> dict[str, nn.Module]:
     """The modules a layer's `after` names: one factory for the towers and the grouped network,
-    so the two cannot drift (dropout is a mask, applied by the caller)."""
-    lrn = nn.Identity() if cfg.lrn == "none" else LocalResponseNorm(
-        cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn)
-    return {
+    so the two cannot drift (dropout is a mask, applied by the caller); and FUSED, for the towers."""
+    pool = (3, 2) if cfg.pooling == "overlapping" else (2, 2)
+    modules = {
         "act": nn.ReLU() if cfg.activation == "relu" else nn.Tanh(),
-        "lrn": lrn,
-        "pool": nn.MaxPool2d(3, 2) if cfg.pooling == "overlapping" else nn.MaxPool2d(2, 2),
+        "lrn": nn.Identity() if cfg.lrn == "none" else LocalResponseNorm(
+            cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn),
+        "pool": nn.MaxPool2d(*pool),
         "flatten": nn.Flatten(),
     }
+    if cfg.activation == "relu" and cfg.lrn != "none":
+        modules[FUSED] = LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn,
+                                           relu=True, pool=pool)
+    return modules
+
+
+def companion_steps(after: tuple[str, ...], fused: bool) -> tuple[str, ...]:
+    """The companions to run for a layer's `after`: FUSED in place of ("act", "lrn", "pool") when `fused`
+    (the same function in one pass: neither the ReLU's nor the LRN's output is written out)."""
+    run = ("act", "lrn", "pool")
+    return (FUSED,) + after[len(run):] if fused and after[: len(run)] == run else after

@@ -39,6 +39,8 @@ HANDLES = {"replacing", "atomic_path", "open_regular"}
 ALLOWED = {
     ("data/sources.py", "cache_name", ".read_bytes"):
         "our own source files (the generator's), hashed to name the cache: nobody hands these over",
+    ("model/cpu_kernels.py", "build_folder", ".read_bytes"):
+        "our own C++ sources, hashed to name the build folder: nobody hands these over",
     ("training/metrics.py", "MetricLogger.__init__", "SummaryWriter"):
         "TensorBoard writes its event files by name into log.dir, which the run probed and locked before "
         "(checkpoints/run_folder.py); their names carry the time, host and pid, so none can be placed ahead of it",

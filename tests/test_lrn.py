@@ -1,9 +1,11 @@
-"""LRN against the paper's formula, written out directly."""
+"""LRN against the paper's formula, written out directly, and the fast implementations (the C++ kernel and
+its pure-torch twin, model/lrn.py) against F.local_response_norm, outputs and input gradients."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model.lrn import LocalResponseNorm
+from model.lrn import LocalResponseNorm, kernel_available
 
 
 def paper_lrn(a: torch.Tensor, k: float, n: int, alpha: float, beta: float) -> torch.Tensor:
@@ -16,11 +18,12 @@ def paper_lrn(a: torch.Tensor, k: float, n: int, alpha: float, beta: float) -> t
     return out
 
 
+@pytest.mark.parametrize("implementation", ["reference", "kernel", "twin"])
 @pytest.mark.parametrize("channels", [48, 7])
-def test_paper_convention_matches_formula(channels):
+def test_paper_convention_matches_formula(channels, implementation):
     torch.manual_seed(0)
     a = torch.rand(2, channels, 5, 5, dtype=torch.float64) * 60  # large enough for the sum to matter
-    got = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper")(a)
+    got = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", implementation=implementation)(a)
     want = paper_lrn(a, k=2.0, n=5, alpha=1e-4, beta=0.75)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     # The tower's channel edges: maps 0 and N-1 see only 3 neighbours (themselves included).
@@ -30,10 +33,11 @@ def test_paper_convention_matches_formula(channels):
     torch.testing.assert_close(got[:, -1], last, rtol=1e-12, atol=1e-12)
 
 
-def test_alpha_over_n_divides_alpha_by_window():
+@pytest.mark.parametrize("implementation", ["reference", "kernel", "twin"])
+def test_alpha_over_n_divides_alpha_by_window(implementation):
     torch.manual_seed(1)
     a = torch.rand(1, 16, 3, 3, dtype=torch.float64) * 80
-    got = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "alpha_over_n")(a)
+    got = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "alpha_over_n", implementation=implementation)(a)
     torch.testing.assert_close(got, paper_lrn(a, 2.0, 5, 1e-4 / 5, 0.75), rtol=1e-12, atol=1e-12)
     assert not torch.allclose(got, paper_lrn(a, 2.0, 5, 1e-4, 0.75))
 
@@ -46,3 +50,100 @@ def test_lrn_is_per_tower_in_the_model():
     assert net.towers["0"].conv1.out_channels == 48  # LRN sums over these 48 maps only
     assert isinstance(net.towers["0"].lrn, LocalResponseNorm)
     assert isinstance(AlexNet(ModelConfig(lrn="none")).towers["0"].lrn, torch.nn.Identity)
+
+
+# -- the fast implementations against F.local_response_norm --------------------------------------------------
+
+TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
+"""Largest |fast - reference| allowed, relative to the reference's largest magnitude (measured: 3e-7 in
+float32, 6e-16 in float64). Relative to each tensor's scale rather than to each element: an input gradient
+is a difference of two terms, and where they nearly cancel any two roundings differ by more than 1e-6
+of the tiny result."""
+
+FUSIONS = {"lrn": (False, None), "relu+lrn": (True, None), "relu+lrn+pool": (True, (3, 2)), "lrn+pool 2/2": (False, (2, 2))}
+
+
+def reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, pool) -> torch.Tensor:
+    """torch's own ops, as the network ran them before the fast path (alpha: torch's, divided by size)."""
+    y = F.local_response_norm(F.relu(x) if relu else x, size, alpha, beta, k)
+    return F.max_pool2d(y, *pool) if pool else y
+
+
+def value_and_grad(f, x: torch.Tensor):
+    """f(x) and d(sum(f(x) * w))/dx for a fixed, uneven w."""
+    x = x.detach().clone().requires_grad_()
+    y = f(x)
+    w = torch.linspace(-1, 2, y.numel(), dtype=torch.float64).reshape(y.shape).to(y.dtype)
+    (y * w).sum().backward()
+    return y.detach(), x.grad
+
+
+def assert_scaled_close(got: torch.Tensor, want: torch.Tensor, tolerance: float) -> None:
+    torch.testing.assert_close(got, want, rtol=0, atol=tolerance * want.abs().max().item())
+
+
+def inputs(dtype: torch.dtype, layout: str, channels: int = 12) -> torch.Tensor:
+    torch.manual_seed(2)
+    x = torch.randn(2, channels, 13, 11, dtype=dtype) * 30  # alpha * sum ~ k: both terms of D matter
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("size", [5, 4, 3, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("implementation", ["kernel", "twin"])
+def test_fast_equals_reference(implementation, dtype, size, layout, fusion):
+    relu, pool = FUSIONS[fusion]
+    x = inputs(dtype, layout)
+    module = LocalResponseNorm(size, 1e-4, 0.75, 2.0, "paper", relu=relu, pool=pool, implementation=implementation)
+    got, got_grad = value_and_grad(module, x)
+    want, want_grad = value_and_grad(lambda t: reference(t, size, 1e-4 * size, 0.75, 2.0, relu, pool), x)
+    assert_scaled_close(got, want, TOLERANCE[dtype])
+    assert_scaled_close(got_grad, want_grad, TOLERANCE[dtype])
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+def test_auto_takes_the_kernel_on_cpu():
+    module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper")
+    assert kernel_available(), "the C++ kernel did not build here (see the warning above)"
+    assert module.chosen(torch.zeros(1, 4, 3, 3)) == "kernel"
+    assert module.chosen(torch.zeros(4, 3, 3)) == "twin"  # not [N, C, H, W]
+
+
+def test_ties_in_the_pool_go_where_torch_sends_them():
+    """Windows of equal values (a ReLU's zeros, a constant map): the pooled gradient goes to the first of each
+    window, as max_pool2d's, and the ReLU then drops it or not."""
+    x = torch.zeros(1, 6, 9, 9, dtype=torch.float64)
+    x[0, 1] = 3.0  # every window of map 1 ties
+    x[0, 2, ::2, ::2] = -1.0  # negatives among zeros: ties after the ReLU
+    x[0, 3, 4, 4] = float("nan")  # a NaN wins its windows
+    for fused in (True, False):
+        module = LocalResponseNorm(3, 1e-2, 0.75, 1.0, "paper", relu=fused, pool=(3, 2), implementation="kernel")
+        got, got_grad = value_and_grad(module, x)
+        want, want_grad = value_and_grad(lambda t: reference(t, 3, 3e-2, 0.75, 1.0, fused, (3, 2)), x)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_bfloat16_computes_in_float32_and_rounds_once(fusion, layout):
+    """bf16 (autocast's conv outputs) is computed in float32: the output is the float32 result rounded, and the
+    kernel and the twin agree; without the pool the input gradient is float32's, rounded."""
+    relu, pool = FUSIONS[fusion]
+    x = inputs(torch.bfloat16, layout)
+    results = {}
+    for implementation in ("kernel", "twin"):
+        module = LocalResponseNorm(4, 1e-4, 0.75, 2.0, "paper", relu=relu, pool=pool, implementation=implementation)
+        results[implementation] = value_and_grad(module, x)
+        assert results[implementation][0].dtype == torch.bfloat16
+    want, want_grad = value_and_grad(lambda t: reference(t, 4, 4e-4, 0.75, 2.0, relu, pool), x.float())
+    one_bf16_step = 2.0**-7
+    for got, got_grad in results.values():
+        torch.testing.assert_close(got.float(), want, rtol=one_bf16_step, atol=0)
+        if not pool:  # a pool's choice among values that bf16 rounds together can differ from float32's
+            assert_scaled_close(got_grad.float(), want_grad, 2 * one_bf16_step)
+    (kernel, kernel_grad), (twin, twin_grad) = results["kernel"], results["twin"]
+    torch.testing.assert_close(kernel.float(), twin.float(), rtol=one_bf16_step, atol=0)
+    assert_scaled_close(kernel_grad.float(), twin_grad.float(), one_bf16_step)

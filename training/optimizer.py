@@ -3,6 +3,8 @@
 import torch
 from torch.optim import Optimizer
 
+from model import cpu_kernels
+
 
 class PaperSGD(Optimizer):
     """Krizhevsky et al.'s update, with the learning rate inside the velocity:
@@ -14,6 +16,10 @@ class PaperSGD(Optimizer):
     agree while lr is constant; after a drop, torch's old velocity is suddenly
     scaled by the new lr, the paper's keeps the step it had already taken.
     The velocity lives in state["momentum_buffer"], as torch.optim.SGD's does.
+
+    On CPU the update is one pass over each parameter (model/csrc/paper_sgd.cpp: w, g and v read once, w and
+    v written once, fused multiply-adds in the rule's order); elsewhere, or where the kernel could not be
+    built, four foreach passes. Both are the rule above (tested against it written out).
     """
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float) -> None:
@@ -33,11 +39,26 @@ class PaperSGD(Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 velocities.append(state["momentum_buffer"])
             lr = group["lr"]
+            if not isinstance(lr, torch.Tensor) and _one_pass_applies(params, grads, velocities):  # a held rate: foreach
+                cpu_kernels.extension().paper_sgd_(params, grads, velocities, lr, group["momentum"],
+                                                   group["weight_decay"])
+                continue
             torch._foreach_mul_(velocities, group["momentum"])
             _add_scaled_(velocities, params, -group["weight_decay"] * lr)
             _add_scaled_(velocities, grads, -lr)
             torch._foreach_add_(params, velocities)
         return None
+
+
+def _one_pass_applies(params, grads, velocities) -> bool:
+    """Whether the one-pass CPU kernel can update these: built, float32/float64 CPU tensors, each parameter's
+    gradient and velocity laid out as it is (so the three can be walked as flat arrays together)."""
+    dense = (torch.contiguous_format, torch.channels_last)
+    return all(
+        p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and g.dtype == v.dtype == p.dtype
+        and g.stride() == v.stride() == p.stride() and any(p.is_contiguous(memory_format=f) for f in dense)
+        for p, g, v in zip(params, grads, velocities)
+    ) and cpu_kernels.extension() is not None
 
 
 def build_optimizer(params, kind: str, lr: float, momentum: float, weight_decay: float) -> Optimizer:

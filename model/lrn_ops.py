@@ -1,0 +1,63 @@
+"""The C++ kernel (model/csrc/lrn.cpp) as the torch ops `alexnet::lrn` and `alexnet::lrn_backward`.
+
+torch.library custom ops, so torch.compile treats each as one opaque call (its shapes from the fake
+kernels below) and autograd knows the backward (register_autograd). Only for CPU tensors and only where
+`model.cpu_kernels.extension()` built the kernel: model/lrn.py checks both before calling `lrn`.
+Arguments: the input z, the window `size`, `alpha` multiplying the plain sum of squares, `beta`, `k`,
+whether a ReLU comes first, and the max-pool after it (`pool_kernel` 0: none).
+"""
+
+import torch
+
+from model.cpu_kernels import extension
+
+
+def _output_like(z: torch.Tensor, pool_kernel: int, pool_stride: int) -> torch.Tensor:
+    """An empty output of the op in z's memory layout (the real and the fake kernel both use this)."""
+    n, c, h, w = z.shape
+    if pool_kernel:
+        h, w = (h - pool_kernel) // pool_stride + 1, (w - pool_kernel) // pool_stride + 1
+    channels_last = z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((n, c, h, w), dtype=z.dtype, device=z.device, memory_format=layout)
+
+
+@torch.library.custom_op("alexnet::lrn", mutates_args=(), device_types="cpu")
+def lrn(z: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, pool_kernel: int,
+        pool_stride: int) -> torch.Tensor:
+    """max_pool2d(lrn(relu(z))), each step as its flags say, in one pass over z."""
+    out = _output_like(z, pool_kernel, pool_stride)
+    extension().forward(z, out, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    return out
+
+
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=(), device_types="cpu")
+def lrn_backward(grad: torch.Tensor, z: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool,
+                 pool_kernel: int, pool_stride: int) -> torch.Tensor:
+    """The gradient of `lrn`'s output (`grad`) with respect to z, recomputing what the forward computed."""
+    dz = torch.empty_like(z)
+    extension().backward(grad, z, dz, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    return dz
+
+
+@lrn.register_fake
+def _(z, size, alpha, beta, k, relu, pool_kernel, pool_stride):
+    return _output_like(z, pool_kernel, pool_stride)
+
+
+@lrn_backward.register_fake
+def _(grad, z, size, alpha, beta, k, relu, pool_kernel, pool_stride):
+    return torch.empty_like(z)
+
+
+def _save_input(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+    ctx.hyper = inputs[1:]
+
+
+def _backward(ctx, grad):
+    (z,) = ctx.saved_tensors
+    return (lrn_backward(grad, z, *ctx.hyper),) + (None,) * len(ctx.hyper)
+
+
+lrn.register_autograd(_backward, setup_context=_save_input)

@@ -1,0 +1,167 @@
+"""Which LRN runs where, and that every path computes the same: the kernel against its twin on the same inputs
+(eager and compiled), the fallback when the kernel cannot be built, the build's lock, and the fused companions
+inside the network."""
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from model import cpu_kernels
+from model.lrn import LocalResponseNorm, kernel_available, set_implementation
+from tests.conftest import ROOT
+from tests.test_lrn import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("size", [5, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kernel_equals_twin(dtype, size, layout):
+    x = inputs(dtype, layout, channels=9)
+    for relu, pool in FUSIONS.values():
+        kernel, twin = (value_and_grad(LocalResponseNorm(size, 1e-4, 0.75, 2.0, "alpha_over_n", relu=relu, pool=pool,
+                                                         implementation=way), x) for way in ("kernel", "twin"))
+        tolerance = TOLERANCE.get(dtype, 2.0**-7)  # bf16: both compute in float32; at most one rounding apart
+        for got, want in zip(kernel, twin):
+            assert_scaled_close(got.double(), want.double(), tolerance)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "twin"])
+def test_compiled_equals_eager_reference(implementation):
+    """torch.compile (fullgraph: the custom op and the twin trace without a break) forward and backward, fused."""
+    torch._dynamo.reset()
+    x = inputs(torch.float32, "contiguous")
+    module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2), implementation=implementation)
+    compiled = torch.compile(module, fullgraph=True, dynamic=False)
+    got, got_grad = value_and_grad(compiled, x)
+    want, want_grad = value_and_grad(LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2),
+                                                       implementation="reference"), x)
+    assert_scaled_close(got, want, 1e-6)
+    assert_scaled_close(got_grad, want_grad, 1e-6)
+
+
+def test_without_the_kernel_the_twin_runs_and_says_so_once(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpu_kernels, "_load", no_compiler)
+    cpu_kernels.extension.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built .*Ninja is required.*pure-torch twins"):
+            assert cpu_kernels.extension() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a second use says nothing more
+            assert cpu_kernels.extension() is None
+            assert not kernel_available()
+            module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
+            x = inputs(torch.float32, "contiguous")
+            assert module.chosen(x) == "twin"
+            got, got_grad = value_and_grad(module, x)
+        module.implementation = "reference"
+        want, want_grad = value_and_grad(module, x)
+        assert_scaled_close(got, want, 1e-6)
+        assert_scaled_close(got_grad, want_grad, 1e-6)
+    finally:
+        monkeypatch.undo()
+        cpu_kernels.extension.cache_clear()
+    assert kernel_available()  # the next test finds the kernel again
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(ValueError, match="'fast'.*must be one of"):
+        LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", implementation="fast")
+
+
+_BUILDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from torch.utils import cpp_extension
+    from model import cpu_kernels
+
+    cpu_kernels.CACHE = Path(sys.argv[1])
+    log = Path(sys.argv[2])
+
+    def load(build_directory, **kwargs):  # a slow build that notes when it starts and ends
+        assert not (Path(build_directory) / "lock").exists(), "torch's stale lock was left in place"
+        with open(log, "a") as f:
+            f.write("start\\n")
+        time.sleep(1.0)
+        with open(log, "a") as f:
+            f.write("end\\n")
+        return "built"
+
+    cpp_extension.load = load
+    print(cpu_kernels.extension())
+""")
+
+
+def test_processes_starting_at_once_build_one_at_a_time(tmp_path):
+    """Two processes at once: the file lock lets one build while the other waits (a build killed earlier left
+    torch's own lock file behind: it is cleared, not waited on forever)."""
+    cache, log = tmp_path / "cache", tmp_path / "log"
+    stale = cpu_kernels.build_folder().relative_to(cpu_kernels.CACHE)
+    (cache / stale).mkdir(parents=True)
+    (cache / stale / "lock").touch()
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(cache), str(log)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all(out.strip() == "built" for out, _ in outputs)
+    assert log.read_text().split() == ["start", "end", "start", "end"]  # never both inside at once
+
+
+def test_fused_network_equals_the_network_before():
+    """Both towers, eager, float64: the net with its fused, fast companions against the same weights run with
+    F.local_response_norm and separate ReLU and max-pool modules (logits and every weight's gradient)."""
+    from model.alexnet import AlexNet
+    from model.config import ModelConfig
+
+    results = []
+    for implementation in ("auto", "reference"):
+        torch.manual_seed(0)
+        net = AlexNet(ModelConfig(num_classes=10, bias_init=0.1)).double()
+        net.init_paper(seed=0)
+        if implementation == "reference":  # the companions one by one, as the stage table lists them
+            set_implementation(net, implementation)
+            for tower in net.towers.values():
+                tower.steps = {name: ("act", "lrn", "pool") if steps == ("act_lrn_pool",) else steps
+                               for name, steps in tower.steps.items()}
+        x = torch.randn(2, 3, 227, 227, dtype=torch.float64) * 50
+        logits = net(x)
+        logits.square().sum().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
+    (logits, grads), (want_logits, want_grads) = results
+    assert_scaled_close(logits, want_logits, 1e-12)
+    for name, grad in grads.items():
+        assert_scaled_close(grad, want_grads[name], 1e-10)
+
+
+def test_without_lrn_or_relu_nothing_is_fused():
+    from model.alexnet import AlexNet
+    from model.config import ModelConfig
+
+    assert AlexNet(ModelConfig()).towers["0"].steps["conv1"] == ("act_lrn_pool",)
+    assert AlexNet(ModelConfig()).towers["0"].steps["conv5"] == ("act", "pool", "flatten")
+    for cfg in (ModelConfig(lrn="none"), ModelConfig(activation="tanh")):
+        tower = AlexNet(cfg).towers["0"]
+        assert tower.steps["conv1"] == ("act", "lrn", "pool")
+        assert not hasattr(tower, "act_lrn_pool")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_on_cuda_the_twin_runs_and_equals_the_reference(compiled):
+    """On a GPU `auto` is the twin (the C++ kernel is for CPU tensors): eager and compiled, against F ops on the GPU."""
+    torch._dynamo.reset()
+    x = inputs(torch.float32, "contiguous").cuda()
+    module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
+    assert module.chosen(x) == "twin"
+    got, got_grad = value_and_grad(torch.compile(module, fullgraph=True) if compiled else module, x)
+    module.implementation = "reference"
+    want, want_grad = value_and_grad(module, x)
+    assert_scaled_close(got, want, 1e-6)
+    assert_scaled_close(got_grad, want_grad, 1e-6)
