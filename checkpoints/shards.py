@@ -56,7 +56,13 @@ def write(state: dict, folder: Path) -> None:
     """Save `state` (this process's entries) into `folder`, every process its own file; a collective.
     Every value must be a tensor (TypeError before anything is written)."""
     flat_specs(state)
-    dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+    dcp.save(_dense(state), storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+
+
+def _dense(state: dict) -> dict:
+    """`state` with every tensor laid out row-major, as safetensors stores it: a channels_last run's conv
+    weights are copied (a few MB); the rest are the tensors themselves. A load copies into any layout."""
+    return {k: _dense(v) if isinstance(v, dict) else v.contiguous() for k, v in state.items()}
 
 
 def check(folder: Path, expected: dict[str, Spec]) -> dict[str, Spec]:

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import STAGES, reads_whole_input, split_by_input
+from model.layers import FUSED, STAGES, reads_whole_input, split_by_input
 
-PER_TOWER = ("lrn",)
-"""Companions whose output at a channel reads other channels (LRN's window): run on each tower's channels
-alone. The others act on each value or each channel on its own, so they run on the joined channels at once."""
+PER_TOWER = ("lrn", FUSED)
+"""Companions whose output at a channel reads other channels (LRN's window, alone or fused with ReLU and
+pooling): run on each tower's channels alone. The others act on each value or each channel on its own, so
+they run on the joined channels at once."""
 
 
 class GroupedTowers:
@@ -50,7 +51,7 @@ class GroupedTowers:
         companions = self.towers[0]  # every tower's companions are the same stateless modules
         for layer in STAGES[index].layers:
             x = self.layer(layer.name, x)
-            for step in layer.after:
+            for step in companions.steps[layer.name]:  # the towers' own steps: the fused one where there is one
                 if step == "dropout":
                     x = x if keeps is None else x * torch.cat(tuple(keeps), 1)
                 elif step in PER_TOWER:

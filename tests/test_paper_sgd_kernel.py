@@ -4,8 +4,8 @@ foreach update it replaces where the kernel is not there."""
 import pytest
 import torch
 
-from distributed import optimizer as optimizer_module
 from model import cpu_kernels
+from training import optimizer as optimizer_module
 from training.optimizer import PaperSGD
 
 LRS = [0.01, 0.01, 0.001, 0.001]
