@@ -15,13 +15,16 @@ write. A folder in the earlier format (DCP's pickled `.metadata`) is refused, ne
 """
 
 import json
+import os
 import re
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+import files
 from checkpoints import shards
 from checkpoints.recorded_model import UnreadableRecord, check_recorded, record
 from checkpoints.tensor_file import OtherTensors, UnreadableFile
@@ -115,23 +118,25 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
     root = Path(directory)
     final = root / f"step_{step:08d}"
     partial = root / (final.name + PARTIAL)
-    if _is_writer():
-        root.mkdir(parents=True, exist_ok=True)
-        _clear_leftovers(root)
-    _barrier()
     try:
+        if _is_writer():
+            files.create_root(root, "checkpoint.dir")
+            _clear_leftovers(root)
+            files.make_folder(partial)  # a real folder, made here: DCP's writers then find it and write into it
+        _barrier()
         shards.write(state, partial)  # returns once every process has written its file
         if _is_writer():
             if model is not None:
-                (partial / MODEL_FILE).write_text(record(model))
-            (partial / MARKER).write_text(json.dumps(FORMAT) + "\n")
+                files.write_atomic(partial / MODEL_FILE, record(model))
+            files.write_atomic(partial / MARKER, json.dumps(FORMAT) + "\n")
         _barrier()
     except BaseException as err:
         # DCP hands a failure on any process (Ctrl-C included) to every process, so all of them land
         # here. (A lost peer raises a distributed error instead, reported as such by distributed.main.)
         # Every process removes the partial folder: each creates it when it plans its writes, so one
         # interrupted early can create it after the writer has removed it.
-        shutil.rmtree(partial, ignore_errors=True)
+        with suppress(files.Refused):
+            files.remove(partial)
         if isinstance(err, KeyboardInterrupt) or _interrupted(err):
             raise KeyboardInterrupt from None
         if not isinstance(err, (dcp.CheckpointException, OSError)):
@@ -142,9 +147,8 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
             f"{_causes(err)}"
         ) from err
     if _is_writer():
-        if final.exists():
-            _remove(final)
-        partial.rename(final)
+        _remove(final)
+        files.rename(partial, final)
         for old in complete(root)[:-keep]:
             _remove(old)
     _barrier()
@@ -152,28 +156,28 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
 
 
 def _remove(folder: Path) -> None:
-    """Delete a checkpoint folder, its completeness mark first: killed midway, what is left is ignored."""
-    (folder / MARKER).unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
+    """Delete a checkpoint folder, its completeness mark first: killed midway, what is left is ignored. A link
+    (a checkpoint of another run, linked in) is unlinked, and what it leads to is left whole."""
+    files.remove(folder, first=[MARKER])
 
 
 def _clear_leftovers(root: Path) -> None:
     """Remove what killed writes and prunes left: partial folders, and step folders without their mark.
     Safe because the run owns the folder (checkpoints/run_folder.py): no other run is writing there."""
     for entry in root.iterdir():
-        torn = _NAME.match(entry.name) and not (entry / MARKER).is_file() and not (entry / EARLIER_FORMAT).is_file()
-        if entry.is_dir() and (torn or _PARTIAL_NAME.match(entry.name)):
-            shutil.rmtree(entry, ignore_errors=True)
+        torn = _NAME.match(entry.name) and entry.is_dir() and not (entry / MARKER).is_file() \
+            and not (entry / EARLIER_FORMAT).is_file()
+        if torn or _PARTIAL_NAME.match(entry.name):
+            files.remove(entry)
 
 
 def set_aside(folder: Path) -> Path:
     """Rename a checkpoint that does not load to `step_N.broken` (or .broken.2, ...): kept for a look, never read."""
     aside, n = folder.with_name(folder.name + BROKEN), 1
-    while aside.exists():
+    while os.path.lexists(aside):
         n += 1
         aside = folder.with_name(f"{folder.name}{BROKEN}.{n}")
-    folder.rename(aside)
-    return aside
+    return files.rename(folder, aside)
 
 
 def _interrupted(err: BaseException) -> bool:
@@ -195,13 +199,12 @@ def check_model(path: str | Path, model: ModelConfig) -> bool:
     both values; reads no weights, so a command can call it before any process group starts. Whether the
     checkpoint records its model config (folders written by tests may not)."""
     recorded = Path(path) / MODEL_FILE
-    if not recorded.is_file():
+    if not os.path.lexists(recorded):
         return False
     try:
-        with open(recorded, "rb") as f:
-            text = f.read(MAX_JSON_BYTES + 1)
-    except OSError as err:
-        raise BrokenCheckpoint(f"checkpoint {path}: {MODEL_FILE} cannot be read: {err.strerror or err}") from None
+        text = bytes(files.read_capped(recorded, MAX_JSON_BYTES, f"a checkpoint's {MODEL_FILE}"))
+    except files.Refused as err:
+        raise BrokenCheckpoint(f"checkpoint {path}: {MODEL_FILE} cannot be read: {err}") from None
     try:
         check_recorded("checkpoint", path, text, model)
     except UnreadableRecord as err:
@@ -212,9 +215,8 @@ def check_model(path: str | Path, model: ModelConfig) -> bool:
 def _check_marker(path: Path) -> None:
     """The folder's MARKER names the format read here (a later format is refused, not misread)."""
     try:
-        with open(path / MARKER, "rb") as f:
-            written = json.loads(f.read(MAX_JSON_BYTES + 1))
-    except (OSError, ValueError, RecursionError) as err:
+        written = files.read_json(path / MARKER, MAX_JSON_BYTES, f"a checkpoint's {MARKER}")
+    except files.Refused as err:
         raise BrokenCheckpoint(f"checkpoint {path}: {MARKER} cannot be read: {err}") from None
     if written != FORMAT:
         raise UserError(f"checkpoint {path} is in another format ({MARKER}: {written!r:.200}); this version reads "

@@ -15,7 +15,6 @@ one line naming the file:
 """
 
 import os
-import stat
 import struct
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Iterator
 import safetensors
 import torch
 
+import files
 from config.errors import UserError
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -59,19 +59,19 @@ def open_checked(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> 
     until one is asked for."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise UnreadableFile(f"{path} is not a regular file")
+        with files.open_regular(path) as f:  # a pipe or a device refused unread, without blocking
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
-    except OSError as err:
-        raise UnreadableFile(f"cannot read {path}: {err.strerror or err}") from None
+    except files.Refused as err:
+        raise UnreadableFile(str(err)) from None
     if len(prefix) < 8:
-        raise UnreadableFile(f"{path}: {info.st_size} bytes, too short to be a safetensors file")
+        raise UnreadableFile(f"{path}: {size} bytes, too short to be a safetensors file")
     (length,) = struct.unpack("<Q", prefix)
-    if length > max_header_bytes or length > info.st_size - 8:
+    if length > max_header_bytes or length > size - 8:
         raise UnreadableFile(f"{path}: its header says it is {length} bytes long, over the {max_header_bytes}-byte "
-                             f"limit or the file's {info.st_size} bytes; not a file this project wrote, refused unread")
+                             f"limit or the file's {size} bytes; not a file this project wrote, refused unread")
+    # safe_open opens the file again by name: the check above holds against a file handed over, not against
+    # someone swapping it in the run's own folder meanwhile (files/: what the rules promise).
     try:
         handle = safetensors.safe_open(path, framework="pt", device="cpu")
     except (safetensors.SafetensorError, OSError) as err:

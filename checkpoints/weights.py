@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import safetensors.torch
 import torch
 
+import files
 from checkpoints.recorded_model import check_recorded, record
 from checkpoints.tensor_file import Spec, check_tensors, open_checked, spec_of, specs
 from config.errors import UserError
@@ -42,10 +43,9 @@ def save_weights(towers_state: dict[str, torch.Tensor], cfg: ModelConfig, target
     """Write every tower of `towers_state` as one grouped state dict, atomically, with `cfg` in its
     metadata. Name `target` *.safetensors: that suffix is what tells a weights file from a checkpoint."""
     target = Path(target)
-    partial = target.with_name(target.name + ".partial")
     grouped = {k: v.detach().cpu().contiguous() for k, v in grouped_state_dict(towers_state, cfg.towers).items()}
-    safetensors.torch.save_file(grouped, partial, metadata={MODEL_KEY: record(cfg)})
-    partial.rename(target)
+    with files.atomic_path(target) as partial:
+        safetensors.torch.save_file(grouped, partial, metadata={MODEL_KEY: record(cfg)})
     return target
 
 

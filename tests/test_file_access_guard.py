@@ -44,21 +44,17 @@ ALLOWED = {
     ("training/metrics.py", "MetricLogger.__init__", "SummaryWriter"):
         "TensorBoard writes its event files by name into log.dir, which the run probed and locked before "
         "(checkpoints/run_folder.py); their names carry the time, host and pid, so none can be placed ahead of it",
+    ("checkpoints/shards.py", "write", "dcp.save"):
+        "DCP's writers create their files by name in the step_N.partial folder store.save made itself "
+        "(files.make_folder, after removing any leftover or link of that name)",
+    ("checkpoints/shards.py", "read", "dcp.load"):
+        "DCP's reader opens the folder's files by name, after shards.check refused links and files that are not "
+        "regular, and read every header bounded",
+    ("checkpoints/tensor_file.py", "open_checked", "safetensors.safe_open"):
+        "safetensors maps the file by name, after files.open_regular proved it regular and its header's length "
+        "was held to the limit",
 }
 """(file, function, call) -> why it may stay."""
-
-PENDING = {
-    "checkpoints/store.py": "the checkpoint store: its partial folder, pruning, set_aside and model.json/checkpoint.json "
-                            "reads and writes move onto files/ (make_folder, remove(first=[MARKER]), rename, read_json, "
-                            "write_atomic); tests marked PENDING in tests/test_hostile_links.py and _blocking.py",
-    "checkpoints/tensor_file.py": "open_checked opens the file before checking it is regular (a pipe blocks): "
-                                  "files.open_regular first",
-    "checkpoints/weights.py": "save_weights writes NAME.partial itself: files.atomic_path; safe_open after open_checked",
-    "checkpoints/shards.py": "DCP's own readers and writers open the folder's files by name, after check() refused "
-                             "links and non-regular files",
-}
-"""Whole files left to the checkpoint helper's branch; the engineer removes each entry as it is applied."""
-
 
 def _dotted(node: ast.AST) -> str | None:
     if isinstance(node, ast.Name):
@@ -154,7 +150,7 @@ def file_calls() -> dict[tuple[str, str, str], int]:
 
 def test_every_file_access_goes_through_the_primitives():
     outside = {key: line for key, line in file_calls().items()
-               if key[0].split("/")[0] != PRIMITIVES and key not in ALLOWED and key[0] not in PENDING}
+               if key[0].split("/")[0] != PRIMITIVES and key not in ALLOWED}
     assert not outside, "file access outside files/ (use its primitives, or allow it in ALLOWED with why):\n" + \
         "\n".join(f"  {f}:{line} in {fn}: {what}(" for (f, fn, what), line in sorted(outside.items()))
 
@@ -162,7 +158,6 @@ def test_every_file_access_goes_through_the_primitives():
 def test_the_allow_list_holds_nothing_stale():
     calls = file_calls()
     stale = [key for key in ALLOWED if key not in calls]
-    stale += [f for f in PENDING if not any(key[0] == f for key in calls)]
     assert not stale, f"allowed, but no longer there (remove the entries): {stale}"
 
 

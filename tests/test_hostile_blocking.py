@@ -62,16 +62,11 @@ def test_a_config_file_that_is_a_pipe_is_refused_naming_it(tmp_path):
         load_config([ROOT / "config.yaml", fifo(tmp_path / "c.yaml")])
 
 
-PENDING = pytest.mark.xfail(strict=True, reason="the checkpoint code's own opens (checkpoints/tensor_file.py "
-                            "open_checked, store.py check_model and _check_marker) still block on a pipe: they move "
-                            "onto files.open_regular / read_json next (see the report of branch safe)")
-
 
 def _checkpoint(tmp_path):
     return store.save({"model": {"w": torch.arange(4.0)}}, tmp_path / "ck", 1, keep=1, model=ModelConfig())
 
 
-@PENDING
 def test_weights_that_are_a_pipe_are_refused_naming_them(tmp_path):
     path = fifo(tmp_path / "x.safetensors")
     outcome = bounded.call("from checkpoints.weights import check_weights\nfrom model.config import ModelConfig",
@@ -79,7 +74,6 @@ def test_weights_that_are_a_pipe_are_refused_naming_them(tmp_path):
     assert "UserError" in outcome["kinds"] and "a named pipe" in outcome["message"], outcome
 
 
-@PENDING
 @pytest.mark.parametrize("name", ["model.json", "checkpoint.json"])
 def test_a_checkpoint_s_json_file_that_is_a_pipe_is_refused_naming_it(tmp_path, name):
     folder = _checkpoint(tmp_path)

@@ -116,11 +116,7 @@ def test_a_cache_leftover_that_is_a_link_is_unlinked_and_its_target_kept(tmp_pat
 
 
 STATE = {"model": {"w": torch.arange(4.0)}}
-PENDING = pytest.mark.xfail(strict=True, reason="checkpoints/store.py's partial folder and pruning still follow "
-                            "links: they move onto files.make_folder / remove / rename next (see the report of branch safe)")
 
-
-@PENDING
 def test_a_partial_checkpoint_name_that_is_a_link_is_never_written_through(tmp_path, outside):
     before = snapshot(outside)
     (tmp_path / "ck").mkdir()
@@ -130,7 +126,6 @@ def test_a_partial_checkpoint_name_that_is_a_link_is_never_written_through(tmp_p
     assert (tmp_path / "ck" / "step_00000002").is_dir() and not (tmp_path / "ck" / "step_00000002").is_symlink()
 
 
-@PENDING
 def test_pruning_a_checkpoint_linked_from_another_run_leaves_that_run_whole(tmp_path, outside):
     before = snapshot(outside)
     (tmp_path / "ck").mkdir()
