@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ./run.sh [--config FILE] [section.key=value ...]   train under torchrun
-# ./run.sh test [pytest arguments]                   lint (ruff), then run the test suite
+# ./run.sh test [pytest arguments]                   lint (ruff), then the test suite (tests/unit alone: ./run.sh test tests/unit)
 # Both create .venv and install requirements.txt first when needed (or use $PYTHON as it is, below).
 # With no arguments the main job runs: experiments/quickstart.yaml on the embedded data.
 # NPROC overrides the processes per node (default: 2 on CPU, 1 per GPU up to 2).
@@ -36,7 +36,8 @@ if [ "${1:-}" = "test" ]; then
   else
     echo "note: $python has no ruff; lint skipped" >&2
   fi
-  exec "$python" -m pytest -q tests "$@"
+  # No path: pytest.ini's testpaths (tests/, all of it); `./run.sh test tests/unit` runs the fast tests alone.
+  exec "$python" -m pytest -q "$@"
 fi
 
 if [ "$#" -eq 0 ]; then

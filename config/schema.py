@@ -7,8 +7,8 @@ any process group starts, and an impossible one is a `ConfigError` naming the ke
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
+from config.checks import at_least, from_to, one_of
 from config.errors import UserError
 from data.config import DataConfig
 from model.config import ModelConfig
@@ -88,19 +88,10 @@ class TrainConfig:
     """Continue from the latest checkpoint in checkpoint.dir when there is one."""
 
     def __post_init__(self) -> None:
-        _at_least(self, batch_size=1, micro_batches=1, epochs=1, max_steps=0, lr_drops=0, plateau_patience=1)
-        for key, allowed in {
-            "optimizer": ("paper", "torch_sgd"),
-            "device": ("auto", "cpu", "cuda"),
-            "precision": ("auto", "fp32", "tf32", "bf16"),
-            "channels_last": SWITCH,
-            "compile": (*SWITCH, "cudagraphs"),
-            "cudnn_benchmark": SWITCH,
-            "step_graph": SWITCH,
-            "grouped": SWITCH,
-        }.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key}={getattr(self, key)!r}: must be one of {allowed}")
+        at_least(self, batch_size=1, micro_batches=1, epochs=1, max_steps=0, lr_drops=0, plateau_patience=1)
+        one_of(self, optimizer=("paper", "torch_sgd"), device=("auto", "cpu", "cuda"),
+               precision=("auto", "fp32", "tf32", "bf16"), channels_last=SWITCH, compile=(*SWITCH, "cudagraphs"),
+               cudnn_benchmark=SWITCH, step_graph=SWITCH, grouped=SWITCH)
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: must be positive")
         if not 0 <= self.momentum < 1:
@@ -126,11 +117,8 @@ class ParallelConfig:
     """Seconds a collective waits for a dead or stalled peer before the run fails (MIN_TIMEOUT_S to MAX_TIMEOUT_S)."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "nccl", "gloo"):
-            raise ValueError(f"backend={self.backend!r}: must be one of ('auto', 'nccl', 'gloo')")
-        if not MIN_TIMEOUT_S <= self.timeout_s <= MAX_TIMEOUT_S:  # written so NaN fails too
-            raise ValueError(f"timeout_s={self.timeout_s}: must be from {MIN_TIMEOUT_S:.0f} to {MAX_TIMEOUT_S:.0f} "
-                             "(a year)")
+        one_of(self, backend=("auto", "nccl", "gloo"))
+        from_to(self, timeout_s=(MIN_TIMEOUT_S, MAX_TIMEOUT_S))
 
 
 @dataclass(frozen=True)
@@ -145,7 +133,7 @@ class CheckpointConfig:
     """Most recent checkpoints kept."""
 
     def __post_init__(self) -> None:
-        _at_least(self, every_steps=0, keep=1)
+        at_least(self, every_steps=0, keep=1)
 
 
 @dataclass(frozen=True)
@@ -160,7 +148,7 @@ class LogConfig:
     """A progress bar on rank 0's console."""
 
     def __post_init__(self) -> None:
-        _at_least(self, every_steps=1)
+        at_least(self, every_steps=1)
 
 
 @dataclass(frozen=True)
@@ -173,12 +161,6 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
-
-
-def _at_least(section: Any, **minimums: int) -> None:
-    for key, low in minimums.items():
-        if getattr(section, key) < low:
-            raise ValueError(f"{key}={getattr(section, key)}: must be at least {low}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from config.checks import at_least, from_to, one_of
+
 SYNTHETIC_CLASSES_MAX = 1000
 """ImageNet's count: the embedded gratings differ by orientation, a few degrees apart at 1000 classes."""
 SYNTHETIC_IMAGES_MAX = 100_000
@@ -39,13 +41,7 @@ class DataConfig:
     """Batches each loading process prepares ahead."""
 
     def __post_init__(self) -> None:
-        if self.mean not in ("image", "channel"):
-            raise ValueError(f"mean={self.mean!r}: must be 'image' or 'channel'")
-        for key, (low, high) in dict(
-            synthetic_classes=(2, SYNTHETIC_CLASSES_MAX), synthetic_train_images=(1, SYNTHETIC_IMAGES_MAX),
-            synthetic_val_images=(1, SYNTHETIC_IMAGES_MAX), prefetch=(1, PREFETCH_MAX), workers=(0, WORKERS_MAX),
-        ).items():
-            if not low <= getattr(self, key) <= high:
-                raise ValueError(f"{key}={getattr(self, key)}: must be from {low} to {high}")
-        if self.pca_std < 0:
-            raise ValueError(f"pca_std={self.pca_std}: must be >= 0")
+        one_of(self, mean=("image", "channel"))
+        from_to(self, synthetic_classes=(2, SYNTHETIC_CLASSES_MAX), synthetic_train_images=(1, SYNTHETIC_IMAGES_MAX),
+                synthetic_val_images=(1, SYNTHETIC_IMAGES_MAX), prefetch=(1, PREFETCH_MAX), workers=(0, WORKERS_MAX))
+        at_least(self, pca_std=0)

@@ -145,8 +145,11 @@ def check_size(data: bytes, max_pixels: int) -> None:
 def declared_size(data: bytes) -> tuple[int, int, int]:
     """(width, height, frames) as the header of a PNG, JPEG, GIF or WebP file declares them, without decoding.
 
-    Read here rather than with PIL, whose own decompression-bomb check would refuse
-    some files before it told their size, whatever limit was asked for.
+    Read here rather than with PIL, although PIL reads headers lazily too: `Image.open` refuses
+    anything over twice its process-wide `Image.MAX_IMAGE_PIXELS` before it tells the size, so a
+    `--max-pixels` above that would need a global changed, and PIL learns where a GIF's later frames
+    lie only by decoding the frames before them (`GifImageFile.seek`), which is what a bomb check
+    must not do (giflib allocates every frame at its own extent).
     """
     try:
         if data.startswith(PNG):

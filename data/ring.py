@@ -23,7 +23,7 @@ Item k of a loader (its k-th batch, counted from the loader's start) goes in slo
 
 The bound rests on how torch's DataLoader schedules, which its documentation does not promise, so
 each loading process checks it too (`claim`): an item that would overwrite a slot not yet released
-stops the run with RingOverrun instead of tearing a batch. tests/test_ring.py holds consumers to
+stops the run with RingOverrun instead of tearing a batch. tests/unit/test_ring.py holds consumers to
 the bound under random timing.
 """
 

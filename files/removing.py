@@ -10,7 +10,7 @@ from files.errors import Refused, refusal
 
 # shutil.rmtree walks with file descriptors where the platform has them (Linux: openat, O_NOFOLLOW,
 # unlinkat; `shutil.rmtree.avoids_symlink_attacks`), so no link inside a folder being removed is
-# followed; tests/test_files.py checks that it still holds.
+# followed; tests/unit/test_files.py checks that it still holds.
 
 
 def remove(path: str | os.PathLike, first: Sequence[str] = ()) -> bool:

@@ -3,6 +3,8 @@
 import dataclasses
 from dataclasses import dataclass
 
+from config.checks import at_least, from_to, one_of
+
 LRN_SIZE_MAX = 255
 """A wider window sums the same maps: from any of conv2's 128 maps a tower (the widest layer LRN follows),
 255 reaches all of them. torch pads the window in memory, so 100,000 would take tens of gigabytes."""
@@ -43,26 +45,14 @@ class ModelConfig:
     """Outputs of FC8: at most NUM_CLASSES_MAX."""
 
     def __post_init__(self) -> None:
-        choices = {
-            "input_size": (227, 224),
-            "towers": (1, 2),
-            "lrn": ("paper", "alpha_over_n", "none"),
-            "activation": ("relu", "tanh"),
-            "pooling": ("overlapping", "non_overlapping"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key}={getattr(self, key)!r}: must be one of {allowed}")
+        one_of(self, input_size=(227, 224), towers=(1, 2), lrn=("paper", "alpha_over_n", "none"),
+               activation=("relu", "tanh"), pooling=("overlapping", "non_overlapping"))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
-        for key, high in (("lrn_size", LRN_SIZE_MAX), ("num_classes", NUM_CLASSES_MAX)):
-            if not 1 <= getattr(self, key) <= high:
-                raise ValueError(f"{key}={getattr(self, key)}: must be from 1 to {high}")
+        from_to(self, lrn_size=(1, LRN_SIZE_MAX), num_classes=(1, NUM_CLASSES_MAX))
         if not self.lrn_k > 0:  # k is what keeps the denominator from 0 where the window is dark
             raise ValueError(f"lrn_k={self.lrn_k}: must be positive")
-        for key in ("lrn_alpha", "lrn_beta"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
+        at_least(self, lrn_alpha=0, lrn_beta=0)
         if self.weight_std <= 0:
             raise ValueError(f"weight_std={self.weight_std}: must be positive")
 

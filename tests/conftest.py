@@ -1,4 +1,4 @@
-"""Shared test fixtures: thread count, and commands launched in their own session."""
+"""Shared test fixtures: thread count, a fresh compiler, and commands launched in their own session."""
 
 import os
 import signal
@@ -16,6 +16,17 @@ sys.path.insert(0, str(ROOT))
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def fresh_compiler():
+    """Compiled code is cached per Python function across tests: a test that counts graphs compiles its own."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture

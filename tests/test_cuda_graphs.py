@@ -20,19 +20,12 @@ from training.trainer import Trainer
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+    pytest.mark.usefixtures("fresh_compiler"),
 ]
 
 ONE_PASS = ["train.device=cuda", "train.micro_batches=1", "train.channels_last=off", "train.compile=off",
             "train.cudnn_benchmark=off", "train.lr=0.001"]
 """The one-pass layout on the GPU, eager, dropout on (SMALL's 0.5), batches of 8 from 32 images."""
-
-
-@pytest.fixture(autouse=True)
-def _fresh_compiler():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 def _trainer(run_dir, *overrides: str) -> Trainer:

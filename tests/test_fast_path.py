@@ -24,13 +24,7 @@ CFG = ModelConfig(num_classes=10)
 VARIANTS = {"channels_last": dict(channels_last=True), "compile": dict(compile=True)}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_compiler():
-    # Compiled code is cached per Python function across tests; each test compiles its own.
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compiler")
 
 
 def _inputs(dtype: torch.dtype = torch.float32):

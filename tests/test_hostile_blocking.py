@@ -17,8 +17,8 @@ from config.schema import ConfigError
 from model.config import ModelConfig
 from tests import bounded
 from tests.conftest import ROOT
-from tests.test_hostile_packs import pack  # noqa: F401  (the fixture: a small hand-made pack)
-from tests.test_hostile_trees import tiny_png
+from tests.unit.test_hostile_packs import pack  # noqa: F401  (the fixture: a small hand-made pack)
+from tests.unit.test_hostile_trees import tiny_png
 
 DEADLINE = 60
 """Seconds a refusal may take, imports included; what used to block never returned."""

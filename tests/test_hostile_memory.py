@@ -19,8 +19,8 @@ from checkpoints import store
 from data.decode import MAX_PIXELS
 from tests import bounded
 from tests.conftest import ROOT
-from tests.test_hostile_images import zero_bomb
-from tests.test_hostile_packs import pack, stats  # noqa: F401  (pack: the fixture of a small hand-made pack)
+from tests.unit.test_hostile_images import zero_bomb
+from tests.unit.test_hostile_packs import pack, stats  # noqa: F401  (pack: the fixture of a small hand-made pack)
 
 CHUNK = 2**24
 

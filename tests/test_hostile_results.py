@@ -24,10 +24,10 @@ from distributed.main import main as training_main
 from distributed.workers import run_workers
 from results.__main__ import main as results_main
 from tests import bounded
-from tests.test_hostile_trees import tiny_png
 from tests.test_hostile_weights import config, exported  # noqa: F401  (exported: the trained run's export)
 from tests.test_scale_and_faults import ONE_PIECE
 from tests.trainer_runs import small_words
+from tests.unit.test_hostile_trees import tiny_png
 
 
 @pytest.fixture(scope="module")

@@ -258,7 +258,7 @@ def test_missing_or_empty_data_root_fails_before_the_process_group(tmp_path, roo
     ("parallel.timeout=5", "unknown config key parallel.timeout"),
 ])
 def test_more_bad_values_name_the_key(override, message):
-    """Keys tests/test_config.py leaves out: types, zero and negative sizes, an unknown key in another section."""
+    """Keys tests/unit/test_config.py leaves out: types, zero and negative sizes, an unknown key in another section."""
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config([ROOT / "config.yaml"], [override])
 

@@ -2,7 +2,7 @@
 before any process group and never in the middle of an epoch, and nothing in it is run.
 
 The packs are written by hand in the format data/packed.py describes (two classes, three training
-images in two shards, one validation image); tests/test_packed.py opens the packer's own output.
+images in two shards, one validation image); tests/unit/test_packed.py opens the packer's own output.
 """
 
 import builtins

@@ -23,8 +23,8 @@ from data.imageset import SIDE
 from data.packed import PackedImages, read_json
 from data.packing import DIED, Split, pack
 from data.prepare import main, prepare
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
 """PNG colour type by channel count: grey, grey + alpha, RGB, RGBA."""
 

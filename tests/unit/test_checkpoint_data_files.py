@@ -23,8 +23,8 @@ from checkpoints.trained import checkpoint_paths
 from config.errors import UserError
 from distributed import layout
 from tests.dcp_checkpoints import Touch, genuine_state, save_checkpoint, shard, zeros_like
-from tests.test_checkpoint_reader import _assert_same
 from tests.trainer_runs import small_config
+from tests.unit.test_checkpoint_reader import _assert_same
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 from model import cpu_kernels
 from model.lrn import LocalResponseNorm, kernel_available, set_implementation
 from tests.conftest import ROOT
-from tests.test_lrn import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
+from tests.unit.test_lrn import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

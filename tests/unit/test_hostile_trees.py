@@ -10,7 +10,7 @@ import pytest
 
 from data.packed import read_json
 from data.prepare import prepare
-from tests.test_hostile_images import png, skipped_lines, write
+from tests.unit.test_hostile_images import png, skipped_lines, write
 
 
 def tiny_png() -> bytes:
