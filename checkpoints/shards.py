@@ -26,11 +26,11 @@ import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
 
 from checkpoints.tensor_file import OtherTensors, Spec, UnreadableFile, check_tensors, open_checked, spec_of, specs
+from distributed.reductions import first_failure
 
 SUFFIX = ".safetensors"
 """DCP's reader reads every file of the folder with this suffix."""
@@ -119,15 +119,9 @@ def read(state: dict, folder: Path) -> None:
         check(folder, flat_specs(state))
     except (UnreadableFile, OtherTensors) as err:
         failure = err
-    if dist.is_initialized():
-        # Each process's failure as (kind, message), strings this run made, gathered as DCP gathers its plans.
-        mine = None if failure is None else (type(failure).__name__, str(failure))
-        failures: list = [None] * dist.get_world_size()
-        dist.all_gather_object(failures, mine)
-        first = next((f for f in failures if f is not None), None)
-        if first is not None:
-            kind, message = first
-            failure = OtherTensors(message) if kind == OtherTensors.__name__ else UnreadableFile(message)
-    if failure is not None:
-        raise failure
+    # Each process's failure as (kind, message), strings this run made, gathered as DCP gathers its plans.
+    first = first_failure(None if failure is None else (type(failure).__name__, str(failure)))
+    if first is not None:
+        kind, message = first
+        raise OtherTensors(message) if kind == OtherTensors.__name__ else UnreadableFile(message)
     dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder)))

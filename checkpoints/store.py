@@ -29,6 +29,7 @@ from checkpoints import shards
 from checkpoints.recorded_model import UnreadableRecord, check_recorded, record
 from checkpoints.tensor_file import OtherTensors, UnreadableFile
 from config.errors import UserError
+from distributed.reductions import barrier
 from model.config import ModelConfig
 
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -57,11 +58,6 @@ class BrokenCheckpoint(UserError):
 
 def _is_writer() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def check_space(directory: str | Path, checkpoint_bytes: int, keep: int) -> None:
@@ -123,13 +119,13 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
             files.create_root(root, "checkpoint.dir")
             _clear_leftovers(root)
             files.make_folder(partial)  # a real folder, made here: DCP's writers then find it and write into it
-        _barrier()
+        barrier()
         shards.write(state, partial)  # returns once every process has written its file
         if _is_writer():
             if model is not None:
                 files.write_atomic(partial / MODEL_FILE, record(model))
             files.write_atomic(partial / MARKER, json.dumps(FORMAT) + "\n")
-        _barrier()
+        barrier()
     except BaseException as err:
         # DCP hands a failure on any process (Ctrl-C included) to every process, so all of them land
         # here. (A lost peer raises a distributed error instead, reported as such by distributed.main.)
@@ -151,7 +147,7 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
         files.rename(partial, final)
         for old in complete(root)[:-keep]:
             _remove(old)
-    _barrier()
+    barrier()
     return final
 
 

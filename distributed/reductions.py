@@ -3,10 +3,13 @@
 Sums over replicas (the loss, error counts and images of a log window, an epoch's tally, a
 validation pass), a flag raised on any process (so every process takes the same decision and
 none is left waiting for a peer that gave up), and one tensor from every tower process (the
-conv1 kernels of both towers, for Figure 3). Each returns at once where its group would hold one
-rank, so one process runs the same code without collectives. The towers' exchanges, which carry
+conv1 kernels of both towers, for Figure 3); for the checkpoint store, a barrier and the first
+failure any process met. Each returns at once where its group would hold one rank, so one process
+runs the same code without collectives. The towers' exchanges, which carry
 activations and gradients, are distributed/exchange.py's.
 """
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,3 +39,20 @@ def from_every_tower(local: dict[int, torch.Tensor], group: dist.ProcessGroup | 
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, mine.contiguous(), group=group)
     return dict(enumerate(gathered))
+
+
+def barrier() -> None:
+    """Wait until every process of the run gets here (a checkpoint's folder is made before any writes into it)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def first_failure(mine: Any) -> Any:
+    """The first non-None of every process's `mine` (in rank order; picklable values this run made, such
+    as (kind, message) of a refusal), or None: so every process raises the same error and none waits in
+    a collective for a peer that gave up."""
+    if not dist.is_initialized():
+        return mine
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return next((f for f in every if f is not None), None)

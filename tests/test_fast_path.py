@@ -110,14 +110,14 @@ def test_bf16_logits_stay_within_bf16_tolerance_of_fp32():
 
 
 def test_bf16_training_loss_falls_and_tracks_fp32(tmp_path):
-    # 16 images seen 6 times, no dropout, a small fixed lr: the fp32 loss falls at every log step.
+    # 16 images seen 4 times, no dropout, a small fixed lr: the fp32 loss falls at every log step.
     run = ["model.dropout=0", "train.lr=0.001", "train.lr_drops=0", "data.synthetic_train_images=16",
-           "train.epochs=6", "log.every_steps=2"]
+           "train.epochs=4", "log.every_steps=2"]
     train(tmp_path / "fp32", *run, "train.precision=fp32")
     train(tmp_path / "bf16", *run, "train.precision=bf16")
     fp32 = torch.tensor(train_scalars(tmp_path / "fp32", "loss/train"))
     bf16 = torch.tensor(train_scalars(tmp_path / "bf16", "loss/train"))
-    assert len(bf16) == 6
+    assert len(bf16) == 4
     assert (bf16[1:] < bf16[:-1]).all(), bf16
     assert ((bf16 - fp32).abs() / fp32).max() < 1e-2, (fp32, bf16)
     assert not torch.equal(bf16, fp32)  # really computed in another precision

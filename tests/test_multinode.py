@@ -1,6 +1,6 @@
 """Past one machine: two torchrun agents as two nodes (c10d rendezvous), 2 replicas x 2 towers across
-them; on loopback, and where the machine allows it each node in its own network namespace, so the
-replicas' traffic crosses a network interface; and a node lost mid-run, started again, the run
+them, each node in its own network namespace where the machine allows it (so the replicas' traffic
+crosses a network interface), on loopback where it does not; and a node lost mid-run, started again, the run
 resuming and ending bitwise equal to one that never stopped."""
 
 import os
@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from bench.netns import Namespaces, namespaces_unavailable
@@ -57,39 +56,34 @@ def assert_two_by_two_follows_one_process(tmp_path: Path, run_dir: Path) -> None
     assert names == ["step_00000001", "step_00000002", "step_00000003"], names  # each written once
 
 
-def test_two_nodes_on_loopback_follow_one_process(tmp_path, launch):
-    endpoint = f"127.0.0.1:{free_port()}"
+def test_two_nodes_follow_one_process(tmp_path, launch):
+    """Each node in its own network namespace where the machine allows it, so the replicas' traffic
+    crosses a network interface; on loopback where it does not (the same run, one network stack)."""
     run_dir = tmp_path / "two-nodes"
     extra = ("checkpoint.every_steps=1", "checkpoint.keep=3")
-    nodes = [launch(agent(endpoint, run_dir, *extra), f"node{n}", ENV) for n in range(2)]
-    finish(*nodes)
-    assert "processes: 4 (2 replica(s) x 2 tower process(es))" in "".join(n.out.read_text() for n in nodes)
-    assert_two_by_two_follows_one_process(tmp_path, run_dir)
-
-
-def test_two_nodes_in_their_own_network_namespaces_follow_one_process(tmp_path, launch):
-    why = namespaces_unavailable()
-    if why:
-        pytest.skip(why)
-    net = Namespaces()
-    try:
-        net.up()
-        endpoint = f"{net.addresses[0]}:{free_port()}"
-        run_dir = tmp_path / "namespaced"
-        extra = ("checkpoint.every_steps=1", "checkpoint.keep=3")
-        nodes = []
-        for n in range(2):
-            # Node 0 holds the rendezvous store and says so (the endpoint is not this machine's hostname);
-            # each node advertises its own address, and gloo binds the veth, the only way to the other.
-            node = (f"--rdzv-conf=is_host={'true' if n == 0 else 'false'}", f"--local-addr={net.addresses[n]}")
-            nodes.append(launch(net.run_in(n, agent(endpoint, run_dir, *extra, node=node)), f"node{n}",
-                                {**ENV, "GLOO_SOCKET_IFNAME": net.links[n]}))
+    if namespaces_unavailable():
+        endpoint = f"127.0.0.1:{free_port()}"
+        nodes = [launch(agent(endpoint, run_dir, *extra), f"node{n}", ENV) for n in range(2)]
         finish(*nodes)
-        # The replicas' gradient all-reduce crossed the veth: each step, each tower's ~30M gradients.
-        sent = [net.sent_bytes(n) for n in range(2)]
-    finally:
-        net.down()
-    assert min(sent) > 3 * 30e6 * 4 / 2, sent
+    else:
+        net = Namespaces()
+        try:
+            net.up()
+            endpoint = f"{net.addresses[0]}:{free_port()}"
+            nodes = []
+            for n in range(2):
+                # Node 0 holds the rendezvous store and says so (the endpoint is not this machine's hostname);
+                # each node advertises its own address, and gloo binds the veth, the only way to the other.
+                node = (f"--rdzv-conf=is_host={'true' if n == 0 else 'false'}", f"--local-addr={net.addresses[n]}")
+                nodes.append(launch(net.run_in(n, agent(endpoint, run_dir, *extra, node=node)), f"node{n}",
+                                    {**ENV, "GLOO_SOCKET_IFNAME": net.links[n]}))
+            finish(*nodes)
+            # The replicas' gradient all-reduce crossed the veth: each step, each tower's ~30M gradients.
+            sent = [net.sent_bytes(n) for n in range(2)]
+        finally:
+            net.down()
+        assert min(sent) > 3 * 30e6 * 4 / 2, sent
+    assert "processes: 4 (2 replica(s) x 2 tower process(es))" in "".join(n.out.read_text() for n in nodes)
     assert_two_by_two_follows_one_process(tmp_path, run_dir)
 
 
