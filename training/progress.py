@@ -27,9 +27,9 @@ class Progress:
         self.epoch_tally[1] += images
         self.step += 1
 
-    def end_epoch(self, replica_group: dist.ProcessGroup | None) -> float:
+    def end_epoch(self) -> float:
         """The epoch's training top-1 error over every replica; the tally starts again."""
-        wrong, images = sum_over(self.epoch_tally.clone(), replica_group).tolist()
+        wrong, images = sum_over(self.epoch_tally.clone(), self.replica_group).tolist()
         self.epoch_tally.zero_()
         return wrong / images
 

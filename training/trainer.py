@@ -130,7 +130,7 @@ class Trainer:
     def _end_of_epoch(self) -> ErrorRates:
         """Validate, let the schedule read it, decide whether to stop, log the epoch."""
         epoch = self.step // self.order.steps_per_epoch
-        train_top1 = self.progress.end_epoch(self.layout.replica_group)
+        train_top1 = self.progress.end_epoch()
         result = self.validator(self.model)[CENTRE]
         dropped = self.schedule.step(result.top1)
         converged = self.cfg.train.stop_when_converged and self.schedule.converged

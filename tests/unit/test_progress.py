@@ -24,7 +24,7 @@ def test_a_mid_epoch_checkpoint_of_two_replicas_keeps_both_tallies(tmp_path):
     store.load(state, store.latest(tmp_path))
     one.load_state_dict(state["progress"])
     assert one.step == 3
-    assert one.end_epoch(None) == (3 * 1 + 3 * 3) / (2 * 3 * 4)
+    assert one.end_epoch() == (3 * 1 + 3 * 3) / (2 * 3 * 4)
 
 
 def test_the_tally_goes_back_to_replica_zero_alone():
