@@ -1,5 +1,7 @@
 """Training end to end: the loss falls, resume is exact, layouts agree, checkpoints move between them."""
 
+import dataclasses
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +18,8 @@ from model.alexnet import AlexNet
 from model.seeds import derive_seed
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
+from training import evaluation
+from training.checkpointer import NonFiniteLoss
 from training.optimizer import PaperSGD
 from training.trainer import Trainer
 
@@ -193,3 +197,18 @@ def test_the_plateau_lowers_the_rate_the_optimiser_uses(tmp_path):
     assert all(group["lr"] == pytest.approx(1e-11) for group in trainer.optimizer.param_groups)
     logged = train_scalars(tmp_path, "lr")  # per log step: epoch 3 trained at the rate of the first drop
     assert logged[0] == pytest.approx(1e-9) and logged[-1] == pytest.approx(1e-10)
+
+
+def test_a_non_finite_validation_loss_stops_before_the_epoch_s_checkpoint(tmp_path, monkeypatch):
+    """Weights and training loss finite, the validation loss not (an evaluation that overflows): the run stops
+    at the epoch's end, and the checkpoint before it stays the newest."""
+    measured = evaluation.evaluate
+
+    def overflowing(*args, **kwargs):
+        return {way: dataclasses.replace(rates, loss=math.inf) for way, rates in measured(*args, **kwargs).items()}
+
+    monkeypatch.setattr(evaluation, "evaluate", overflowing)
+    with pytest.raises(NonFiniteLoss, match=r"validation loss is inf after step 2; stopped, the last good"):
+        train(tmp_path, "train.micro_batches=1", "checkpoint.every_steps=1", "train.batch_size=2", "data.synthetic_train_images=4",
+              "data.synthetic_val_images=2")
+    assert store.latest(tmp_path / "ck").name == "step_00000001"

@@ -149,6 +149,9 @@ class Trainer:
                 note += f"; reached train.stop_at_train_error={target:g}, stopping"
             print(f"epoch {epoch}: train top-1 error {train_top1:.4f}, val top-1 error {result.top1:.4f}, "
                   f"top-5 {result.top5:.4f}{note}", flush=True)
+        if not math.isfinite(result.loss):  # every process alike (summed over replicas), before the epoch's save
+            raise NonFiniteLoss(f"validation loss is {result.loss} after step {self.step}; stopped, the last good "
+                                f"checkpoint in {self.cfg.checkpoint.dir} is kept")
         return result
 
     def _final_validation(self, last_epoch: ErrorRates | None) -> ErrorRates:
