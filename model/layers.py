@@ -114,16 +114,15 @@ def companions(cfg: ModelConfig) -> dict[str, nn.Module]:
     """The modules a layer's `after` names: one factory for the towers and the grouped network,
     so the two cannot drift (dropout is a mask, applied by the caller); and FUSED, for the towers."""
     pool = (3, 2) if cfg.pooling == "overlapping" else (2, 2)
+    lrn = (cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn)
     modules = {
         "act": nn.ReLU() if cfg.activation == "relu" else nn.Tanh(),
-        "lrn": nn.Identity() if cfg.lrn == "none" else LocalResponseNorm(
-            cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn),
+        "lrn": nn.Identity() if cfg.lrn == "none" else LocalResponseNorm(*lrn),
         "pool": nn.MaxPool2d(*pool),
         "flatten": nn.Flatten(),
     }
     if cfg.activation == "relu" and cfg.lrn != "none":
-        modules[FUSED] = LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn,
-                                           relu=True, pool=pool)
+        modules[FUSED] = LocalResponseNorm(*lrn, relu=True, pool=pool)
     return modules
 
 
