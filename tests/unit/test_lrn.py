@@ -6,16 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from model.lrn import LocalResponseNorm, kernel_available
-
-
-def paper_lrn(a: torch.Tensor, k: float, n: int, alpha: float, beta: float) -> torch.Tensor:
-    """b[i] = a[i] / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2)^beta, looped."""
-    N = a.shape[1]
-    out = torch.empty_like(a)
-    for i in range(N):
-        lo, hi = max(0, i - n // 2), min(N - 1, i + n // 2)
-        out[:, i] = a[:, i] / (k + alpha * (a[:, lo : hi + 1] ** 2).sum(1)) ** beta
-    return out
+from tests.unit.reference_net import PAPER_LRN, paper_lrn
 
 
 @pytest.mark.parametrize("implementation", ["reference", "kernel", "twin"])
@@ -43,12 +34,25 @@ def test_alpha_over_n_divides_alpha_by_window(implementation):
 
 
 def test_lrn_is_per_tower_in_the_model():
+    """The default net's LRN, fused and one by one, is the paper's (k=2, n=5, alpha=1e-4, beta=0.75 by the formula)
+    over each tower's 48 conv1 maps: a tower's edge maps do not see the other tower's."""
     from model.alexnet import AlexNet
     from model.config import ModelConfig
 
-    net = AlexNet(ModelConfig())
-    assert net.towers["0"].conv1.out_channels == 48  # LRN sums over these 48 maps only
-    assert isinstance(net.towers["0"].lrn, LocalResponseNorm)
+    net = AlexNet(ModelConfig()).double()
+    net.init_paper(seed=0)
+    x = torch.randn(1, 3, 227, 227, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 50
+    with torch.no_grad():
+        maps = {key: tower.conv1(x).relu() for key, tower in net.towers.items()}
+        both = paper_lrn(torch.cat(list(maps.values()), dim=1), **PAPER_LRN)  # one window across 96 maps
+        for key, tower in net.towers.items():
+            assert maps[key].shape[1] == 48
+            want = paper_lrn(maps[key], **PAPER_LRN)
+            torch.testing.assert_close(tower.lrn(maps[key]), want, rtol=1e-12, atol=0)
+            fused = tower.run_stage(0, x, until="conv1")  # ReLU, LRN and pool in one pass
+            torch.testing.assert_close(fused, F.max_pool2d(want, 3, 2), rtol=1e-12, atol=0)
+        edge = both[:, 46:48] - paper_lrn(maps["0"], **PAPER_LRN)[:, 46:48]
+        assert edge.abs().max() > 1e-6 * both.abs().max(), "the test cannot tell per-tower from across towers"
     assert isinstance(AlexNet(ModelConfig(lrn="none")).towers["0"].lrn, torch.nn.Identity)
 
 

@@ -114,29 +114,40 @@ def test_processes_starting_at_once_build_one_at_a_time(tmp_path):
 
 
 def test_fused_network_equals_the_network_before():
-    """Both towers, eager, float64: the net with its fused, fast companions against the same weights run with
-    F.local_response_norm and separate ReLU and max-pool modules (logits and every weight's gradient)."""
+    """Both towers, eager, float64: the net with its fused, fast companions, and the same net running
+    F.local_response_norm with separate ReLU and max-pool modules, each against the same weights in an
+    independent plain network (tests/unit/reference_net.py: the paper's LRN by its formula, per tower):
+    the logits and every weight's gradient."""
     from model.alexnet import AlexNet
     from model.config import ModelConfig
+    from model.export import grouped_state_dict
+    from tests.unit.reference_net import by_layer, plain_grouped_alexnet
 
-    results = []
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 227, 227, dtype=torch.float64) * 50
+    plain = plain_grouped_alexnet(10).double()
+    results = {}
     for implementation in ("auto", "reference"):
-        torch.manual_seed(0)
-        net = AlexNet(ModelConfig(num_classes=10, bias_init=0.1)).double()
+        net = AlexNet(ModelConfig(num_classes=10, bias_init=0.1)).double().eval()
         net.init_paper(seed=0)
         if implementation == "reference":  # the companions one by one, as the stage table lists them
             set_implementation(net, implementation)
             for tower in net.towers.values():
                 tower.steps = {name: ("act", "lrn", "pool") if steps == ("act_lrn_pool",) else steps
                                for name, steps in tower.steps.items()}
-        x = torch.randn(2, 3, 227, 227, dtype=torch.float64) * 50
         logits = net(x)
         logits.square().sum().backward()
-        results.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
-    (logits, grads), (want_logits, want_grads) = results
-    assert_scaled_close(logits, want_logits, 1e-12)
-    for name, grad in grads.items():
-        assert_scaled_close(grad, want_grads[name], 1e-10)
+        results[implementation] = logits.detach(), grouped_state_dict({n: p.grad for n, p in net.named_parameters()})
+    weights = grouped_state_dict(net.state_dict())
+    with torch.no_grad():
+        for key, param in by_layer(plain).items():
+            param.copy_(weights[key])
+    want_logits = plain(x)
+    want_logits.square().sum().backward()
+    for implementation, (logits, grads) in results.items():
+        assert_scaled_close(logits, want_logits.detach(), 1e-12)
+        for name, param in by_layer(plain).items():
+            assert_scaled_close(grads[name], param.grad, 1e-10)
 
 
 def test_without_lrn_or_relu_nothing_is_fused():

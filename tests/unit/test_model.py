@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from torch import nn
 
 from model.alexnet import AlexNet, Tower
 from model.config import ModelConfig
 from model.export import grouped_state_dict
+from model.layers import GATHER, STAGES, SUM
 from model.summary import layer_rows
+from tests.unit.reference_net import by_layer, plain_grouped_alexnet
 
 # PAPER.md: parameters (weights + biases) per layer and the output of each conv/FC layer.
 PAPER_PARAMS = {
@@ -28,6 +29,22 @@ def test_layer_table_matches_paper(input_size):
     assert {k: r["output"] for k, r in rows.items()} == PAPER_OUTPUT
     assert {k: rows[k]["per_tower"] for k in PAPER_PER_TOWER} == PAPER_PER_TOWER
     assert sum(PAPER_PARAMS.values()) == 60_965_224
+
+
+PAPER_STAGES = (
+    ((("conv1", 11, 4, 0, ("act", "lrn", "pool")), ("conv2", 5, 1, 2, ("act", "lrn", "pool"))), GATHER),
+    ((("conv3", 3, 1, 1, ("act",)), ("conv4", 3, 1, 1, ("act",)), ("conv5", 3, 1, 1, ("act", "pool", "flatten"))), GATHER),
+    ((("fc6", 0, 1, 0, ("act", "dropout")),), GATHER),
+    ((("fc7", 0, 1, 0, ("act", "dropout")), ("fc8", 0, 1, 0, ())), SUM),
+)
+"""PAPER.md's layer table as stages: (layer, kernel, stride, padding, what follows it, in order), and how the
+towers meet after each (into conv3, FC6 and FC7 both towers' maps; FC8 split by input, its logits summed)."""
+
+
+def test_the_stage_table_is_the_papers():
+    got = tuple((tuple((la.name, la.kernel, la.stride, la.padding, la.after) for la in st.layers), st.exchange)
+                for st in STAGES)
+    assert got == PAPER_STAGES
 
 
 def test_whole_model_parameter_count_and_logits_shape():
@@ -81,43 +98,23 @@ def test_init_is_per_tower_and_seeded():
     assert not torch.equal(a.towers["0"].conv1.weight, a.towers["1"].conv1.weight)
 
 
-class _GroupedLRN(nn.Module):
-    """torch's LRN applied to each half of the maps, as each GPU normalised its own."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lrn = nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)  # torch divides alpha by n
-
-    def forward(self, x):
-        return torch.cat([self.lrn(h) for h in x.chunk(2, dim=1)], dim=1)
-
-
-def _plain_grouped_alexnet(num_classes: int) -> nn.Sequential:
-    """An ordinary single-network grouped AlexNet as cuda-convnet2's two-GPU net draws it."""
-    lrn = _GroupedLRN()
-    return nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), lrn, nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(), lrn, nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-        nn.Linear(4096, num_classes),
-    )
-
-
 def test_grouped_export_reproduces_logits():
-    torch.manual_seed(0)
-    net = AlexNet(ModelConfig(num_classes=10)).eval()
+    """float64, to 1e-10 of the outputs' scale: a companion out of the paper's order (conv2's pool before its
+    LRN moves stage 0's outputs by 0.3% and the logits by under 1e-4 of their scale) cannot hide under
+    float32's rounding."""
+    net = AlexNet(ModelConfig(num_classes=10)).double().eval()
     net.init_paper(seed=1)
-    plain = _plain_grouped_alexnet(10).eval()
-    names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
-    indices = [0, 4, 8, 10, 12, 16, 18, 20]
+    plain = plain_grouped_alexnet(10).double().eval()
     exported = grouped_state_dict(net.state_dict())
-    plain.load_state_dict({f"{i}.{p}": exported[f"{n}.{p}"] for n, i in zip(names, indices) for p in ("weight", "bias")})
-    x = torch.randn(3, 3, 227, 227) * 50
     with torch.no_grad():
-        torch.testing.assert_close(plain(x), net(x), rtol=1e-4, atol=1e-4)
+        for key, param in by_layer(plain).items():
+            param.copy_(exported[key])
+        x = torch.randn(3, 3, 227, 227, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 50
+        # Stage 0 first, tower by tower: conv1 and conv2, each with its ReLU, LRN and pool.
+        want = plain[:8](x)
+        torch.testing.assert_close(torch.cat(net.stage(0, x), dim=1), want, rtol=0, atol=1e-10 * want.abs().max().item())
+        want = plain(x)
+        torch.testing.assert_close(net(x), want, rtol=0, atol=1e-10 * want.abs().max().item())
 
 
 def test_grouped_export_shapes():
