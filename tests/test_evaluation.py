@@ -93,14 +93,25 @@ def test_ensemble_probabilities_per_image_against_direct_computation(trained):
             assert (got - alone).abs().max() > 1e-3, f"{way}: the ensemble equals one member"
 
 
+@torch.no_grad()
 def test_evaluate_one_checkpoint_matches_trainer(trained):
+    """`evaluate` on the run's checkpoint: the error rates and the loss of the trainer's own net, computed
+    directly. The loss tells the trained net from its init, which the error rates of two steps cannot."""
     trainer, _, overrides = trained
     cfg = config(overrides)
     rates = evaluate_checkpoints(cfg, [store.latest(cfg.checkpoint.dir)], one_process(cfg))
-    by_trainer = trainer.validator(trainer.model, (CENTRE, TEN_PATCHES))
-    for way in (CENTRE, TEN_PATCHES):
-        expected = by_trainer[way]
-        assert (rates[way].top1, rates[way].top5) == pytest.approx((expected.top1, expected.top5)), way
+    init = AlexNet(cfg.model)
+    init.init_paper(cfg.train.seed)
+    images, labels = trainer.data.val.load(torch.arange(len(trainer.data.val)))
+    for way, patches in ((CENTRE, 1), (TEN_PATCHES, 10)):
+        losses = {}
+        for name, net in (("trained", trainer.model), ("init", init)):
+            probs = direct_probabilities([net.eval()], trainer.data.stats, images, patches)
+            losses[name] = -probs.gather(1, labels[:, None]).log().mean().item()
+            if name == "trained":
+                assert (rates[way].top1, rates[way].top5) == pytest.approx(errors(probs, labels)), way
+        assert rates[way].loss == pytest.approx(losses["trained"], rel=1e-5), way
+        assert abs(losses["init"] - losses["trained"]) > 1e-3 * losses["trained"], f"{way}: the test cannot tell"
 
 
 def _evaluate_in_processes(
