@@ -181,6 +181,19 @@ def test_figures_from_the_file_alone_print_what_the_checkpoint_prints(trained, e
     assert (tmp_path / "b" / "figure3_conv1.png").read_bytes() == (tmp_path / "a" / "figure3_conv1.png").read_bytes()
 
 
+def test_figure4_from_the_file_needs_the_data_of_its_classes(trained, exported, tmp_path, capsys):
+    """Its nearest training images come from the data the config names: other classes are refused before
+    anything is written."""
+    trainer, _, _ = trained
+    image = write_image(tmp_path / "val0.png", png(trainer.data.val.load(torch.arange(1))[0][0]))
+    other = ["data.synthetic_classes=5", "data.synthetic_train_images=16", "data.synthetic_val_images=5",
+             "train.batch_size=8"]
+    assert results_main(["figures", "--out", str(tmp_path / "out"), "--checkpoint", str(exported),
+                         "--image", str(image), *other]) == 2
+    assert "are not of the classes this net was trained on" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_towers_state_dict_inverts_grouped_state_dict():
     from model.alexnet import AlexNet
     from model.config import ModelConfig

@@ -82,6 +82,23 @@ def test_mean_image_and_channel_mean_are_subtracted():
     torch.testing.assert_close(per_channel[1, :, 5, 7], 200 - stats.channel_mean)
 
 
+def test_an_exported_nets_mean_is_the_one_it_was_trained_with():
+    """data/preprocessing.py keeps the mean as trained (per position [3, 256, 256], per channel [3]); the
+    evaluation built from it subtracts what the training augmentation did."""
+    from types import SimpleNamespace
+
+    from data.preprocessing import Preprocessing
+
+    stats = _stats()
+    images = torch.randint(0, 256, (2, 3, SIDE, SIDE), dtype=torch.uint8)
+    for mean, shape in (("image", (3, SIDE, SIDE)), ("channel", (3,))):
+        preprocessing = Preprocessing.of(SimpleNamespace(classes=["a", "b"], stats=stats), mean)
+        assert preprocessing.classes == ["a", "b"] and preprocessing.mean.shape == shape
+        trained = Augmenter.from_stats(stats, CROP, mean, False, 0.0, torch.device("cpu"))
+        evaluating = Augmenter(preprocessing.mean_image(), CROP, torch.device("cpu"))
+        assert torch.equal(evaluating.ten_patches(images), trained.ten_patches(images))
+
+
 def test_ten_patches_are_the_corners_the_centre_and_their_reflections():
     aug = Augmenter.from_stats(_zero_mean_stats(), CROP, "image", False, 0.0, torch.device("cpu"))
     patches = aug.ten_patches(_coordinates(2))
