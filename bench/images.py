@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
-from torchvision.io import encode_jpeg
 
+from data.codec import CODEC
 from data.compact import Encoding
 from data.prepare import prepare
 
@@ -25,7 +25,7 @@ def _make_jpeg(args: tuple[Path, int]) -> None:
     image = torch.nn.functional.interpolate(coarse, (height, width), mode="bicubic")[0]
     image = image + torch.randn(3, height, width, generator=rng) * 12
     path = root / f"class_{i % CLASSES}" / f"{i:05d}.jpg"
-    path.write_bytes(encode_jpeg(image.clamp(0, 255).to(torch.uint8), quality=90).numpy().tobytes())
+    path.write_bytes(CODEC.encode_jpeg(image.clamp(0, 255).to(torch.uint8), 90).numpy().tobytes())
 
 
 def make_jpegs(root: Path, count: int, workers: int = 1) -> None:

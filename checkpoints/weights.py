@@ -1,20 +1,25 @@
-"""Trained weights as one file to share: the grouped, Caffe-named state dict in safetensors.
+"""A trained net as one file to share: the grouped, Caffe-named state dict in safetensors, with what using
+it needs.
 
-`python -m results export --out FILE.safetensors` writes model/export.py's grouped state dict
-with the ModelConfig it was trained with (JSON under the metadata key "model"); every command
-that takes `--checkpoint` loads such a file into any layout, each process cutting its own
-tower's slices out of the whole layers (model/export.py `towers_state_dict`).
+`python -m results export --out FILE.safetensors` writes model/export.py's grouped state dict, the
+training mean as the tensor "mean" (data/preprocessing.py: float32 [3, 256, 256] per position or [3] per
+channel, 0..255 RGB), and in the metadata the ModelConfig it was trained with (JSON under "model") and the
+class names (a JSON list under "classes"). So the file alone classifies an image: `python -m results
+predict --checkpoint FILE` takes the model config from it. Every command that takes `--checkpoint` loads
+such a file into any layout, each process cutting its own tower's slices out of the whole layers
+(model/export.py `towers_state_dict`).
 
 Safetensors rather than torch.save: a .pt file is a pickle, so opening one that someone sent
 runs what its author chose; a safetensors file is an 8-byte length, a JSON header and raw
 tensor bytes. Reading one here also never reads more than this model needs. Before a tensor
 byte is read, `check_weights` has the header checked (checkpoints/tensor_file.py: its length held
-to tensor_file.MAX_HEADER_BYTES, then safetensors' own parser: tensors laid end to end, covering exactly the
+to MAX_HEADER_BYTES, then safetensors' own parser: tensors laid end to end, covering exactly the
 rest of the file), compares its model config with this run's (checkpoints/recorded_model.py), and
-requires exactly this model's keys, each with this model's dtype and shape. Every mismatch is a
-UserError naming the file, the key and both values.
+requires exactly this model's keys and a mean, each with this model's dtype and shape, and a list of at
+most model.num_classes class names. Every mismatch is a UserError naming the file, the key and both values.
 """
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,9 +27,11 @@ import safetensors.torch
 import torch
 
 import files
-from checkpoints.recorded_model import check_recorded, record
+from checkpoints.recorded_model import check_recorded, parse_recorded, record
 from checkpoints.tensor_file import Spec, check_tensors, open_checked, spec_of, specs
 from config.errors import UserError
+from data.pack_format import MAX_JSON_BYTES
+from data.preprocessing import MEANS, Preprocessing
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from model.export import grouped_state_dict, towers_state_dict
@@ -32,6 +39,13 @@ from model.export import grouped_state_dict, towers_state_dict
 SUFFIX = ".safetensors"
 MODEL_KEY = "model"
 """The metadata entry holding the ModelConfig the weights were trained with, as JSON."""
+CLASSES_KEY = "classes"
+"""The metadata entry holding the class names, a JSON list: output i is the class named i-th."""
+MEAN = "mean"
+"""The tensor holding the training mean, subtracted from an image before the net sees it."""
+MAX_HEADER_BYTES = MAX_JSON_BYTES
+"""Largest header read: the class names are a pack's (its meta.json, read up to the same 16 MiB); the tensors'
+entries and the model config take 2 KB, ImageNet's 1000 names 17 KB."""
 
 
 def is_weights_file(path: str | Path) -> bool:
@@ -39,13 +53,17 @@ def is_weights_file(path: str | Path) -> bool:
     return Path(path).suffix == SUFFIX and not Path(path).is_dir()
 
 
-def save_weights(towers_state: dict[str, torch.Tensor], cfg: ModelConfig, target: str | Path) -> Path:
-    """Write every tower of `towers_state` as one grouped state dict, atomically, with `cfg` in its
-    metadata. Name `target` *.safetensors: that suffix is what tells a weights file from a checkpoint."""
+def save_weights(towers_state: dict[str, torch.Tensor], cfg: ModelConfig, preprocessing: Preprocessing,
+                 target: str | Path) -> Path:
+    """Write every tower of `towers_state` as one grouped state dict with the mean, atomically, with `cfg` and
+    the class names in its metadata. Name `target` *.safetensors: that suffix is what tells a weights file from
+    a checkpoint. The file is read back as loading reads it before it takes `target`'s name."""
     target = Path(target)
-    grouped = {k: v.detach().cpu().contiguous() for k, v in grouped_state_dict(towers_state, cfg.towers).items()}
+    state = {**grouped_state_dict(towers_state, cfg.towers), MEAN: preprocessing.mean}
+    metadata = {MODEL_KEY: record(cfg), CLASSES_KEY: json.dumps(preprocessing.classes)}
     with files.atomic_path(target) as partial:
-        safetensors.torch.save_file(grouped, partial, metadata={MODEL_KEY: record(cfg)})
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, partial, metadata)
+        check_weights(partial, cfg)  # a header over the limit (names too long) is refused here, not by a reader
     return target
 
 
@@ -57,21 +75,63 @@ def _expected(cfg: ModelConfig) -> dict[str, Spec]:
     return {k: spec_of(v) for k, v in grouped.items()}
 
 
-def _check_open(path: Path, opened: Any, cfg: ModelConfig) -> None:
-    recorded = (opened.metadata() or {}).get(MODEL_KEY)
-    if recorded is None:
-        raise UserError(f"{path}: no model config in its metadata (key {MODEL_KEY!r}); only files written by "
-                        "python -m results export are read")
-    check_recorded("weights file", path, recorded, cfg)
-    check_tensors(path, specs(opened), _expected(cfg))
+def _metadata(path: Path, opened: Any, key: str, what: str) -> str:
+    value = (opened.metadata() or {}).get(key)
+    if value is None:
+        raise UserError(f"{path}: no {what} in its metadata (key {key!r}); only files written by python -m results "
+                        "export are read (one exported before it recorded them: export its checkpoint again)")
+    return value
+
+
+def _classes(path: Path, opened: Any, cfg: ModelConfig) -> list[str]:
+    try:
+        classes = json.loads(_metadata(path, opened, CLASSES_KEY, "class names"))
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"{path}: its class names (metadata {CLASSES_KEY!r}) are not JSON ({err})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{path}: its class names (metadata {CLASSES_KEY!r}) are not a list of strings")
+    if not 1 <= len(classes) <= cfg.num_classes:
+        raise UserError(f"{path}: {len(classes)} class names for a net of {cfg.num_classes} outputs")
+    return classes
+
+
+def _check_open(path: Path, opened: Any, cfg: ModelConfig) -> list[str]:
+    """The class names of the open weights file `path`, once all of its header is this net's."""
+    check_recorded("weights file", path, _metadata(path, opened, MODEL_KEY, "model config"), cfg)
+    found = specs(opened)
+    mean = found.get(MEAN, ("F32", MEANS["image"]))  # a missing mean is named as missing by check_tensors
+    if mean[1] not in MEANS.values():
+        raise UserError(f"{path}: {MEAN} has shape {list(mean[1])}, neither per position {list(MEANS['image'])} "
+                        f"nor per channel {list(MEANS['channel'])}")
+    check_tensors(path, found, {**_expected(cfg), MEAN: ("F32", mean[1])})
+    return _classes(path, opened, cfg)
+
+
+def recorded_model(path: str | Path) -> dict:
+    """The model config the weights file `path` records, as the dict of its JSON (checked against a config by
+    check_weights); only its header is read."""
+    with open_checked(path, MAX_HEADER_BYTES) as opened:
+        return parse_recorded("weights file", path, _metadata(Path(path), opened, MODEL_KEY, "model config"))
 
 
 def check_weights(path: str | Path, cfg: ModelConfig) -> None:
-    """Refuse the weights file `path` unless it holds exactly the grouped weights of `cfg`'s net;
-    only its header is read."""
+    """Refuse the weights file `path` unless it holds exactly the grouped weights of `cfg`'s net and its
+    preprocessing; only its header is read."""
     path = Path(path)
-    with open_checked(path) as opened:
+    with open_checked(path, MAX_HEADER_BYTES) as opened:
         _check_open(path, opened, cfg)
+
+
+def load_preprocessing(path: str | Path, cfg: ModelConfig) -> Preprocessing:
+    """The class names and the mean the weights file `path` carries, checked first (a mean that is not finite
+    would give NaN probabilities)."""
+    path = Path(path)
+    with open_checked(path, MAX_HEADER_BYTES) as opened:
+        classes = _check_open(path, opened, cfg)
+        mean = opened.get_tensor(MEAN)
+    if not bool(mean.isfinite().all()):
+        raise UserError(f"{path}: its {MEAN} is not finite (NaN or infinite); it would give NaN probabilities")
+    return Preprocessing(classes, mean)
 
 
 class _Lazy:
@@ -90,7 +150,7 @@ def load_weights(net: AlexNet, path: str | Path, cfg: ModelConfig) -> None:
     path = Path(path)
     state = net.state_dict()
     towers: Sequence[int] = [int(t) for t in net.towers]
-    with open_checked(path) as opened:
+    with open_checked(path, MAX_HEADER_BYTES) as opened:
         _check_open(path, opened, cfg)
         parts = towers_state_dict({k: _Lazy(opened.get_slice(k)) for k in opened.keys()}, cfg.towers, towers)
     with torch.no_grad():

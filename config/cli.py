@@ -20,7 +20,6 @@ from typing import Callable
 from config.errors import UserError
 from config.loading import load_config
 from config.schema import Config
-from data.decode import quiet_decoder_warnings
 from files import Refused
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -55,18 +54,15 @@ def parse(prog: str, doc: str, commands: dict[str, Command], argv: list[str], de
     return parser.parse_args(argv)
 
 
-def load(args: argparse.Namespace) -> Config:
-    return load_config([BASE_CONFIG, *args.config], args.overrides)
+def load(args: argparse.Namespace, recorded: dict | None = None) -> Config:
+    """config.yaml, then `recorded` (the sections a trained file records), then each --config, then the overrides."""
+    return load_config([BASE_CONFIG, recorded or {}, *args.config], args.overrides)
 
 
 def quiet_known_warnings() -> None:
     """Warnings we have read and accepted, silenced where the program starts."""
-    # torch 2.14 renames these collectives (*_single) and warns on every first use; the old
-    # names are the ones torch 2.11 (our floor) has, so we keep them.
-    warnings.filterwarnings("ignore", r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated", FutureWarning)
     # One process reading a checkpoint several wrote is what evaluation and the result commands do.
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-    quiet_decoder_warnings()
 
 
 def main(prog: str, doc: str, commands: dict[str, Command], argv: list[str] | None, default: str | None = None) -> int:

@@ -169,11 +169,12 @@ def _parse_override(text: str) -> dict:
     return nested
 
 
-def load_config(paths: Iterable[str | os.PathLike], overrides: Iterable[str] = ()) -> Config:
-    """Layer the YAML files in order, then the `section.key=value` overrides, and check it all."""
+def load_config(layers: Iterable[str | os.PathLike | dict], overrides: Iterable[str] = ()) -> Config:
+    """Layer the YAML files (or values already read, as a dict of sections) in order, then the
+    `section.key=value` overrides, and check it all."""
     values: dict = {}
-    for path in paths:
-        values = _merge(values, _read_yaml(Path(path)))
+    for layer in layers:
+        values = _merge(values, layer if isinstance(layer, dict) else _read_yaml(Path(layer)))
     seen_overrides: set[str] = set()
     for text in overrides:
         key = text.partition("=")[0]

@@ -29,20 +29,30 @@ class Draws:
 class Augmenter:
     """uint8 [N, 3, 256, 256] batches in, float [N, 3, crop, crop] network inputs out."""
 
-    def __init__(self, stats: ImageStats, crop: int, mean: str, flip: bool, pca_std: float, device: torch.device) -> None:
+    def __init__(self, mean_image: torch.Tensor, crop: int, device: torch.device, flip: bool = False,
+                 pca_basis: torch.Tensor | None = None, pca_std: float = 0.0) -> None:
+        """`mean_image` [3, 256, 256] is subtracted from every image; with `pca_std` > 0, colour noise along
+        `pca_basis` (from_stats) is added; with neither `flip` nor noise, nothing is random (evaluation)."""
         self.crop, self.flip, self.pca_std = crop, flip, pca_std
+        self.mean = mean_image.to(device)
+        self.pca_basis = None if pca_basis is None else pca_basis.to(device)
+
+    @staticmethod
+    def from_stats(stats: ImageStats, crop: int, mean: str, flip: bool, pca_std: float, device: torch.device) -> "Augmenter":
+        """The paper's augmentation from the training set's statistics, less the mean per position (`mean`
+        "image") or per channel ("channel")."""
         per_position = stats.mean_image if mean == "image" else stats.channel_mean[:, None, None].expand_as(stats.mean_image)
-        self.mean = per_position.to(device)
         # rgb shift = P @ (alpha * lambda), P's columns the eigenvectors. The paper's formula
         # is not scale-free: lambda is a variance, so its result depends on the pixel units.
         # We read it in [0, 1] units (lambda/255^2, shift*255), which gives shifts of a few
         # grey levels; read in 0..255 units it would add hundreds of levels and drown the image.
-        self.pca_basis = (stats.eigenvectors * stats.eigenvalues / 255.0).to(device)
+        pca_basis = stats.eigenvectors * stats.eigenvalues / 255.0
+        return Augmenter(per_position, crop, device, flip, pca_basis, pca_std)
 
     @staticmethod
     def from_config(stats: ImageStats, data: DataConfig, crop: int, device: torch.device) -> "Augmenter":
         """The augmentation `data` configures, to crops of `crop` (model.input_size)."""
-        return Augmenter(stats, crop, data.mean, data.flip, data.pca_std, device)
+        return Augmenter.from_stats(stats, crop, data.mean, data.flip, data.pca_std, device)
 
     def train(self, images: torch.Tensor, rng: torch.Generator, first: int = 0, total: int | None = None) -> torch.Tensor:
         """Random patches for images [first, first + N) of a batch of `total`: `draw`, then `apply`."""

@@ -3,8 +3,8 @@
 A raw image is 196,608 bytes, so ImageNet's 1.28M training images take 250 GB raw, twice the
 GPU machine's memory: every epoch would come from disk. As JPEG records at quality 90 they take
 about a tenth (docs/DATA.md has the measured sizes, speeds and pixel error). On a GPU the training
-process decodes a whole batch in one call (torchvision's decode_jpeg on a list, nvJPEG, whose
-hardware decoder takes baseline JPEGs: what encode_jpeg writes); on a CPU the loading processes
+process decodes a whole batch in one call (data/codec.py's decode_jpegs on a list: nvJPEG, whose
+hardware decoder takes baseline JPEGs, what encode_jpeg writes); on a CPU the loading processes
 decode with libjpeg-turbo.
 
 Records come from a pack someone else may have made, so nothing in one is trusted: its length
@@ -17,8 +17,8 @@ decode, is refused with DamagedImage naming the pack, the shard and the image.
 from dataclasses import dataclass
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
+from data.codec import CODEC
 from data.decode import declared_size
 from data.imageset import IMAGE_BYTES, IMAGE_SHAPE, SIDE
 
@@ -41,7 +41,7 @@ class DamagedImage(ValueError):
 
 def encode(image: torch.Tensor, quality: int) -> torch.Tensor:
     """uint8 [3, 256, 256] -> a baseline JPEG record (uint8 [n], n <= MAX_RECORD_BYTES), 4:2:0 chroma."""
-    record = encode_jpeg(image.contiguous(), quality=quality)
+    record = CODEC.encode_jpeg(image.contiguous(), quality)
     if len(record) > MAX_RECORD_BYTES:  # unreachable for 256x256 images (module doc); a bound, not a hope
         raise ValueError(f"its JPEG record takes {len(record)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
     return record
@@ -68,8 +68,8 @@ def decode(record: torch.Tensor) -> torch.Tensor:
     why = check_record(record)
     if why is None:
         try:
-            image = decode_jpeg(record, mode=ImageReadMode.RGB)
-        except RuntimeError as err:  # libjpeg's message, after the file and line torchvision prefixes
+            (image,) = CODEC.decode_jpegs([record], torch.device("cpu"))
+        except RuntimeError as err:  # libjpeg's message, after the function, file and line the codec prefixes
             why = str(err).strip().splitlines()[-1].split(", ")[-1]
         else:
             if image.shape == IMAGE_SHAPE:
@@ -83,7 +83,7 @@ def decode_batch(records: list[torch.Tensor], device: torch.device) -> torch.Ten
     nvJPEG's batched decoder on a GPU, libjpeg-turbo image by image on a CPU."""
     if device.type == "cpu":
         return torch.stack([decode(r) for r in records])
-    return torch.stack(decode_jpeg(records, mode=ImageReadMode.RGB, device=device))
+    return torch.stack(CODEC.decode_jpegs(records, device))
 
 
 @dataclass(frozen=True)

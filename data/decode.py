@@ -10,13 +10,12 @@ no step makes an intermediate larger than the decoded file.
 
 import struct
 import sys
-import warnings
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
+from data.codec import CODEC
 from data.imageset import SIDE
 from files import open_regular
 from files.reading import read_exactly, size_of
@@ -44,17 +43,6 @@ JPEG_NO_LENGTH = {0x00, 0x01, *range(0xD0, 0xD8)}
 
 class Truncated(ValueError):
     """The bytes end before the image's declared size is known."""
-
-
-def quiet_decoder_warnings() -> None:
-    """Silence torchvision 0.29's notice that its decoders move to TorchCodec: we pin torchvision.
-
-    Called where a program starts (data.prepare's and data.fashion_mnist's main, each
-    packing process), not at import: importing a module should not change the warning
-    filters of the program that imports it.
-    """
-    notice = "The image decoding and encoding capabilities of TorchVision are deprecated"
-    warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
 
 
 def rescale(image: torch.Tensor) -> torch.Tensor:
@@ -91,13 +79,14 @@ def to_8_bits(image: torch.Tensor) -> torch.Tensor:
 def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """uint8 [3, 256, 256] from a JPEG, PNG, WebP or GIF file.
 
-    ImageReadMode.RGB makes greyscale, palette, RGBA and CMYK files RGB (alpha is
-    dropped); JPEG goes through libjpeg-turbo; 16-bit PNGs become 8 bits. A file
-    whose header declares more than `max_pixels` is refused before it is decompressed.
+    Decoded by data/codec.py's CODEC (TorchCodec, or torchvision.io without it), as RGB: greyscale,
+    palette, RGBA and CMYK files become RGB (alpha is dropped); JPEG goes through libjpeg-turbo and
+    is turned upright by its EXIF orientation; 16-bit PNGs become 8 bits. A file whose header
+    declares more than `max_pixels` is refused before it is decompressed.
     Raises one of DECODE_ERRORS for a file it cannot or will not decode.
     """
     data = read_image_file(path, max_pixels)
-    image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+    image = CODEC.decode_image(torch.frombuffer(data, dtype=torch.uint8))
     if image.ndim != 3:
         raise ValueError(f"animated image with {image.shape[0]} frames")
     return rescale(to_8_bits(image))

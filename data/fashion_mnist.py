@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data.compact import Encoding
-from data.decode import quiet_decoder_warnings, rescale
+from data.decode import rescale
 from data.packing import Split, pack
 from data.prepare import SHARD_SIZE, add_encoding_options, encoding_option, report
 from files import open_regular
@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers < 1 or args.shard_size < 1:
         parser.error("--workers and --shard-size must be at least 1")
     encoding = encoding_option(parser, args)
-    quiet_decoder_warnings()
     try:
         converted = convert(args.src, args.dst, args.workers, args.shard_size, encoding)
     except (ValueError, BrokenProcessPool) as error:

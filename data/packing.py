@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from data.assembly import assemble, atomic_save, sidecar_path, skipped_examples, write_meta
 from data.compact import RAW, Encoding
-from data.decode import DECODE_ERRORS, quiet_decoder_warnings
+from data.decode import DECODE_ERRORS
 from data.imageset import SIDE
 from data.pack_format import SPLITS, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
@@ -222,7 +222,6 @@ def _start_worker(decoding) -> None:
     """Set up a packing process: one process per core, so torch's own threads would only contend with the others."""
     global _decoding
     torch.set_num_threads(1)
-    quiet_decoder_warnings()
     _decoding = decoding
 
 

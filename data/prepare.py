@@ -1,9 +1,11 @@
-"""`python -m data.prepare SRC DST [--val-src VAL --val-labels FILE]`: image files to a pack.
+"""`python -m data.prepare SRC DST [--val-src VAL [--val-labels FILE]]`: image files to a pack.
 
 SRC holds one folder per class (ImageNet's training layout; the sorted folder names
 are the classes, files in subfolders count too, folders starting with "." do not).
-VAL is one flat folder of images (ImageNet's validation layout) and FILE gives their
-classes in one of two forms, the same on every line:
+VAL is either the same: one folder per class (torchvision's ImageFolder layout, which
+its reference scripts and timm read), its folders SRC's classes exactly; or, with
+--val-labels, one flat folder of images (ImageNet's validation layout), and FILE gives
+their classes in one of two forms, the same on every line:
 
     LABEL             one line per file of VAL, in sorted file-name order
     FILENAME LABEL    one line per file of VAL, any order
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data.compact import ENCODINGS, QUALITY, RAW, Encoding
-from data.decode import MAX_PIXELS, decode_file, quiet_decoder_warnings
+from data.decode import MAX_PIXELS, decode_file
 from data.pack_format import read_json
 from data.packing import Split, pack, skip_reason
 from files import read_capped
@@ -53,26 +55,38 @@ def prepare(
     (0 over a finished pack)."""
     if not src.is_dir():
         raise ValueError(f"{src}: no such folder")
-    ids = class_folders(src)
+    ids = class_folders(src, "a flat folder of images (ImageNet's val) goes in --val-src, with --val-labels")
     decode = partial(decode_file, max_pixels=max_pixels)
-    splits = [train_split(src, ids, decode)]
+    splits = [folder_split("train", src, ids, decode)]
     if val_src is not None:
         if not val_src.is_dir():
             raise ValueError(f"{val_src}: no such folder")
         if val_labels is None:
-            raise ValueError(f"{val_src}: validation images need a label file")
-        splits.append(val_split(val_src, val_labels, ids, decode))
+            check_same_classes(val_src, class_folders(val_src, "a flat folder of images needs --val-labels"), src, ids)
+            splits.append(folder_split("val", val_src, ids, decode))
+        else:
+            splits.append(val_split(val_src, val_labels, ids, decode))
     return pack(dst, splits, ids, readable_names(ids), shard_size, workers, encoding)
 
 
-def class_folders(src: Path) -> list[str]:
+def class_folders(src: Path, otherwise: str) -> list[str]:
+    """The sorted class folder names of `src`; ValueError ending in `otherwise` if it has none."""
     ids = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not ids:
-        raise ValueError(f"{src}: no class folders; a flat folder of images (ImageNet's val) goes in --val-src")
+        raise ValueError(f"{src}: no class folders; {otherwise}")
     return ids
 
 
-def train_split(src: Path, ids: list[str], decode: Callable[[str], Any]) -> Split:
+def check_same_classes(val_src: Path, found: list[str], src: Path, ids: list[str]) -> None:
+    """Refuse class folders of VAL that are not exactly SRC's, naming the first (in sorted order) that differs."""
+    extra, missing = sorted(set(found) - set(ids)), sorted(set(ids) - set(found))
+    if extra and (not missing or extra[0] < missing[0]):
+        raise ValueError(f"{val_src}: class folder {extra[0]!r} is not a class of {src}")
+    if missing:
+        raise ValueError(f"{val_src}: no folder for class {missing[0]!r} of {src}")
+
+
+def folder_split(name: str, src: Path, ids: list[str], decode: Callable[[str], Any]) -> Split:
     """Every file under each class folder, in sorted path order; the folders left out, and why, as skipped."""
     tree = ClassTree(src, ids)
     files, labels = [], []
@@ -80,7 +94,7 @@ def train_split(src: Path, ids: list[str], decode: Callable[[str], Any]) -> Spli
         found = tree.files(folder)
         files += found
         labels += [label] * len(found)
-    return Split("train", files, [str(src / f) for f in files], labels, decode, tuple(tree.skipped))
+    return Split(name, files, [str(src / f) for f in files], labels, decode, tuple(tree.skipped))
 
 
 class ClassTree:
@@ -191,8 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("src", type=Path, help="training images, one folder per class")
     parser.add_argument("dst", type=Path, help="the pack to write, or to finish")
-    parser.add_argument("--val-src", type=Path, help="validation images, one flat folder")
-    parser.add_argument("--val-labels", type=Path, help="their labels: 'LABEL' or 'FILENAME LABEL' lines")
+    parser.add_argument("--val-src", type=Path, help="validation images: one folder per class (SRC's classes), or "
+                        "one flat folder with --val-labels")
+    parser.add_argument("--val-labels", type=Path, help="the labels of a flat --val-src: 'LABEL' or 'FILENAME LABEL' lines")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="packing processes (default: every core)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"images per shard (default {SHARD_SIZE})")
     parser.add_argument(
@@ -201,12 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_encoding_options(parser)
     args = parser.parse_args(argv)
-    if (args.val_src is None) != (args.val_labels is None):
-        parser.error("--val-src and --val-labels go together")
+    if args.val_labels is not None and args.val_src is None:
+        parser.error("--val-labels labels the images of a flat --val-src: give --val-src too")
     if args.workers < 1 or args.shard_size < 1 or args.max_pixels < 1:
         parser.error("--workers, --shard-size and --max-pixels must be at least 1")
     encoding = encoding_option(parser, args)
-    quiet_decoder_warnings()
     try:
         decoded = prepare(
             args.src, args.dst, args.val_src, args.val_labels, args.workers, args.shard_size, args.max_pixels, encoding

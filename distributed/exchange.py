@@ -17,6 +17,11 @@ from torch.distributed import ProcessGroup
 from distributed.layout import Layout
 from model.exchange import Exchange, LocalExchange, Pending
 
+# torch 2.14 renames the two tensor collectives (the old names warn that they are deprecated); torch 2.11, the
+# floor and the GPU image's version, has only the old ones. Picked by what this torch has, not by its version.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def _to_rank_major(x: torch.Tensor, world: int) -> torch.Tensor:
     """[B, world*C, ...] -> [world*B, C, ...]: one contiguous block per rank."""
@@ -53,7 +58,7 @@ class ProcessGroupExchange(Exchange):
         (local,) = parts
         send = self._out(local.contiguous())
         gathered = send.new_empty((self.world * send.shape[0], *send.shape[1:]))
-        work = dist.all_gather_into_tensor(gathered, send, group=self.group, async_op=True)
+        work = _all_gather(gathered, send, group=self.group, async_op=True)
         return Pending(work, lambda: _from_rank_major(self._back(gathered, local), self.world))
 
     @torch.no_grad()
@@ -61,7 +66,7 @@ class ProcessGroupExchange(Exchange):
         """Reduce-scatter (sum) along dim 1; resolves to [this tower's gradient]."""
         blocks = self._out(_to_rank_major(grad, self.world))
         local = blocks.new_empty((blocks.shape[0] // self.world, *blocks.shape[1:]))
-        work = dist.reduce_scatter_tensor(local, blocks, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        work = _reduce_scatter(local, blocks, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
         return Pending(work, lambda: [self._back(local, grad)])
 
     @torch.no_grad()

@@ -99,11 +99,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     with _folder(target) as folder:
         if _is_folder(target.name, folder):
             raise Refused(target, "a folder; give the name of a file to write")
-        os.close(_create(partial, folder, target.with_name(partial)))
+        fd = _create(partial, folder, target.with_name(partial))
+        mode = os.fstat(fd).st_mode & 0o777
+        os.close(fd)
         try:
             yield target.with_name(partial)
             fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
             try:
+                # safetensors replaces the name by a private (0600) file of its own: the file gets back the
+                # mode every file the project writes has (0644 less the umask), so whoever it is for can read it.
+                os.fchmod(fd, mode)
                 os.fsync(fd)
             finally:
                 os.close(fd)

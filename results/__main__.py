@@ -1,10 +1,11 @@
 """`python -m results COMMAND [--config F]... [section.key=value ...]`: use a trained net in one process.
 
 Commands: predict (top-5 classes of images), figures (the paper's Figure 3, and
-Figure 4 for images given), export (one grouped, Caffe-named state dict, as safetensors), onnx
-(one ONNX graph). Each loads the newest checkpoint in checkpoint.dir, or --checkpoint: a
-checkpoint folder or an exported .safetensors file; the config gives the model's shape and the
-data (class names, mean) as for training.
+Figure 4 for images given), export (one grouped, Caffe-named state dict with its class names and mean,
+as safetensors), onnx (one ONNX graph that takes pixels). Each loads the newest checkpoint in
+checkpoint.dir, or --checkpoint: a checkpoint folder, whose config gives the model's shape and the data
+(class names, mean) as for training, or an exported .safetensors file, which carries all three: a config
+given with it must agree with the file's model config.
 """
 
 import argparse
@@ -14,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from checkpoints.trained import checkpoint_paths, load_network
-from checkpoints.weights import SUFFIX, save_weights
+from checkpoints.trained import checkpoint_paths
+from checkpoints.weights import SUFFIX, is_weights_file, recorded_model, save_weights
 from config import cli
 from config.errors import UserError
-from config.schema import Config
+from config.loading import load_config
+from config.schema import Config, ConfigError
 from files import create_root
 from model.export import grouped_state_dict
-from training.build import check_data
 
 CPU = torch.device("cpu")
 
@@ -51,23 +52,32 @@ def _out_folder(out: Path) -> Path:
 
 
 def _loaded(args: argparse.Namespace) -> tuple[Config, Path]:
-    cfg = cli.load(args)
+    """The config and the checkpoint to load. A weights file's model config is the layer under the --config
+    files and overrides, so the file needs none; one that disagrees with it is refused (checkpoint_paths)."""
+    recorded = None
+    if args.checkpoint and is_weights_file(args.checkpoint):
+        recorded = {"model": recorded_model(args.checkpoint)}
+        try:
+            load_config([cli.BASE_CONFIG, recorded])
+        except ConfigError as err:
+            raise UserError(f"weights file {args.checkpoint}: its model config: {err}") from None
+    cfg = cli.load(args, recorded)
     return cfg, checkpoint_paths(cfg, [args.checkpoint] if args.checkpoint else [])[0]
 
 
-def _predictor(args: argparse.Namespace):
+def _predictor(args: argparse.Namespace, device: torch.device | None = None):
+    """The trained net the arguments name, with what using it needs (results/predict.py), and where it was."""
     from results.predict import Predictor
 
     cfg, source = _loaded(args)
-    check_data(cfg)  # the data's description, so a broken pack is a user error here too
-    return Predictor.load(cfg, source, _device(cfg))
+    return Predictor.load(cfg, source, device or _device(cfg)), source
 
 
 def predict(args: argparse.Namespace) -> int:
     from results.predict import decode_images, format_predictions
 
     images = decode_images(args.image)  # a file that cannot be read is refused before the net is loaded
-    predictor = _predictor(args)
+    predictor, _ = _predictor(args)
     for image, top in zip(args.image, predictor.top5(images.to(predictor.augment.mean.device))):
         print(format_predictions(image, top), flush=True)
     return 0
@@ -77,7 +87,9 @@ def figures(args: argparse.Namespace) -> int:
     from results.figure3 import save_conv1_figure
 
     _out_folder(args.out)
-    predictor = _predictor(args)
+    predictor, _ = _predictor(args)
+    if args.image:
+        predictor.training_set()  # Figure 4's neighbours: refused now, before anything is written
     create_root(args.out)
     path, colour = save_conv1_figure(predictor.net, args.out / "figure3_conv1.png")
     print(f"wrote {path}; colourfulness per tower: " + ", ".join(f"{t}: {c:.3f}" for t, c in colour.items()))
@@ -95,8 +107,8 @@ def export(args: argparse.Namespace) -> int:
     if args.out.suffix != SUFFIX:  # before loading anything
         raise UserError(f"--out {args.out}: export writes safetensors; name the file *{SUFFIX}")
     _out_file(args.out)
-    cfg, source = _loaded(args)
-    save_weights(load_network(cfg, source, CPU).state_dict(), cfg.model, args.out)
+    predictor, source = _predictor(args, CPU)
+    save_weights(predictor.net.state_dict(), predictor.cfg.model, predictor.preprocessing, args.out)
     print(f"exported {source} to {args.out}")
     return 0
 
@@ -108,9 +120,9 @@ def onnx(args: argparse.Namespace) -> int:
     if missing:  # torch's exporter needs both: say so before loading anything
         raise UserError(f"onnx needs {' and '.join(missing)}: pip install {' '.join(missing)}")
     _out_file(args.out)
-    cfg, source = _loaded(args)
-    net = load_network(cfg, source, CPU)
-    export_onnx(cfg.model, grouped_state_dict(net.state_dict(), cfg.model.towers), args.out)
+    predictor, source = _predictor(args, CPU)
+    cfg = predictor.cfg.model
+    export_onnx(cfg, grouped_state_dict(predictor.net.state_dict(), cfg.towers), predictor.preprocessing, args.out)
     print(f"exported {source} to {args.out}")
     return 0
 
@@ -131,9 +143,10 @@ COMMANDS = {
                            _options(images="an image file (repeatable)", required=True)),
     "figures": cli.Command("write Figure 3 (conv1 kernels), and Figure 4 (top-5 and FC7 neighbours) of the images given",
                            figures, _options(out="DIR to write the PNGs into", images="an image for Figure 4 (repeatable)")),
-    "export": cli.Command("write one grouped, Caffe-named state dict as safetensors", export,
+    "export": cli.Command("write one grouped, Caffe-named state dict with its class names and mean as safetensors", export,
                           _options(out=f"FILE{SUFFIX} to write")),
-    "onnx": cli.Command("write one ONNX graph", onnx, _options(out="FILE to write")),
+    "onnx": cli.Command("write one ONNX graph: uint8 pixels of the centre crop in, logits out", onnx,
+                        _options(out="FILE to write")),
 }
 
 

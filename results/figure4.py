@@ -62,9 +62,10 @@ def save_figure4(predictor: Predictor, files: Sequence[str | Path], folder: Path
     """Write figure4_predictions.png and figure4_neighbours.png for the image `files` into `folder`."""
     images = predictor.decode(files)
     tops = predictor.top5(images)
-    found = nearest(predictor.net, predictor.augment, images, predictor.data.train, NEIGHBOURS,
+    train_set = predictor.training_set()
+    found = nearest(predictor.net, predictor.augment, images, train_set, NEIGHBOURS,
                     predictor.cfg.train.batch_size, predictor.cfg.data.workers)
-    train_images = predictor.data.train.load(found.indices.flatten())[0].view(*found.indices.shape, *IMAGE_SHAPE)
+    train_images = train_set.load(found.indices.flatten())[0].view(*found.indices.shape, *IMAGE_SHAPE)
     paths = [folder / "figure4_predictions.png", folder / "figure4_neighbours.png"]
     for path, picture in zip(paths, (predictions_picture(images, tops), neighbours_picture(images, train_images))):
         with replacing(path) as out:

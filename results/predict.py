@@ -2,7 +2,9 @@
 
 Files are decoded the way the data was packed (data/decode.py: shorter side to 256,
 the central 256x256), less the training set's mean, and the softmax is averaged
-over the four corners, the centre and their reflections.
+over the four corners, the centre and their reflections. The class names and the mean are
+the ones an exported weights file carries, or, for a checkpoint folder, those of the data
+the config names.
 """
 
 from dataclasses import dataclass
@@ -12,13 +14,16 @@ from typing import Sequence
 import torch
 
 from checkpoints.trained import load_network
+from checkpoints.weights import is_weights_file, load_preprocessing
 from config.errors import UserError
 from config.schema import Config
 from data.augment import Augmenter
 from data.decode import DECODE_ERRORS, decode_file
-from data.imageset import Datasets
+from data.imageset import Datasets, ImageSet
+from data.preprocessing import Preprocessing
 from data.sources import open_datasets
 from model.alexnet import AlexNet
+from training.build import check_data
 from training.evaluation import TEN_PATCHES, log_probabilities
 
 TOP = 5
@@ -26,23 +31,36 @@ TOP = 5
 
 @dataclass
 class Predictor:
-    """One trained net with the data it was trained on (class names, mean, training images)."""
+    """One trained net with what using it needs (class names, mean), and the data the config names."""
 
     cfg: Config
     net: AlexNet
-    data: Datasets
+    preprocessing: Preprocessing
     augment: Augmenter
+    data: Datasets | None
+    """The data the config names, once opened (a checkpoint folder's class names and mean come from it)."""
 
     @staticmethod
     def load(cfg: Config, source: Path, device: torch.device) -> "Predictor":
-        """The trained net at `source` on `device`, with both towers."""
-        data = open_datasets(cfg.data, cfg.train.seed)
-        augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
-        return Predictor(cfg, load_network(cfg, source, device), data, augment)
+        """The trained net at `source` on `device`, with both towers: a weights file needs nothing else."""
+        data = None if is_weights_file(source) else _open_data(cfg)
+        preprocessing = load_preprocessing(source, cfg.model) if data is None else Preprocessing.of(data, cfg.data.mean)
+        augment = Augmenter(preprocessing.mean_image(), cfg.model.input_size, device)
+        return Predictor(cfg, load_network(cfg, source, device), preprocessing, augment, data)
 
     @property
     def classes(self) -> list[str]:
-        return self.data.classes
+        return self.preprocessing.classes
+
+    def training_set(self) -> ImageSet:
+        """The training images the config names (Figure 4's neighbours), refused unless they are of this net's
+        classes: a weights file carries no images, so its config must name the data it was trained on."""
+        if self.data is None:
+            self.data = _open_data(self.cfg)
+        if self.data.classes != self.classes:
+            raise UserError(f"the training images the config names (data.root={self.cfg.data.root!r}) are not of the "
+                            "classes this net was trained on: give the config it was trained with")
+        return self.data.train
 
     def decode(self, files: Sequence[str | Path]) -> torch.Tensor:
         """uint8 [N, 3, 256, 256] from image files, on this net's device (decode_images)."""
@@ -61,6 +79,11 @@ class Predictor:
         probs = self.probabilities(images)[:, : len(self.classes)]
         top = probs.topk(min(TOP, probs.shape[1]), dim=1)
         return [[(self.classes[i], p) for i, p in zip(idx.tolist(), val.tolist())] for idx, val in zip(top.indices, top.values)]
+
+
+def _open_data(cfg: Config) -> Datasets:
+    check_data(cfg)  # the data's description first, so a broken pack is a user error here too
+    return open_datasets(cfg.data, cfg.train.seed)
 
 
 def decode_images(files: Sequence[str | Path]) -> torch.Tensor:

@@ -25,8 +25,6 @@ from tests.conftest import ROOT
 from tests.processes import CPU_ENV
 from tests.trainer_runs import small_config, small_words
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-
 PSNR_DB = 35.0
 """docs/DATA.md: quality 90 measured 37.7 dB on photograph-like images; this is the floor tested."""
 

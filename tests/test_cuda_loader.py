@@ -15,7 +15,6 @@ from tests.test_compact import packs, psnr  # noqa: F401 (packs is the fixture t
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
-    pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning"),
 ]
 
 

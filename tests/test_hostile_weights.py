@@ -1,6 +1,6 @@
-"""Shared weights (safetensors): the export is exactly the checkpoint, and a file that is not this
-model's weights is refused from its header, naming the key and both values, before a tensor byte
-is read and without running anything in it.
+"""Shared weights (safetensors): the export is exactly the checkpoint and carries what using it needs (the
+file alone predicts, from an empty folder), and a file that is not this model's weights is refused from its
+header, naming the key and both values, before a tensor byte is read and without running anything in it.
 
 Genuine files come from `python -m results export` of the session's trained run; hostile ones are
 its header edited and written back with the data as a sparse file of zeros (the checks must refuse
@@ -11,7 +11,10 @@ import builtins
 import json
 import os
 import re
+import stat
 import struct
+import subprocess
+import sys
 from dataclasses import asdict
 from types import SimpleNamespace
 
@@ -21,8 +24,8 @@ import torch
 from safetensors import safe_open
 
 from checkpoints import store
-from checkpoints.tensor_file import MAX_HEADER_BYTES
 from checkpoints.trained import load_network
+from checkpoints.weights import MAX_HEADER_BYTES
 from config.errors import UserError
 from config.loading import load_config
 from distributed import layout
@@ -30,6 +33,8 @@ from distributed.workers import free_port, run_workers
 from results.__main__ import main as results_main
 from tests import dcp_checkpoints
 from tests.conftest import ROOT
+from tests.image_files import jpeg, png, write_image
+from tests.processes import CPU_ENV
 from training.evaluation import evaluate_checkpoints
 
 CPU = torch.device("cpu")
@@ -84,6 +89,111 @@ def test_the_export_gives_exactly_the_checkpoints_logits(trained, exported):
         assert f.get_slice("conv2.weight").get_shape() == [256, 48, 5, 5]  # grouped, Caffe's layout
 
 
+def test_the_export_carries_its_class_names_and_mean_readable_by_others(trained, exported):
+    trainer, _, _ = trained
+    with safe_open(exported, framework="pt") as f:
+        assert json.loads(f.metadata()["classes"]) == trainer.data.classes
+        assert torch.equal(f.get_tensor("mean"), trainer.data.stats.mean_image)  # data.mean: image, as trained
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(exported).st_mode) == 0o644 & ~umask
+
+
+# bvlc_alexnet's deploy.prototxt (Caffe's model zoo), the blob shapes of each layer: conv2, conv4 and conv5
+# are `group: 2`. The export matches them but for FC8's outputs (10 classes here).
+BVLC_ALEXNET = {"conv1": [96, 3, 11, 11], "conv2": [256, 48, 5, 5], "conv3": [384, 256, 3, 3],
+                "conv4": [384, 192, 3, 3], "conv5": [256, 192, 3, 3], "fc6": [4096, 9216], "fc7": [4096, 4096],
+                "fc8": [10, 4096]}
+
+
+@torch.no_grad()
+def test_what_the_export_loads_into_and_what_it_does_not(trained, exported):
+    """The README's "What the weights are": this project's grouped net and Caffe's bvlc_alexnet layout, not
+    torchvision's single-tower alexnet."""
+    import torchvision
+    from safetensors.torch import load_file
+
+    from model.export import grouped_network
+
+    trainer, _, overrides = trained
+    state = load_file(exported)
+    mean = state.pop("mean")
+    assert {k: list(v.shape) for k, v in state.items() if k.endswith(".weight")} == {
+        f"{k}.weight": v for k, v in BVLC_ALEXNET.items()}
+    net = grouped_network(config(overrides).model)
+    net.load_state_dict(state)
+    images = trainer.data.val.load(torch.arange(2))[0]
+    torch.testing.assert_close(net(images[:, :, 14:241, 14:241].float() - mean[:, 14:241, 14:241]),
+                               trainer.model.eval()(trainer.augment.centre(images)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # its widths are the paper's 2 x 48 ...
+        torchvision.models.alexnet(num_classes=10).load_state_dict(
+            {f"features.{i}.{p}": state[f"conv{n}.{p}"] for n, i in zip(range(1, 6), (0, 3, 6, 8, 10))
+             for p in ("weight", "bias")}, strict=False)
+
+
+def _predict_command(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**CPU_ENV, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "results", "predict", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_file_alone_predicts_in_an_empty_folder(trained, exported, tmp_path, capsys):
+    """`results predict --checkpoint alexnet.safetensors --image photo.jpg` with nothing else: no config, no data,
+    printing what the checkpoint prints with its training config, and writing nothing."""
+    trainer, _, overrides = trained
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "alexnet.safetensors").write_bytes(exported.read_bytes())
+    write_image(folder / "photo.jpg", jpeg(trainer.data.val.load(torch.arange(1))[0][0], quality=95))
+    assert results_main(["predict", "--image", str(folder / "photo.jpg"), *overrides]) == 0
+    from_checkpoint = capsys.readouterr().out.replace(str(folder / "photo.jpg"), "photo.jpg")
+    done = _predict_command(["--checkpoint", "alexnet.safetensors", "--image", "photo.jpg"], folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == from_checkpoint
+    assert sorted(p.name for p in folder.iterdir()) == ["alexnet.safetensors", "photo.jpg"]
+
+
+def test_a_config_that_is_not_the_files_is_refused_naming_the_key(trained, exported, tmp_path):
+    trainer, _, _ = trained
+    image = write_image(tmp_path / "val0.png", png(trainer.data.val.load(torch.arange(1))[0][0]))
+    done = _predict_command(["--checkpoint", str(exported), "--image", str(image), "model.lrn=none"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "model.lrn: 'paper' -> 'none'" in done.stderr, done.stderr
+
+
+def test_a_model_config_the_file_records_is_checked_as_a_config_file_is(trained, exported, tmp_path, capsys):
+    header = read_header(exported)
+    saved = json.loads(header["__metadata__"]["model"])
+    header["__metadata__"]["model"] = json.dumps({**saved, "lrn_size": 10**9})
+    crafted = craft(tmp_path / "crafted.safetensors", header)
+    image = write_image(tmp_path / "grey.png", png(torch.full((3, 8, 8), 128, dtype=torch.uint8)))
+    assert results_main(["predict", "--checkpoint", str(crafted), "--image", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: weights file {crafted}: its model config: model.lrn_size") and err.count("\n") == 1
+
+
+def test_figures_from_the_file_alone_print_what_the_checkpoint_prints(trained, exported, tmp_path, capsys):
+    _, _, overrides = trained
+    assert results_main(["figures", "--out", str(tmp_path / "a"), *overrides]) == 0
+    from_checkpoint = capsys.readouterr().out
+    assert results_main(["figures", "--out", str(tmp_path / "b"), "--checkpoint", str(exported)]) == 0
+    assert capsys.readouterr().out == from_checkpoint.replace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "b" / "figure3_conv1.png").read_bytes() == (tmp_path / "a" / "figure3_conv1.png").read_bytes()
+
+
+def test_figure4_from_the_file_needs_the_data_of_its_classes(trained, exported, tmp_path, capsys):
+    """Its nearest training images come from the data the config names: other classes are refused before
+    anything is written."""
+    trainer, _, _ = trained
+    image = write_image(tmp_path / "val0.png", png(trainer.data.val.load(torch.arange(1))[0][0]))
+    other = ["data.synthetic_classes=5", "data.synthetic_train_images=16", "data.synthetic_val_images=5",
+             "train.batch_size=8"]
+    assert results_main(["figures", "--out", str(tmp_path / "out"), "--checkpoint", str(exported),
+                         "--image", str(image), *other]) == 2
+    assert "are not of the classes this net was trained on" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_towers_state_dict_inverts_grouped_state_dict():
     from model.alexnet import AlexNet
     from model.config import ModelConfig
@@ -133,11 +243,9 @@ def test_each_tower_process_takes_its_slices_of_the_file(trained, exported, tmp_
 
 
 def test_predict_reads_the_file_as_it_reads_the_checkpoint(trained, exported, tmp_path, capsys):
-    from torchvision.io import write_png
-
     trainer, _, overrides = trained
     image = tmp_path / "val0.png"
-    write_png(trainer.data.val.load(torch.arange(1))[0][0], str(image))
+    write_image(image, png(trainer.data.val.load(torch.arange(1))[0][0]))
     assert results_main(["predict", "--image", str(image), *overrides]) == 0
     from_checkpoint = capsys.readouterr().out
     assert results_main(["predict", "--image", str(image), "--checkpoint", str(exported), *overrides]) == 0
@@ -212,6 +320,14 @@ EDITS = {
                                      "invalid shape, data type, or offset"),
     "an oversized header": (lambda h: h["__metadata__"].update(pad="x" * MAX_HEADER_BYTES),
                             f"over the {MAX_HEADER_BYTES}-byte limit"),
+    "no class names": (lambda h: h["__metadata__"].pop("classes"), "no class names in its metadata"),
+    "more class names than outputs": (lambda h: h["__metadata__"].update(classes=json.dumps(["a"] * 11)),
+                                      "11 class names for a net of 10 outputs"),
+    "class names that are not strings": (lambda h: h["__metadata__"].update(classes="[1, 2]"),
+                                         "are not a list of strings"),
+    "a mean of another shape": (_then_relaid(lambda h: h["mean"].update(shape=[3, 227, 227])),
+                                "mean has shape [3, 227, 227], neither per position [3, 256, 256] nor per channel [3]"),
+    "no mean": (_then_relaid(lambda h: h.pop("mean")), "missing 'mean'"),
 }
 
 
@@ -223,7 +339,8 @@ def test_a_file_that_is_not_this_models_weights_is_refused_from_its_header(train
     header = read_header(exported)
     data_bytes = data_end(header)
     change(header)
-    relaid = edit in ("wrong shape", "wrong dtype", "a missing tensor", "an extra tensor")
+    relaid = edit in ("wrong shape", "wrong dtype", "a missing tensor", "an extra tensor", "a mean of another shape",
+                      "no mean")
     crafted = craft(tmp_path / "crafted.safetensors", header, None if relaid else data_bytes)
     with pytest.raises(UserError, match=re.escape(str(crafted)) + ".*" + re.escape(message)):
         load_network(config(overrides), crafted, CPU)
@@ -244,7 +361,7 @@ def test_a_header_length_of_gigabytes_is_never_read(trained, tmp_path, nothing_r
     crafted = tmp_path / "huge.safetensors"
     crafted.write_bytes(struct.pack("<Q", 2**33) + b"{")
     os.truncate(crafted, 8 + 2**33)
-    with pytest.raises(UserError, match="header says it is 8589934592 bytes long, over the 65536-byte limit"):
+    with pytest.raises(UserError, match=f"header says it is 8589934592 bytes long, over the {MAX_HEADER_BYTES}-byte limit"):
         load_network(config(overrides), crafted, CPU)
 
 

@@ -1,8 +1,9 @@
 """What a trained net is used for (Figure 3, predict, Figure 4, ONNX) against direct computations."""
 
+import json
+
 import pytest
 import torch
-from torchvision.io import write_jpeg, write_png
 
 from distributed.reductions import from_every_tower
 from distributed.workers import run_workers
@@ -11,6 +12,7 @@ from model.config import ModelConfig
 from results.__main__ import main as results_main
 from results.figure3 import TOWER_GAP, conv1_figure
 from results.neighbours import fc7, nearest
+from tests.image_files import jpeg, png, write_image
 from tests.trainer_runs import train_scalars
 from training.metrics import KERNELS_PER_ROW, MetricLogger, colourfulness, conv1_kernels
 
@@ -91,8 +93,8 @@ def image_files(trained, tmp_path_factory):
     trainer, _, _ = trained
     folder = tmp_path_factory.mktemp("images")
     images = trainer.data.val.load(torch.arange(2))[0]
-    write_png(images[0], str(folder / "first.png"))
-    write_jpeg(images[1], str(folder / "second.jpg"), quality=95)
+    write_image(folder / "first.png", png(images[0]))
+    write_image(folder / "second.jpg", jpeg(images[1], quality=95))
     return [folder / "first.png", folder / "second.jpg"]
 
 
@@ -188,20 +190,27 @@ def test_grouped_network_equals_the_towers():
 
 
 @torch.no_grad()
-def test_onnx_export_matches_onnxruntime(trained, tmp_path):
+def test_onnx_takes_pixels_and_matches_the_towers_in_onnxruntime(trained, tmp_path):
+    """Exported from the weights file alone: uint8 pixels of the centre crop in, the mean subtracted inside."""
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
     pytest.importorskip("onnxscript", reason="onnxscript (torch's ONNX exporter) is not installed (pip install onnxscript)")
     trainer, _, overrides = trained
-    target = tmp_path / "alexnet.onnx"
-    assert results_main(["onnx", "--out", str(target), *overrides]) == 0
-    graph = onnx.load(str(target)).graph
-    groups = [a.i for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    weights, target = tmp_path / "alexnet.safetensors", tmp_path / "alexnet.onnx"
+    assert results_main(["export", "--out", str(weights), *overrides]) == 0
+    assert results_main(["onnx", "--out", str(target), "--checkpoint", str(weights)]) == 0
+    model = onnx.load(str(target))
+    groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
     assert sorted(groups) == [1, 1, 2, 2, 2]  # conv1, conv3 whole; conv2, conv4, conv5 grouped
+    (pixels,) = model.graph.input
+    assert pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value or d.dim_param for d in pixels.type.tensor_type.shape.dim] == ["batch", 3, CROP, CROP]
+    assert "uint8 [N, 3, 227, 227], RGB values 0-255" in model.doc_string and "centre crop" in model.doc_string
+    assert json.loads({p.key: p.value for p in model.metadata_props}["classes"]) == trainer.data.classes
 
     images = trainer.data.val.load(torch.arange(4))[0]
-    inputs = torch.cat([trainer.augment.centre(images), trainer.augment.ten_patches(images)[0]])
-    expected = trainer.model.eval()(inputs)
+    offset = (images.shape[-1] - CROP) // 2
+    expected = trainer.model.eval()(trainer.augment.centre(images))
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"image": inputs.numpy()})
+    (logits,) = session.run(None, {"pixels": images[:, :, offset : offset + CROP, offset : offset + CROP].numpy()})
     torch.testing.assert_close(torch.from_numpy(logits), expected, **ONNX_TOLERANCE)

@@ -35,7 +35,7 @@ def _zero_mean_stats(side: int = SIDE) -> ImageStats:
 
 
 def test_crops_stay_inside_and_cover_every_offset_and_flip_about_half():
-    aug = Augmenter(_zero_mean_stats(), CROP, "image", True, 0.0, torch.device("cpu"))
+    aug = Augmenter.from_stats(_zero_mean_stats(), CROP, "image", True, 0.0, torch.device("cpu"))
     images = _coordinates(64)
     tops, lefts = set(), set()
     for step in range(10):
@@ -56,9 +56,9 @@ def test_crops_stay_inside_and_cover_every_offset_and_flip_about_half():
 def test_pca_noise_is_constant_over_an_image_with_the_stated_distribution():
     stats = _stats()
     crop = 8  # the noise does not depend on the crop; small patches keep 4000 images cheap
-    aug = Augmenter(stats, crop, "image", False, 0.1, torch.device("cpu"))
+    aug = Augmenter.from_stats(stats, crop, "image", False, 0.1, torch.device("cpu"))
     images = torch.randint(0, 256, (1, 3, SIDE, SIDE), dtype=torch.uint8).expand(4000, -1, -1, -1)
-    plain = Augmenter(stats, crop, "image", False, 0.0, torch.device("cpu"))
+    plain = Augmenter.from_stats(stats, crop, "image", False, 0.0, torch.device("cpu"))
     rng = torch.Generator().manual_seed(1)
     noisy = aug.train(images, rng)
     clean = plain.train(images, torch.Generator().manual_seed(1))
@@ -74,15 +74,32 @@ def test_pca_noise_is_constant_over_an_image_with_the_stated_distribution():
 def test_mean_image_and_channel_mean_are_subtracted():
     stats = _stats()
     images = torch.full((2, 3, SIDE, SIDE), 200, dtype=torch.uint8)
-    per_position = Augmenter(stats, CROP, "image", False, 0.0, torch.device("cpu")).centre(images)
+    per_position = Augmenter.from_stats(stats, CROP, "image", False, 0.0, torch.device("cpu")).centre(images)
     o = (SIDE - CROP) // 2
     torch.testing.assert_close(per_position[0], 200 - stats.mean_image[:, o : o + CROP, o : o + CROP])
-    per_channel = Augmenter(stats, CROP, "channel", False, 0.0, torch.device("cpu")).centre(images)
+    per_channel = Augmenter.from_stats(stats, CROP, "channel", False, 0.0, torch.device("cpu")).centre(images)
     torch.testing.assert_close(per_channel[1, :, 5, 7], 200 - stats.channel_mean)
 
 
+def test_an_exported_nets_mean_is_the_one_it_was_trained_with():
+    """data/preprocessing.py keeps the mean as trained (per position [3, 256, 256], per channel [3]); the
+    evaluation built from it subtracts what the training augmentation did."""
+    from types import SimpleNamespace
+
+    from data.preprocessing import Preprocessing
+
+    stats = _stats()
+    images = torch.randint(0, 256, (2, 3, SIDE, SIDE), dtype=torch.uint8)
+    for mean, shape in (("image", (3, SIDE, SIDE)), ("channel", (3,))):
+        preprocessing = Preprocessing.of(SimpleNamespace(classes=["a", "b"], stats=stats), mean)
+        assert preprocessing.classes == ["a", "b"] and preprocessing.mean.shape == shape
+        trained = Augmenter.from_stats(stats, CROP, mean, False, 0.0, torch.device("cpu"))
+        evaluating = Augmenter(preprocessing.mean_image(), CROP, torch.device("cpu"))
+        assert torch.equal(evaluating.ten_patches(images), trained.ten_patches(images))
+
+
 def test_ten_patches_are_the_corners_the_centre_and_their_reflections():
-    aug = Augmenter(_zero_mean_stats(), CROP, "image", False, 0.0, torch.device("cpu"))
+    aug = Augmenter.from_stats(_zero_mean_stats(), CROP, "image", False, 0.0, torch.device("cpu"))
     patches = aug.ten_patches(_coordinates(2))
     assert patches.shape == (10, 2, 3, CROP, CROP)
     far, mid = SIDE - CROP, (SIDE - CROP) // 2
@@ -100,7 +117,7 @@ def test_ten_patches_are_the_corners_the_centre_and_their_reflections():
 
 
 def test_slicing_and_gather_paths_agree_exactly():
-    aug = Augmenter(_stats(), CROP, "image", True, 0.1, torch.device("cpu"))
+    aug = Augmenter.from_stats(_stats(), CROP, "image", True, 0.1, torch.device("cpu"))
     images = torch.randint(0, 256, (6, 3, SIDE, SIDE), dtype=torch.uint8)
     g = torch.Generator().manual_seed(4)
     tops, lefts = torch.randint(30, (6,), generator=g), torch.randint(30, (6,), generator=g)
@@ -117,7 +134,7 @@ def test_ten_patch_prediction_averages_the_softmax_of_each_patch():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
     images = torch.randint(0, 256, (3, 3, 6, 6), dtype=torch.uint8)
-    aug = Augmenter(_zero_mean_stats(6), 4, "image", False, 0.0, torch.device("cpu"))
+    aug = Augmenter.from_stats(_zero_mean_stats(6), 4, "image", False, 0.0, torch.device("cpu"))
     patches = aug.ten_patches(images)
     direct = sum(torch.softmax(model(patches[k]), dim=1) for k in range(10)) / 10
     got = log_probabilities([model], aug, images, TEN_PATCHES).exp()

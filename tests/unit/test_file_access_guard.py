@@ -50,6 +50,8 @@ ALLOWED = {
     ("checkpoints/shards.py", "read", "dcp.load"):
         "DCP's reader opens the folder's files by name, after shards.check refused links and files that are not "
         "regular, and read every header bounded",
+    ("results/onnx.py", "export_onnx", "torch.onnx.export"):
+        "called without a file: it returns the program, which program.save writes into atomic_path's new file",
     ("checkpoints/tensor_file.py", "open_checked", "safetensors.safe_open"):
         "safetensors maps the file by name, after files.open_regular proved it regular and its header's length "
         "was held to the limit",

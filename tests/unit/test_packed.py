@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import encode_jpeg, encode_png
 
 from data.decode import decode_file
 from data.fashion_mnist import CLASSES, DEBIAN_SRC, FILES, convert, grey_to_rgb, read_idx
@@ -20,9 +19,7 @@ from data.imageset import SIDE
 from data.loader import eval_batches
 from data.packed import open_packed, read_json
 from data.prepare import main, parse_val_labels, prepare, readable_names
-
-# The files are made and read with torchvision.io, whose codecs announce a move to TorchCodec.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+from tests.image_files import jpeg, png, write_image
 
 GOOD = ["apple/a_photo.jpg", "apple/b_wide.png", "apple/d_cmyk.jpg", "pear/a_grey.png", "pear/d_tall.png", "pear/sub/e_nested.jpg"]
 BROKEN = ["apple/c_truncated.jpg", "pear/b_notes.jpg", "pear/c_empty.jpg"]
@@ -42,30 +39,25 @@ def ramps(height: int, width: int) -> torch.Tensor:
     return torch.stack([red, green, torch.full_like(red, 64)]).round().to(torch.uint8)
 
 
-def write(path: Path, data: bytes | torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data if isinstance(data, bytes) else data.numpy().tobytes())
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tree")
     src, val = root / "src", root / "val"
-    photo = encode_jpeg(smooth(240, 320, 0), quality=90)
-    write(src / "apple/a_photo.jpg", photo)
-    write(src / "apple/b_wide.png", encode_png(ramps(300, 512)))
-    write(src / "apple/c_truncated.jpg", photo.numpy().tobytes()[: len(photo) // 2])
+    photo = jpeg(smooth(240, 320, 0), quality=90)
+    write_image(src / "apple/a_photo.jpg", photo)
+    write_image(src / "apple/b_wide.png", png(ramps(300, 512)))
+    write_image(src / "apple/c_truncated.jpg", photo[: len(photo) // 2])
     cmyk = io.BytesIO()
     Image.new("CMYK", (64, 48), (0, 255, 255, 0)).save(cmyk, "JPEG")  # pure red in CMYK
-    write(src / "apple/d_cmyk.jpg", cmyk.getvalue())
-    write(src / "pear/a_grey.png", encode_png(smooth(150, 200, 1)[:1]))
-    write(src / "pear/b_notes.jpg", b"not an image, just a note someone saved as .jpg\n")
-    write(src / "pear/c_empty.jpg", b"")
-    write(src / "pear/d_tall.png", encode_png(ramps(512, 300)))
-    write(src / "pear/sub/e_nested.jpg", encode_jpeg(smooth(100, 80, 2)))
-    write(val / "v1.jpg", encode_jpeg(smooth(260, 300, 3)))
-    write(val / "v2.png", encode_png(smooth(280, 260, 4)))
-    write(val / "v3_broken.jpg", b"GIF89a but nothing after")
+    write_image(src / "apple/d_cmyk.jpg", cmyk.getvalue())
+    write_image(src / "pear/a_grey.png", png(smooth(150, 200, 1)[:1]))
+    write_image(src / "pear/b_notes.jpg", b"not an image, just a note someone saved as .jpg\n")
+    write_image(src / "pear/c_empty.jpg", b"")
+    write_image(src / "pear/d_tall.png", png(ramps(512, 300)))
+    write_image(src / "pear/sub/e_nested.jpg", jpeg(smooth(100, 80, 2)))
+    write_image(val / "v1.jpg", jpeg(smooth(260, 300, 3)))
+    write_image(val / "v2.png", png(smooth(280, 260, 4)))
+    write_image(val / "v3_broken.jpg", b"GIF89a but nothing after")
     (root / "val.txt").write_text("v2.png 0\nv1.jpg pear\nv3_broken.jpg apple\n")
     return root
 
@@ -100,7 +92,7 @@ def test_good_images_arrive_with_their_labels(tree, packed):
 
 @pytest.mark.parametrize("height, width", [(300, 512), (512, 300)])
 def test_shorter_side_to_256_then_the_centre(height, width, tmp_path):
-    write(tmp_path / "ramps.png", encode_png(ramps(height, width)))
+    write_image(tmp_path / "ramps.png", png(ramps(height, width)))
     out = decode_file(tmp_path / "ramps.png")
     # The shorter side becomes 256, the longer 256 * long / short; the crop keeps its middle 256.
     scale = min(height, width) / SIDE
@@ -190,6 +182,38 @@ def test_a_pack_without_validation_images_is_refused(tree, tmp_path):
     prepare(tree / "src", tmp_path, None, None, workers=1, shard_size=8)
     with pytest.raises(ValueError, match="no val split"):
         open_packed(str(tmp_path))
+
+
+def test_a_validation_folder_per_class_is_packed_as_the_training_folders_are(tree, tmp_path):
+    """torchvision's ImageFolder layout for --val-src: no label file, the classes from the folders."""
+    val = tmp_path / "val"
+    write_image(val / "apple/v1.jpg", jpeg(smooth(260, 300, 3)))
+    write_image(val / "pear/deeper/v2.png", png(smooth(280, 260, 4)))
+    write_image(val / "pear/v3_broken.jpg", b"GIF89a but nothing after")
+    main([str(tree / "src"), str(tmp_path / "pack"), "--val-src", str(val), "--workers", "1"])
+    data = open_packed(str(tmp_path / "pack"))
+    images, labels = all_images(data.val)
+    assert data.classes == ["apple", "pear"] and labels.tolist() == [0, 1]
+    assert torch.equal(images[0], decode_file(val / "apple/v1.jpg"))
+    assert torch.equal(images[1], decode_file(val / "pear/deeper/v2.png"))
+    assert read_json(tmp_path / "pack/meta.json")["splits"]["val"] == {"images": 2, "skipped": 1}
+
+
+@pytest.mark.parametrize("folders, message", [
+    (["apple", "pear", "plum"], "class folder 'plum' is not a class of"),
+    (["apple"], "no folder for class 'pear' of"),
+    (["apple", "apricot", "pear"], "class folder 'apricot' is not a class of"),
+    (["pear"], "no folder for class 'apple' of"),
+    ([], "no class folders; a flat folder of images needs --val-labels"),
+])
+def test_validation_class_folders_must_be_the_training_classes(tree, tmp_path, folders, message):
+    val = tmp_path / "val"
+    write_image(val / "loose.png", png(smooth(40, 40, 5)))
+    for folder in folders:
+        write_image(val / folder / "x.png", png(smooth(40, 40, 6)))
+    with pytest.raises(SystemExit, match=f"^error: {val}: {message}"):
+        main([str(tree / "src"), str(tmp_path / "pack"), "--val-src", str(val), "--workers", "1"])
+    assert not (tmp_path / "pack").exists()
 
 
 def test_images_load_in_a_dataloader_worker(packed):
