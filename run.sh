@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# ./run.sh [--config FILE] [section.key=value ...]   train under torchrun
+# ./run.sh [--config FILE] [section.key=value ...]   train under torchrun (distributed/launch.py)
 # ./run.sh test [pytest arguments]                   lint (ruff), then the test suite (tests/unit alone: ./run.sh test tests/unit)
 # Both create .venv and install requirements.txt first when needed (or use $PYTHON as it is, below).
-# With no arguments the main job runs: experiments/quickstart.yaml on the embedded data.
+# Training runs the main job's recipe, experiments/quickstart.yaml on the embedded data, unless --config
+# names another (--config experiments/paper.yaml: the paper's); overrides apply on top.
 # NPROC overrides the processes per node (default: 2 on CPU, 1 per GPU up to 2).
 # On one GPU, `NPROC=2 ./run.sh parallel.backend=gloo` puts the two tower processes on it (NCCL refuses
 # two ranks on one device); their exchanges go through host memory: it tests the two-process CUDA path,
@@ -14,7 +15,6 @@ cd "$(dirname "$0")"
 # has torch >= 2.11 and the rest, such as a GPU image without a package registry.
 if [ -n "${PYTHON:-}" ]; then
   python="$PYTHON"
-  torchrun=("$python" -m torch.distributed.run)
 else
   venv=.venv
   if [ ! -x "$venv/bin/python" ] || ! cmp -s requirements.txt "$venv/.installed-requirements"; then
@@ -23,7 +23,6 @@ else
     cp requirements.txt "$venv/.installed-requirements"
   fi
   python="$venv/bin/python"
-  torchrun=("$venv/bin/torchrun")
 fi
 
 if [ "${1:-}" = "test" ]; then
@@ -40,12 +39,6 @@ if [ "${1:-}" = "test" ]; then
   exec "$python" -m pytest -q "$@"
 fi
 
-if [ "$#" -eq 0 ]; then
-  set -- --config experiments/quickstart.yaml
-fi
-# Elastic restarts (--max-restarts) must not reuse the agent's store, which still holds the
-# dead workers' addresses (pytorch/pytorch#135712); see docs/SCALING.md.
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
-gpus=$("$python" -c "import torch; print(torch.cuda.device_count())")
-if [ "$gpus" -eq 0 ]; then nproc=2; elif [ "$gpus" -eq 1 ]; then nproc=1; else nproc=2; fi
-exec "${torchrun[@]}" --standalone --nproc_per_node="${NPROC:-$nproc}" -m distributed.main "$@"
+# The launcher checks the run in one process (a user error: one line, exit 2, before torchrun starts),
+# then runs torchrun's own launcher; Ctrl-C ends with one line naming the command that continues (exit 130).
+exec "$python" -m distributed.launch "$@"

@@ -13,6 +13,8 @@
 - A run that does not resume (`resumes`: train.resume=false and no process restarted) refuses a
   checkpoint.dir that already holds a complete checkpoint: it is another run's, and pruning by
   step number would delete this run's checkpoints instead of it.
+- `check_unclaimed` checks all of that in one process before any is started (./run.sh's launcher),
+  taking the locks and releasing them at once; each process still checks for itself.
 - Resuming takes the newest complete checkpoint that loads (`load_newest`): one that cannot be
   read is renamed step_N.broken (never deleted), named with the reason, and the one before it is
   tried. A checkpoint of another architecture is not broken: that is the user's error.
@@ -102,12 +104,32 @@ def resumes(cfg: Config, plan: Plan) -> bool:
         return True
     newest = store.latest(cfg.checkpoint.dir)
     if any_process(newest is not None, plan.device):
-        found = f" (newest: {newest.name})" if newest else ""
-        raise UserError(
-            f"checkpoint.dir={cfg.checkpoint.dir} holds another run's checkpoints{found}: continue that run "
-            "with train.resume=true, or start this one in another checkpoint.dir (and log.dir)"
-        )
+        raise _another_run(cfg, newest)
     return False
+
+
+def _another_run(cfg: Config, newest: Path | None) -> UserError:
+    found = f" (newest: {newest.name})" if newest else ""
+    return UserError(f"checkpoint.dir={cfg.checkpoint.dir} holds another run's checkpoints{found}: continue that run "
+                     "with train.resume=true, or start this one in another checkpoint.dir (and log.dir)")
+
+
+def check_unclaimed(cfg: Config, plan: Plan) -> None:
+    """What `claim` and `resumes` refuse, checked for rank 0 of `plan` before any process starts: the folders
+    writable and not held by a live run (the locks taken and released), and, unless resuming, no other run's
+    checkpoints; resuming, the newest checkpoint of this architecture (one that cannot be read is left to the
+    run, which sets it aside)."""
+    with claim(cfg, plan):
+        pass
+    newest = store.latest(cfg.checkpoint.dir)
+    if newest is None:
+        return
+    if not cfg.train.resume:
+        raise _another_run(cfg, newest)
+    try:
+        store.check_model(newest, cfg.model)
+    except store.BrokenCheckpoint:
+        pass
 
 
 def load_newest(

@@ -23,7 +23,8 @@ from model.alexnet import AlexNet
 
 
 def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
-    """The checkpoint folders and weights files named, or the newest complete checkpoint in checkpoint.dir.
+    """The checkpoint folders and weights files named (a checkpoint.dir named stands for its newest complete
+    checkpoint), or the newest complete checkpoint in checkpoint.dir.
 
     A weights file is checked against the model here (its header only), so a mismatch is refused in
     every process before any process group starts.
@@ -33,7 +34,7 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
         if newest is None:
             raise UserError(f"no checkpoint in checkpoint.dir={cfg.checkpoint.dir}")
         given = [newest]
-    paths = [Path(p) for p in given]
+    paths = [_newest_if_checkpoint_dir(Path(p)) for p in given]
     for path in paths:
         if is_weights_file(path):
             check_weights(path, cfg.model)
@@ -42,9 +43,17 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
                 raise UserError(f"{path / store.MODEL_FILE}: missing, so the architecture of checkpoint {path} is "
                                 "unknown; only checkpoints written by this project's training are read")
         else:
-            raise UserError(f"{path} is neither a complete checkpoint folder (one with {store.MARKER}) nor a {SUFFIX} "
-                            "weights file (python -m results export writes one)")
+            raise UserError(f"{path} is neither a complete checkpoint folder (one with {store.MARKER}), nor a "
+                            f"checkpoint.dir holding one, nor a {SUFFIX} weights file (python -m results export "
+                            "writes one)")
     return paths
+
+
+def _newest_if_checkpoint_dir(path: Path) -> Path:
+    """`path`, or the newest complete checkpoint in it when it is a checkpoint.dir rather than a checkpoint."""
+    if is_weights_file(path) or store.is_checkpoint(path):
+        return path
+    return store.latest(path) or path
 
 
 def load_network(cfg: Config, path: str | Path, device: torch.device, layout: Layout | None = None) -> AlexNet:

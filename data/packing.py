@@ -144,7 +144,7 @@ def _pack_shards(folder: Path, split: Split, shard_size: int, workers: int, enco
     if not tasks:
         return 0
     total = len(split.files)
-    with tqdm(total=total, initial=total - todo, unit="img", desc=split.name) as bar:
+    with tqdm(total=total, initial=total - todo, unit="img", desc=f"packing {split.name}") as bar:
         _Packer(math.ceil(total / shard_size), workers, bar).run(tasks)
     return todo
 

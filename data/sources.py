@@ -8,6 +8,7 @@ run with the same seed and sizes read raw bytes instead of drawing each image ag
 
 import hashlib
 import os
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def synthetic_pack(cfg: DataConfig, seed: int) -> Path:
             for leftover in root.glob(f"*{BUILDING}"):
                 remove(leftover)  # a link is unlinked, never followed
             with atomic_folder(entry, BUILDING) as building:
+                print(f"packing the embedded data into {entry} (once for this seed and these sizes)",
+                      file=sys.stderr, flush=True)
                 names = synthetic_classes(cfg.synthetic_classes)
                 pack(building, _splits(cfg, seed), names, names, CACHE_SHARD, len(os.sched_getaffinity(0)))
     return entry

@@ -1,25 +1,28 @@
 """The training job: `torchrun --nproc_per_node=2 -m distributed.main [--config F]... [section.key=value ...]`.
 
-Commands (config/cli.py): train (the default), describe (the layer table),
-evaluate (validation error of checkpoints, alone or as an ensemble, in the layout
-torchrun starts). The config is loaded and checked, and the run's folders probed and
-locked (checkpoints/run_folder.py), before any process group starts; the group is always
-torn down. Ctrl-C ends training with one line per process (where it stopped, the newest
-complete checkpoint) and exit status 130. The commands that use one trained net in one
-process are `python -m results`.
+Commands (config/cli.py): train (the default), config (the resolved config, every key),
+describe (the layer table), evaluate (validation error of checkpoints, alone or as an
+ensemble, in the layout torchrun starts). The config is loaded and checked, and the run's
+folders probed and locked (checkpoints/run_folder.py), before any process group starts; the
+group is always torn down. Training's first line names the config files and the overrides.
+Ctrl-C ends training with exit status 130 and one line per process (where it stopped, the
+newest complete checkpoint), or none under ./run.sh, whose launcher (distributed/launch.py)
+says it once. The commands that use one trained net in one process are `python -m results`.
 """
 
 import argparse
+import os
 import signal
 import sys
 
 import torch.distributed as dist
+import yaml
 
 from checkpoints import run_folder, store
 from checkpoints.store import CheckpointError
 from checkpoints.trained import checkpoint_paths
 from config import cli
-from config.schema import Config
+from config.schema import Config, to_dict
 from distributed import layout
 from model.summary import layer_table
 from training.build import check_data
@@ -31,18 +34,31 @@ def lost_peer(err: RuntimeError) -> bool:
     return isinstance(err, dist.DistError) or "/gloo/" in str(err)
 
 
-def _checked_plan(cfg: Config) -> layout.Plan:
-    """This process's layout, with everything that can refuse the config checked before any process group."""
-    plan = layout.plan_from_env(cfg)
+LAUNCHED = "ALEXNET_LAUNCHED_BY_RUN_SH"
+"""Set by ./run.sh's launcher for its workers: it says Ctrl-C's one line, so they say none."""
+
+
+def checked(args: argparse.Namespace, env: dict[str, str] | None = None) -> tuple[Config, layout.Plan]:
+    """The config and this process's layout (from torchrun's variables in `env`, default os.environ), with
+    everything that can refuse them checked before any process group."""
+    cfg = cli.load(args)
+    plan = layout.plan_from_env(cfg, env)
     # Refuses a GPU-only switch on a CPU, and a one-pass-only switch in another layout.
     FastPath.resolve(cfg.train, plan.device, one_pass=runs_one_pass(plan, cfg.train))
     check_data(cfg)
-    return plan
+    return cfg, plan
+
+
+def sources(args: argparse.Namespace) -> str:
+    """The config files layered, in order, and the overrides taken, as training's first line names them."""
+    files = " + ".join([cli.BASE_CONFIG.name, *args.config])
+    return f"config: {files}; overrides: {' '.join(args.overrides) or 'none'}"
 
 
 def train(args: argparse.Namespace) -> int:
-    cfg = cli.load(args)
-    plan = _checked_plan(cfg)
+    cfg, plan = checked(args)
+    if plan.logs:
+        print(f"training, {sources(args)}", flush=True)
     if plan.logs and plan.restarts_share_store:
         print("warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
               "or a restart may fail to connect (docs/SCALING.md)", file=sys.stderr, flush=True)
@@ -51,9 +67,11 @@ def train(args: argparse.Namespace) -> int:
     try:
         return _train(cfg, plan, started, interrupt)
     except KeyboardInterrupt:
-        newest = store.latest(cfg.checkpoint.dir)
-        print(f"rank {plan.rank}: interrupted at step {started[0].step if started else 0}; newest complete "
-              f"checkpoint: {newest or 'none'}", file=sys.stderr, flush=True)
+        if LAUNCHED not in os.environ:
+            newest = store.latest(cfg.checkpoint.dir)
+            print(f"rank {plan.rank}: interrupted at step {started[0].step if started else 0}; newest complete "
+                  f"checkpoint: {newest or 'none'} (the same command with train.resume=true continues it)",
+                  file=sys.stderr, flush=True)
         return 130
     finally:
         if not interrupt.seen:  # an interrupted process is on its way out; torchrun may send Ctrl-C again
@@ -108,6 +126,11 @@ class _Interrupt:
         signal.signal(signal.SIGINT, self._previous)
 
 
+def show_config(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(to_dict(cli.load(args)), sort_keys=False), end="")
+    return 0
+
+
 def describe(args: argparse.Namespace) -> int:
     cfg = cli.load(args)
     if layout.plan_from_env(cfg).rank == 0:
@@ -118,8 +141,7 @@ def describe(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from training.evaluation import evaluate_checkpoints, report
 
-    cfg = cli.load(args)
-    plan = _checked_plan(cfg)
+    cfg, plan = checked(args)
     paths = checkpoint_paths(cfg, args.checkpoint)  # every process checks, so none waits for a peer that gave up
     try:
         rates = evaluate_checkpoints(cfg, paths, layout.start(plan, cfg.parallel.timeout_s))
@@ -132,12 +154,14 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def _checkpoints(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR|FILE",
-                        help="a checkpoint folder or an exported .safetensors file (repeat for an ensemble); "
-                             "default: the newest checkpoint in checkpoint.dir")
+                        help="a checkpoint folder, a checkpoint.dir (its newest checkpoint) or an exported "
+                             ".safetensors file (repeat for an ensemble); default: the newest checkpoint in "
+                             "checkpoint.dir")
 
 
 COMMANDS = {
     "train": cli.Command("train (the default command)", train),
+    "config": cli.Command("print the resolved config: every key with its value, as YAML", show_config),
     "describe": cli.Command("print the layer table", describe),
     "evaluate": cli.Command("top-1/top-5 validation error, centre crop and ten patches, of a checkpoint "
                             "or an ensemble of checkpoints", evaluate, _checkpoints),

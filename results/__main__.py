@@ -78,8 +78,9 @@ def predict(args: argparse.Namespace) -> int:
 
     images = decode_images(args.image)  # a file that cannot be read is refused before the net is loaded
     predictor, _ = _predictor(args)
-    for image, top in zip(args.image, predictor.top5(images.to(predictor.augment.mean.device))):
-        print(format_predictions(image, top), flush=True)
+    for name, image in zip(args.image, images):  # each printed as soon as it is known: the progress
+        (top,) = predictor.top5(image[None].to(predictor.augment.mean.device))
+        print(format_predictions(name, top), flush=True)
     return 0
 
 
@@ -129,8 +130,9 @@ def onnx(args: argparse.Namespace) -> int:
 
 def _options(out: str | None = None, images: str | None = None, required: bool = False):
     def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--checkpoint", metavar="DIR|FILE", help=f"a checkpoint folder or a {SUFFIX} weights "
-                            "file (default: the newest checkpoint in checkpoint.dir)")
+        parser.add_argument("--checkpoint", metavar="DIR|FILE", help=f"a checkpoint folder, a checkpoint.dir (its "
+                            f"newest checkpoint) or a {SUFFIX} weights file (default: the newest checkpoint in "
+                            "checkpoint.dir)")
         if out:
             parser.add_argument("--out", type=Path, required=True, metavar=out.split()[0], help=out)
         if images:

@@ -258,7 +258,8 @@ def test_ctrl_c_ends_each_process_with_one_line(tmp_path, launch, world, during)
         err = proc.err.read_text()
         lines = [line for line in err.splitlines() if line.startswith(f"rank {rank}: ")]
         assert len(lines) == 1 and lines[0].startswith(f"rank {rank}: interrupted at step "), err[-3000:]
-        assert lines[0].endswith(f"; newest complete checkpoint: {newest or 'none'}"), err[-3000:]
+        assert lines[0].endswith(f"; newest complete checkpoint: {newest or 'none'} (the same command with "
+                                 "train.resume=true continues it)"), err[-3000:]
         assert "Traceback" not in err and "could not write" not in err, err[-3000:]
     assert not list(ck.glob("*.partial"))
     if during == "step":

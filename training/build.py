@@ -13,6 +13,7 @@ from distributed.exchange import for_layout
 from distributed.layout import Layout
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
+from model.cpu_kernels import extension
 from training.checkpointer import Checkpointer
 from training.evaluation import Validator
 from training.fast_path import FastPath, runs_one_pass
@@ -59,6 +60,8 @@ def build(cfg: Config, layout: Layout) -> Parts:
     plan, t = layout.plan, cfg.train
     fast = FastPath.resolve(t, plan.device, one_pass=runs_one_pass(plan, t))
     fast.apply_process_flags()
+    if plan.device.type == "cpu":
+        extension()  # built now if it must be (said once), rather than silently inside the first step
     data = open_datasets(cfg.data, t.seed)
     order = EpochOrder(len(data.train), t.batch_size, t.seed)
     exchange = for_layout(layout)

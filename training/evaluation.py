@@ -18,16 +18,19 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from checkpoints.trained import load_network
 from config.schema import Config
 from data.augment import Augmenter
 from data.imageset import ImageSet
+from data.loader import eval_share
 from data.sources import open_datasets
 from distributed.feed import validation_batches
 from distributed.layout import Layout
 from distributed.reductions import sum_over
 from model.alexnet import AlexNet
+from model.cpu_kernels import extension
 from training.fast_path import FastPath
 from training.metrics import topk_wrong
 
@@ -104,10 +107,22 @@ def report(sources: Sequence[object], rates: dict[str, ErrorRates]) -> str:
 
 
 def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dict[str, ErrorRates]:
-    """The ensemble of the checkpoints at `paths` (one: a single net) over the whole validation set."""
-    device = run.plan.device
+    """The ensemble of the checkpoints at `paths` (one: a single net) over the whole validation set, with a
+    progress bar on rank 0 (its replica's share of the images)."""
+    device, plan = run.plan.device, run.plan
     data = open_datasets(cfg.data, cfg.train.seed)
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
     nets = [load_network(cfg, p, device, run) for p in paths]
-    batches = validation_batches(data.val, cfg, run)
-    return evaluate(nets, augment, batches, run.replica_group, lambda: FastPath.resolve(cfg.train, device).autocast(device))
+    if device.type == "cpu":
+        extension()  # built now if it must be (said once), rather than under the bar
+    share = len(eval_share(len(data.val), plan.replica, plan.replicas))
+    with tqdm(total=share, desc="evaluating", unit="img", disable=not (plan.logs and cfg.log.progress)) as bar:
+        batches = _counted(validation_batches(data.val, cfg, run), bar)
+        return evaluate(nets, augment, batches, run.replica_group,
+                        lambda: FastPath.resolve(cfg.train, device).autocast(device))
+
+
+def _counted(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], bar: tqdm):
+    for images, labels in batches:
+        yield images, labels
+        bar.update(len(labels))

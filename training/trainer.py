@@ -101,7 +101,7 @@ class Trainer:
             self.resume()
         self.logger.text("config", "```\n" + yaml.safe_dump(to_dict(self.cfg), sort_keys=False) + "\n```")
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.plan.logs and self.cfg.log.progress),
-                   unit="step", dynamic_ncols=True)
+                   desc="training", unit="step", dynamic_ncols=True)
         window, last_validation = Window(self.device), None
         feed = self.feed(self.step)
         while self.step < self.total_steps and not self.stopping:
@@ -120,6 +120,9 @@ class Trainer:
                 self._stop_if_loss_not_finite(window)
                 self.checkpointer.save(self.step)
         feed.close()
+        if self.stopping:  # ended early (train.stop_at_train_error, or converged): the bar ends full, where it stopped
+            bar.total = self.step
+            bar.refresh()
         bar.close()
         mid_epoch = not self.validator.should_validate(self.step)
         if mid_epoch:  # stopped by max_steps: keep the place, leave the schedule be
