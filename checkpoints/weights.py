@@ -9,8 +9,8 @@ Safetensors rather than torch.save: a .pt file is a pickle, so opening one that 
 runs what its author chose; a safetensors file is an 8-byte length, a JSON header and raw
 tensor bytes. Reading one here also never reads more than this model needs. Before a tensor
 byte is read, `check_weights` has the header checked (checkpoints/tensor_file.py: its length held
-to tensor_file.MAX_HEADER_BYTES, then safetensors' own parser: tensors laid end to end, covering exactly the
-rest of the file), compares its model config with this run's (checkpoints/recorded_model.py), and
+to tensor_file.MAX_HEADER_BYTES and the data to what this model's weights take, then safetensors' own parser:
+tensors laid end to end, covering exactly the rest of the file), compares its model config with this run's (checkpoints/recorded_model.py), and
 requires exactly this model's keys, each with this model's dtype and shape. Every mismatch is a
 UserError naming the file, the key and both values.
 """
@@ -23,7 +23,7 @@ import torch
 
 import files
 from checkpoints.recorded_model import check_recorded, record
-from checkpoints.tensor_file import Spec, check_tensors, open_checked, spec_of, specs
+from checkpoints.tensor_file import Spec, check_tensors, open_checked, spec_bytes, spec_of, specs
 from config.errors import UserError
 from model.alexnet import AlexNet
 from model.config import ModelConfig
@@ -66,11 +66,16 @@ def _check_open(path: Path, opened: Any, cfg: ModelConfig) -> None:
     check_tensors(path, specs(opened), _expected(cfg))
 
 
+def _opened(path: Path, cfg: ModelConfig):
+    """The weights file `path` opened, holding no more data than `cfg`'s weights take."""
+    return open_checked(path, sum(spec_bytes(s) for s in _expected(cfg).values()), "this model's weights")
+
+
 def check_weights(path: str | Path, cfg: ModelConfig) -> None:
     """Refuse the weights file `path` unless it holds exactly the grouped weights of `cfg`'s net;
     only its header is read."""
     path = Path(path)
-    with open_checked(path) as opened:
+    with _opened(path, cfg) as opened:
         _check_open(path, opened, cfg)
 
 
@@ -90,7 +95,7 @@ def load_weights(net: AlexNet, path: str | Path, cfg: ModelConfig) -> None:
     path = Path(path)
     state = net.state_dict()
     towers: Sequence[int] = [int(t) for t in net.towers]
-    with open_checked(path) as opened:
+    with _opened(path, cfg) as opened:
         _check_open(path, opened, cfg)
         parts = towers_state_dict({k: _Lazy(opened.get_slice(k)) for k in opened.keys()}, cfg.towers, towers)
     with torch.no_grad():

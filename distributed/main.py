@@ -22,7 +22,7 @@ from config import cli
 from config.schema import Config
 from distributed import layout
 from model.summary import layer_table
-from training.build import check_data
+from training.build import check_data, check_memory
 from training.fast_path import FastPath, runs_one_pass
 
 
@@ -37,6 +37,7 @@ def _checked_plan(cfg: Config) -> layout.Plan:
     # Refuses a GPU-only switch on a CPU, and a one-pass-only switch in another layout.
     FastPath.resolve(cfg.train, plan.device, one_pass=runs_one_pass(plan, cfg.train))
     check_data(cfg)
+    check_memory(cfg, plan)
     return plan
 
 
@@ -63,6 +64,7 @@ def train(args: argparse.Namespace) -> int:
 def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
     from distributed.feed import loader_failure  # heavy imports only when training
     from training.checkpointer import NonFiniteLoss
+    from training.metrics import LogFailed
     from training.trainer import Trainer
 
     try:
@@ -75,7 +77,7 @@ def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt
     except NonFiniteLoss as err:  # every process stops at the same step, the last good checkpoint kept
         print(f"rank {plan.rank}: {err}", file=sys.stderr, flush=True)
         return 1
-    except (CheckpointError, RuntimeError) as err:
+    except (CheckpointError, LogFailed, RuntimeError) as err:
         loader = loader_failure(err)
         if isinstance(err, RuntimeError) and not lost_peer(err) and loader is None:
             raise
@@ -85,7 +87,7 @@ def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt
             print(f"rank {plan.rank}: at step {started[0].step if started else 0}, {loader}", file=sys.stderr, flush=True)
             return 1
         # Name who noticed and where (steps done), so the dead or stalled peer can be found in its log.
-        lost = "" if isinstance(err, CheckpointError) else f"peer lost at step {started[0].step if started else 0}: "
+        lost = "" if isinstance(err, OSError) else f"peer lost at step {started[0].step if started else 0}: "
         print(f"rank {plan.rank}: {lost}{err}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -131,7 +133,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR|FILE",
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR|FILE", type=cli.path_option,
                         help="a checkpoint folder or an exported .safetensors file (repeat for an ensemble); "
                              "default: the newest checkpoint in checkpoint.dir")
 

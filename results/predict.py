@@ -19,7 +19,7 @@ from data.decode import DECODE_ERRORS, decode_file
 from data.imageset import Datasets
 from data.sources import open_datasets
 from model.alexnet import AlexNet
-from training.evaluation import TEN_PATCHES, log_probabilities
+from training.evaluation import TEN_PATCHES, log_probabilities, unreadable
 
 TOP = 5
 
@@ -32,13 +32,15 @@ class Predictor:
     net: AlexNet
     data: Datasets
     augment: Augmenter
+    source: Path
+    """The checkpoint or weights file the net was loaded from."""
 
     @staticmethod
     def load(cfg: Config, source: Path, device: torch.device) -> "Predictor":
         """The trained net at `source` on `device`, with both towers."""
-        data = open_datasets(cfg.data, cfg.train.seed)
+        data = open_datasets(cfg.data, cfg.train.seed, cfg.parallel.timeout_s)
         augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
-        return Predictor(cfg, load_network(cfg, source, device), data, augment)
+        return Predictor(cfg, load_network(cfg, source, device), data, augment, source)
 
     @property
     def classes(self) -> list[str]:
@@ -49,8 +51,14 @@ class Predictor:
         return decode_images(files).to(self.augment.mean.device)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, classes]: the ten-patch softmax of uint8 `images`."""
-        return log_probabilities([self.net], self.augment, images, TEN_PATCHES).exp().cpu()
+        """[N, classes]: the ten-patch softmax of uint8 `images`; a UserError naming the net if some image's
+        outputs are not numbers (evaluation.unreadable), rather than NaN probabilities."""
+        log_probs = log_probabilities([self.net], self.augment, images, TEN_PATCHES)
+        bad = unreadable(log_probs)
+        if bad.any():
+            raise UserError(f"{self.source}: the net's outputs for {int(bad.sum())} of {len(bad)} image(s) are not "
+                            "numbers (NaN): finite weights whose activations overflow float32; give another checkpoint")
+        return log_probs.exp().cpu()
 
     def top5(self, images: torch.Tensor) -> list[list[tuple[str, float]]]:
         """(class name, probability) of the five likeliest classes of each image, likeliest first.
