@@ -81,7 +81,7 @@ def claim(cfg: Config, plan: Plan) -> Iterator[None]:
 def _lock(path: Path, key: str, folder: str):
     """The lock on `path`, which then names this process; a UserError if another live process holds it
     or it cannot be taken."""
-    note = f"on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    note = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
     try:
         return lock(path, note=note)
     except Busy as err:

@@ -93,7 +93,7 @@ def check(folder: Path, expected: dict[str, Spec], max_data_bytes: int) -> dict[
         if not entry.is_file(follow_symlinks=False):  # a link could lead out of the folder
             raise UnreadableFile(f"{path} is not a regular file (a link, a folder); refused")
         held = data_bytes(path)
-        with open_checked(path, left, "a checkpoint of this model holds, less its other files,") as opened:
+        with open_checked(path, left, "a checkpoint of this model holds beside its other files") as opened:
             left -= held
             held = specs(opened)
             _check_whole(path, held, (opened.metadata() or {}).get(SHARDING_KEY))

@@ -226,9 +226,10 @@ def _check_marker(path: Path) -> None:
 
 def max_data_bytes(state: dict, model: ModelConfig | None) -> int:
     """Most tensor data a checkpoint's files may hold together, so that none is mapped past it: the weights
-    and velocity of every tower of `model` (or, without it, what `state` asks for), and COUNTERS_BYTES."""
+    and velocity of every tower of `model`, and COUNTERS_BYTES. Without a model config (tests, benchmarks),
+    four times what `state` asks for: both towers' weights and velocity when one tower's weights are asked."""
     if model is None:
-        return sum(spec_bytes(spec) for spec in shards.flat_specs(state).values()) + COUNTERS_BYTES
+        return 4 * sum(spec_bytes(spec) for spec in shards.flat_specs(state).values()) + COUNTERS_BYTES
     with torch.device("meta"):
         weights = sum(t.nbytes for t in AlexNet(model).state_dict().values())
     return 2 * weights + COUNTERS_BYTES

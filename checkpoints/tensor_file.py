@@ -95,8 +95,8 @@ def open_checked(path: str | Path, max_data_bytes: int, holds: str = "what is as
     path = Path(path)
     _, data = _sizes(path, max_header_bytes)
     if data > max_data_bytes:
-        raise UnreadableFile(f"{path}: holds {data} bytes of tensors, more than the {max_data_bytes} {holds} "
-                             "takes; refused unread")
+        raise UnreadableFile(f"{path}: holds {data} bytes of tensors, more than {holds} ({max_data_bytes} bytes); "
+                             "refused unread")
     # safe_open opens the file again by name: the check above holds against a file handed over, not against
     # someone swapping it in the run's own folder meanwhile (files/: what the rules promise).
     try:

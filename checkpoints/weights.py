@@ -67,8 +67,11 @@ def _check_open(path: Path, opened: Any, cfg: ModelConfig) -> None:
 
 
 def _opened(path: Path, cfg: ModelConfig):
-    """The weights file `path` opened, holding no more data than `cfg`'s weights take."""
-    return open_checked(path, sum(spec_bytes(s) for s in _expected(cfg).values()), "this model's weights")
+    """The weights file `path` opened, once it holds no more than twice the data of `cfg`'s weights: a file
+    declaring far more (a terabyte in a sparse file) is refused before it is mapped, and one that differs by a
+    tensor or a shape gets to the checks that name it."""
+    weights = sum(spec_bytes(s) for s in _expected(cfg).values())
+    return open_checked(path, 2 * weights, "twice this model's weights")
 
 
 def check_weights(path: str | Path, cfg: ModelConfig) -> None:

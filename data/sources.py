@@ -32,8 +32,8 @@ BUILDING = ".building"
 LOCK_FILE = ".cache.lock"
 """Taken while packing; its own name, so that a cache in checkpoint.dir cannot share the run's lock file."""
 WAIT_S = 300.0
-"""Longest wait for another process packing the cache, where no deadline is given (the programs give
-parallel.timeout_s): packing the default embedded data takes seconds, the largest allowed a few minutes."""
+"""Longest wait for another process packing the cache where no deadline is given (the programs give
+parallel.timeout_s, of the same default): the default embedded data packs in seconds."""
 
 
 def data_sizes(cfg: DataConfig) -> tuple[int, int]:

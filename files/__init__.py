@@ -16,7 +16,7 @@ been made by someone hostile, so the rules are written once, here, instead of in
   or unlinked, never recursed into. The folders a user names (checkpoint.dir, log.dir, --out's
   folder) are taken as named, links included: that choice is the user's.
 - A lock (`lock`) is never waited for past its deadline (`wait_s`), then refused naming its
-  holder's pid; its file is written only when it is a regular file of one name, never through a
+  holder (its note, or the pid the kernel tells); its file is written only when it is a regular file of one name, never through a
   symbolic or a hard link.
 
 Every refusal is a `Refused` (a ValueError) whose message names the file; the programs turn it

@@ -7,8 +7,8 @@ its lock on a file when it closes any descriptor of that file, so each lock has 
 opened only here, and a second lock of a file this process holds is refused before it is opened.
 
 A process that is alive but stopped (SIGSTOP, Ctrl-Z) or stuck keeps its lock, so no wait is
-without a deadline: `wait_s` seconds at most, then Busy naming the lock and its holder's pid, which
-the kernel tells (F_GETLK) whatever the holder wrote.
+without a deadline: `wait_s` seconds at most, then Busy naming the lock and its holder, by what the
+holder wrote in it or else by the pid the kernel tells (F_GETLK).
 
 The lock file is opened without following a link and without blocking, and refused unless it is a
 regular file with one name: a symbolic link, or a hard link to some other file, planted in a folder
@@ -59,8 +59,7 @@ class Lock:
 
 def lock(path: str | os.PathLike, *, wait_s: float = 0.0, note: str = "") -> Lock:
     """Lock the file `path` (created if missing) for this process, waiting at most `wait_s` seconds while
-    another process holds it; then Busy, naming the holder's pid and what it wrote. With `note`, the file
-    then says who holds it."""
+    another process holds it; then Busy, naming the holder. With `note`, the file then says who holds it."""
     target = Path(path)
     try:
         info = os.stat(target, follow_symlinks=False)
