@@ -8,8 +8,8 @@
 - Rank 0 then holds a lock on `.lock` in each folder for the run's life, so a second live run on
   the same folders is refused (files.lock: a POSIX record lock, dropped by the kernel when its
   process dies and not inherited by the DataLoader's forked workers). A `.lock` that is not a
-  regular file, a link planted in a folder someone handed over say, is refused, never truncated
-  through.
+  regular file of its own, a symbolic or hard link planted in a folder someone handed over say, is
+  refused, never truncated or written through.
 - A run that does not resume (`resumes`: train.resume=false and no process restarted) refuses a
   checkpoint.dir that already holds a complete checkpoint: it is another run's, and pruning by
   step number would delete this run's checkpoints instead of it.
@@ -87,7 +87,7 @@ def _lock(path: Path, key: str, folder: str):
     try:
         return lock(path, note=note)
     except Busy as err:
-        raise UserError(f"{key}={folder} is in use by another run ({err.holder or 'starting'}): wait for it to "
+        raise UserError(f"{key}={folder} is in use by another run ({err.holder}): wait for it to "
                         f"end, or give this run another {key}") from None
     except Refused as err:
         raise UserError(f"{key}={folder}: {err}") from None

@@ -29,7 +29,16 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
 
-from checkpoints.tensor_file import OtherTensors, Spec, UnreadableFile, check_tensors, open_checked, spec_of, specs
+from checkpoints.tensor_file import (
+    OtherTensors,
+    Spec,
+    UnreadableFile,
+    check_tensors,
+    data_bytes,
+    open_checked,
+    spec_of,
+    specs,
+)
 from distributed.reductions import first_failure
 
 SUFFIX = ".safetensors"
@@ -65,9 +74,10 @@ def _dense(state: dict) -> dict:
     return {k: _dense(v) if isinstance(v, dict) else v.contiguous() for k, v in state.items()}
 
 
-def check(folder: Path, expected: dict[str, Spec]) -> dict[str, Spec]:
+def check(folder: Path, expected: dict[str, Spec], max_data_bytes: int) -> dict[str, Spec]:
     """Every tensor the files of `folder` hold (DCP's name -> dtype and shape), once each header has been
-    checked; UnreadableFile for a damaged folder, OtherTensors unless the `expected` tensors are there
+    checked; UnreadableFile for a damaged folder, or one whose files hold more than `max_data_bytes` of tensors
+    together (each is refused before it is mapped), OtherTensors unless the `expected` tensors are there
     (other tensors may be there too: a net loads without the velocity)."""
     try:
         entries = sorted((e for e in os.scandir(folder) if e.name.endswith(SUFFIX)), key=lambda e: e.name)
@@ -77,11 +87,14 @@ def check(folder: Path, expected: dict[str, Spec]) -> dict[str, Spec]:
         raise UnreadableFile(f"{folder} holds no {SUFFIX} file")
     found: dict[str, Spec] = {}
     where: dict[str, str] = {}
+    left = max_data_bytes
     for entry in entries:
         path = Path(folder) / entry.name
         if not entry.is_file(follow_symlinks=False):  # a link could lead out of the folder
             raise UnreadableFile(f"{path} is not a regular file (a link, a folder); refused")
-        with open_checked(path) as opened:
+        held = data_bytes(path)
+        with open_checked(path, left, "a checkpoint of this model holds beside its other files") as opened:
+            left -= held
             held = specs(opened)
             _check_whole(path, held, (opened.metadata() or {}).get(SHARDING_KEY))
         for key in held:
@@ -110,13 +123,14 @@ def _check_whole(path: Path, held: dict[str, Spec], sharding: str | None) -> Non
                                  f"{offsets!r:.80}); this project writes whole tensors only")
 
 
-def read(state: dict, folder: Path) -> None:
-    """Fill `state`'s tensors in place from `folder`, checked first (`check`); a collective. A check that
-    fails on any process raises its error on every process, so none waits in DCP's load for a peer that
-    gave up (each process checks the tensors it holds: rank 1's file may be missing for rank 1 alone)."""
+def read(state: dict, folder: Path, max_data_bytes: int) -> None:
+    """Fill `state`'s tensors in place from `folder`, checked first (`check`: its files holding at most
+    `max_data_bytes` of tensors); a collective. A check that fails on any process raises its error on every
+    process, so none waits in DCP's load for a peer that gave up (each process checks the tensors it holds:
+    rank 1's file may be missing for rank 1 alone)."""
     failure: UnreadableFile | OtherTensors | None = None
     try:
-        check(folder, flat_specs(state))
+        check(folder, flat_specs(state), max_data_bytes)
     except (UnreadableFile, OtherTensors) as err:
         failure = err
     # Each process's failure as (kind, message), strings this run made, gathered as DCP gathers its plans.

@@ -21,15 +21,17 @@ import shutil
 from contextlib import suppress
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 import files
 from checkpoints import shards
 from checkpoints.recorded_model import UnreadableRecord, check_recorded, record
-from checkpoints.tensor_file import OtherTensors, UnreadableFile
+from checkpoints.tensor_file import OtherTensors, UnreadableFile, spec_bytes
 from config.errors import UserError
 from distributed.reductions import barrier
+from model.alexnet import AlexNet
 from model.config import ModelConfig
 
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -45,6 +47,8 @@ MODEL_FILE = "model.json"
 """The ModelConfig the weights were trained with, as JSON, in each checkpoint folder."""
 PARTIAL = ".partial"
 BROKEN = ".broken"
+COUNTERS_BYTES = 2**20
+"""Room for what a checkpoint's components save beside weights and velocity (a step, a schedule: bytes)."""
 
 
 class CheckpointError(OSError):
@@ -190,13 +194,15 @@ def _causes(err: BaseException) -> str:
     return repr(err)
 
 
-def check_model(path: str | Path, model: ModelConfig) -> bool:
+def check_model(path: str | Path, model: ModelConfig) -> None:
     """Refuse (UserError) a checkpoint whose model.json records another architecture, naming each key with
-    both values; reads no weights, so a command can call it before any process group starts. Whether the
-    checkpoint records its model config (folders written by tests may not)."""
+    both values, or that has none: without it, the weights of another architecture with the same shapes
+    (another LRN or pooling, say) would be used, and resumed into, as this one. Reads no weights, so a
+    command can call it before any process group starts."""
     recorded = Path(path) / MODEL_FILE
     if not os.path.lexists(recorded):
-        return False
+        raise UserError(f"{recorded}: missing, so the architecture of checkpoint {path} is unknown; only checkpoints "
+                        "written by this project's training are read")
     try:
         text = bytes(files.read_capped(recorded, MAX_JSON_BYTES, f"a checkpoint's {MODEL_FILE}"))
     except files.Refused as err:
@@ -205,7 +211,6 @@ def check_model(path: str | Path, model: ModelConfig) -> bool:
         check_recorded("checkpoint", path, text, model)
     except UnreadableRecord as err:
         raise BrokenCheckpoint(f"{err} ({MODEL_FILE})") from None
-    return True
 
 
 def _check_marker(path: Path) -> None:
@@ -219,16 +224,29 @@ def _check_marker(path: Path) -> None:
                         f"{FORMAT!r}")
 
 
+def max_data_bytes(state: dict, model: ModelConfig | None) -> int:
+    """Most tensor data a checkpoint's files may hold together, so that none is mapped past it: the weights
+    and velocity of every tower of `model`, and COUNTERS_BYTES. Without a model config (tests, benchmarks),
+    four times what `state` asks for: both towers' weights and velocity when one tower's weights are asked."""
+    if model is None:
+        return 4 * sum(spec_bytes(spec) for spec in shards.flat_specs(state).values()) + COUNTERS_BYTES
+    with torch.device("meta"):
+        weights = sum(t.nbytes for t in AlexNet(model).state_dict().values())
+    return 2 * weights + COUNTERS_BYTES
+
+
 def load(state: dict, path: str | Path, model: ModelConfig | None = None) -> None:
     """Fill `state`'s tensors in place from the checkpoint at `path` (checkpoints/shards.py: every header
-    checked, nothing unpickled). With `model`, a checkpoint that recorded another architecture is refused
-    (check_model); files that cannot be read, or that do not hold what the recorded config says, raise
-    BrokenCheckpoint."""
+    checked, nothing unpickled). With `model`, a checkpoint that recorded another architecture, or none, is
+    refused (check_model); files that cannot be read, or that do not hold what the recorded config says,
+    raise BrokenCheckpoint."""
     path = Path(path)
-    recorded = model is not None and check_model(path, model)
+    recorded = model is not None
+    if recorded:
+        check_model(path, model)
     _check_marker(path)
     try:
-        shards.read(state, path)
+        shards.read(state, path, max_data_bytes(state, model))
     except UnreadableFile as err:
         raise BrokenCheckpoint(f"checkpoint {path} cannot be read: {err}") from None
     except OtherTensors as err:

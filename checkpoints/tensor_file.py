@@ -8,12 +8,17 @@ maps the bytes. What a hostile or damaged file can still do is lie, and each lie
 one line naming the file:
 - a header gigabytes long: its length is read first (8 bytes) and held to `max_header_bytes`
   before anything else is read (safetensors' own limit is 100 MB);
+- more tensor data than the reader can use (a sparse file of a terabyte, its extra key declaring
+  it): safetensors maps the whole file, so the data is held to `max_data_bytes`, which every reader
+  states, before it is mapped;
 - tensors that overlap, leave gaps, run past the end of the file or stop short of it, a span that
   is not its dtype x shape, a header that is not JSON: `safetensors.safe_open` refuses these
   itself (`UnreadableFile`);
 - a key, dtype or shape that is not the one asked for (`check_tensors`: `OtherTensors`).
 """
 
+import json
+import math
 import os
 import struct
 from contextlib import contextmanager
@@ -52,12 +57,21 @@ def spec_of(tensor: torch.Tensor) -> Spec:
     return DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape)
 
 
-@contextmanager
-def open_checked(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[Any]:
-    """`safetensors.safe_open(path)` on CPU, once the header's length is within `max_header_bytes`; every
-    failure to open it an UnreadableFile. safe_open maps the file and parses the header: no tensor is read
-    until one is asked for."""
-    path = Path(path)
+def spec_bytes(spec: Spec) -> int:
+    """The bytes a tensor of `spec` takes."""
+    dtype, shape = spec
+    itemsize = next((d.itemsize for d, name in DTYPE_NAMES.items() if name == dtype), 8)
+    return itemsize * math.prod(shape)
+
+
+def data_bytes(path: str | Path) -> int:
+    """The bytes of tensor data the safetensors file `path` holds (its size less its header), from its first 8
+    bytes; UnreadableFile if it is not a file whose header length can be read."""
+    return _sizes(Path(path), MAX_HEADER_BYTES)[1]
+
+
+def _sizes(path: Path, max_header_bytes: int) -> tuple[int, int]:
+    """(header bytes, tensor data bytes) of `path`, its header length held to `max_header_bytes` and the file."""
     try:
         with files.open_regular(path) as f:  # a pipe or a device refused unread, without blocking
             size = os.fstat(f.fileno()).st_size
@@ -70,6 +84,36 @@ def open_checked(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> 
     if length > max_header_bytes or length > size - 8:
         raise UnreadableFile(f"{path}: its header says it is {length} bytes long, over the {max_header_bytes}-byte "
                              f"limit or the file's {size} bytes; not a file this project wrote, refused unread")
+    return length, size - 8 - length
+
+
+def header_metadata(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, str]:
+    """The `__metadata__` of the safetensors file `path`, from its header alone (read within `max_header_bytes`,
+    nothing mapped): what a reader needs before it knows how much tensor data to allow."""
+    path = Path(path)
+    length, _ = _sizes(path, max_header_bytes)
+    try:
+        with files.open_regular(path) as f:
+            header = json.loads(f.read(8 + length)[8:])  # length: held to max_header_bytes above
+    except (files.Refused, ValueError, RecursionError) as err:
+        raise UnreadableFile(f"{path}: its header is not a safetensors header ({err})") from None
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UnreadableFile(f"{path}: its header's __metadata__ is not a map of strings")
+    return metadata
+
+
+@contextmanager
+def open_checked(path: str | Path, max_data_bytes: int, holds: str = "what is asked for",
+                 max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[Any]:
+    """`safetensors.safe_open(path)` on CPU, once the header's length is within `max_header_bytes` and the tensor
+    data within `max_data_bytes` (`holds`: what that bound is, for the message); every failure to open it an
+    UnreadableFile. safe_open maps the file and parses the header: no tensor is read until one is asked for."""
+    path = Path(path)
+    _, data = _sizes(path, max_header_bytes)
+    if data > max_data_bytes:
+        raise UnreadableFile(f"{path}: holds {data} bytes of tensors, more than {holds} ({max_data_bytes} bytes); "
+                             "refused unread")
     # safe_open opens the file again by name: the check above holds against a file handed over, not against
     # someone swapping it in the run's own folder meanwhile (files/: what the rules promise).
     try:

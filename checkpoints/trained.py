@@ -39,9 +39,7 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
         if is_weights_file(path):
             check_weights(path, cfg.model)
         elif store.is_checkpoint(path):
-            if not store.check_model(path, cfg.model):  # its model.json, before any process group
-                raise UserError(f"{path / store.MODEL_FILE}: missing, so the architecture of checkpoint {path} is "
-                                "unknown; only checkpoints written by this project's training are read")
+            store.check_model(path, cfg.model)  # its model.json, before any process group
         else:
             raise UserError(f"{path} is neither a complete checkpoint folder (one with {store.MARKER}), nor a "
                             f"checkpoint.dir holding one, nor a {SUFFIX} weights file (python -m results export "

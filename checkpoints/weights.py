@@ -13,10 +13,11 @@ Safetensors rather than torch.save: a .pt file is a pickle, so opening one that 
 runs what its author chose; a safetensors file is an 8-byte length, a JSON header and raw
 tensor bytes. Reading one here also never reads more than this model needs. Before a tensor
 byte is read, `check_weights` has the header checked (checkpoints/tensor_file.py: its length held
-to MAX_HEADER_BYTES, then safetensors' own parser: tensors laid end to end, covering exactly the
-rest of the file), compares its model config with this run's (checkpoints/recorded_model.py), and
-requires exactly this model's keys and a mean, each with this model's dtype and shape, and a list of at
-most model.num_classes class names. Every mismatch is a UserError naming the file, the key and both values.
+to MAX_HEADER_BYTES and the data to twice what this model's weights take, then safetensors' own parser:
+tensors laid end to end, covering exactly the rest of the file), compares its model config with this run's
+(checkpoints/recorded_model.py), and requires exactly this model's keys and a mean, each with this model's dtype
+and shape, and a list of at most model.num_classes class names. Every mismatch is a UserError naming the file,
+the key and both values.
 """
 
 import json
@@ -28,7 +29,7 @@ import torch
 
 import files
 from checkpoints.recorded_model import check_recorded, parse_recorded, record
-from checkpoints.tensor_file import Spec, check_tensors, open_checked, spec_of, specs
+from checkpoints.tensor_file import Spec, check_tensors, header_metadata, open_checked, spec_bytes, spec_of, specs
 from config.errors import UserError
 from data.pack_format import MAX_JSON_BYTES
 from data.preprocessing import MEANS, Preprocessing
@@ -75,8 +76,8 @@ def _expected(cfg: ModelConfig) -> dict[str, Spec]:
     return {k: spec_of(v) for k, v in grouped.items()}
 
 
-def _metadata(path: Path, opened: Any, key: str, what: str) -> str:
-    value = (opened.metadata() or {}).get(key)
+def _metadata(path: Path, metadata: dict[str, str], key: str, what: str) -> str:
+    value = metadata.get(key)
     if value is None:
         raise UserError(f"{path}: no {what} in its metadata (key {key!r}); only files written by python -m results "
                         "export are read (one exported before it recorded them: export its checkpoint again)")
@@ -85,7 +86,7 @@ def _metadata(path: Path, opened: Any, key: str, what: str) -> str:
 
 def _classes(path: Path, opened: Any, cfg: ModelConfig) -> list[str]:
     try:
-        classes = json.loads(_metadata(path, opened, CLASSES_KEY, "class names"))
+        classes = json.loads(_metadata(path, opened.metadata() or {}, CLASSES_KEY, "class names"))
     except (ValueError, RecursionError) as err:
         raise UserError(f"{path}: its class names (metadata {CLASSES_KEY!r}) are not JSON ({err})") from None
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -97,7 +98,7 @@ def _classes(path: Path, opened: Any, cfg: ModelConfig) -> list[str]:
 
 def _check_open(path: Path, opened: Any, cfg: ModelConfig) -> list[str]:
     """The class names of the open weights file `path`, once all of its header is this net's."""
-    check_recorded("weights file", path, _metadata(path, opened, MODEL_KEY, "model config"), cfg)
+    check_recorded("weights file", path, _metadata(path, opened.metadata() or {}, MODEL_KEY, "model config"), cfg)
     found = specs(opened)
     mean = found.get(MEAN, ("F32", MEANS["image"]))  # a missing mean is named as missing by check_tensors
     if mean[1] not in MEANS.values():
@@ -110,15 +111,23 @@ def _check_open(path: Path, opened: Any, cfg: ModelConfig) -> list[str]:
 def recorded_model(path: str | Path) -> dict:
     """The model config the weights file `path` records, as the dict of its JSON (checked against a config by
     check_weights); only its header is read."""
-    with open_checked(path, MAX_HEADER_BYTES) as opened:
-        return parse_recorded("weights file", path, _metadata(Path(path), opened, MODEL_KEY, "model config"))
+    metadata = header_metadata(path, MAX_HEADER_BYTES)  # read before any config bounds the data: nothing mapped
+    return parse_recorded("weights file", path, _metadata(Path(path), metadata, MODEL_KEY, "model config"))
+
+
+def _opened(path: Path, cfg: ModelConfig):
+    """The weights file `path` opened, once it holds no more than twice the data of `cfg`'s weights: a file
+    declaring far more (a terabyte in a sparse file) is refused before it is mapped, and one that differs by a
+    tensor or a shape gets to the checks that name it."""
+    weights = sum(spec_bytes(s) for s in _expected(cfg).values()) + max(spec_bytes(("F32", m)) for m in MEANS.values())
+    return open_checked(path, 2 * weights, "twice this model's weights", MAX_HEADER_BYTES)
 
 
 def check_weights(path: str | Path, cfg: ModelConfig) -> None:
     """Refuse the weights file `path` unless it holds exactly the grouped weights of `cfg`'s net and its
     preprocessing; only its header is read."""
     path = Path(path)
-    with open_checked(path, MAX_HEADER_BYTES) as opened:
+    with _opened(path, cfg) as opened:
         _check_open(path, opened, cfg)
 
 
@@ -126,7 +135,7 @@ def load_preprocessing(path: str | Path, cfg: ModelConfig) -> Preprocessing:
     """The class names and the mean the weights file `path` carries, checked first (a mean that is not finite
     would give NaN probabilities)."""
     path = Path(path)
-    with open_checked(path, MAX_HEADER_BYTES) as opened:
+    with _opened(path, cfg) as opened:
         classes = _check_open(path, opened, cfg)
         mean = opened.get_tensor(MEAN)
     if not bool(mean.isfinite().all()):
@@ -150,7 +159,7 @@ def load_weights(net: AlexNet, path: str | Path, cfg: ModelConfig) -> None:
     path = Path(path)
     state = net.state_dict()
     towers: Sequence[int] = [int(t) for t in net.towers]
-    with open_checked(path, MAX_HEADER_BYTES) as opened:
+    with _opened(path, cfg) as opened:
         _check_open(path, opened, cfg)
         parts = towers_state_dict({k: _Lazy(opened.get_slice(k)) for k in opened.keys()}, cfg.towers, towers)
     with torch.no_grad():

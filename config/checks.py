@@ -6,7 +6,13 @@ and config/loading.py prefixes the section.
 Imports nothing of the project's, so model/ and data/ can use it without importing the schema.
 """
 
+import os
 from typing import Any
+
+NAME_MAX = 255
+"""Longest name of one file or folder, in bytes (Linux's file systems)."""
+PATH_MAX = 4095
+"""Longest path the kernel takes, in bytes (PATH_MAX less its terminating NUL)."""
 
 
 def one_of(section: Any, **choices: tuple) -> None:
@@ -31,6 +37,32 @@ def at_least(section: Any, **minimums: float) -> None:
         value = getattr(section, key)
         if not value >= low:
             raise ValueError(f"{key}={value}: must be at least {low}")
+
+
+def paths(section: Any, *keys: str) -> None:
+    """Each key's value is a path the system can take (or empty): no NUL byte, no name over NAME_MAX bytes,
+    PATH_MAX in all. Checked where the config is read, so a bad one is named here rather than met as an
+    OSError, or a ValueError from deep inside pathlib, wherever the path is first used."""
+    for key in keys:
+        why = path_problem(getattr(section, key))
+        if why:
+            raise ValueError(f"{key}={getattr(section, key)!r:.80}: {why}")
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` cannot name a file or folder, or None."""
+    if "\0" in path:
+        return "holds a NUL byte, which no path can"
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        return "holds a character no file name can (a lone surrogate)"
+    if len(raw) > PATH_MAX:
+        return f"a path of {len(raw)} bytes, over the system's {PATH_MAX}"
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return f"a name of {len(longest)} bytes ({os.fsdecode(longest[:20])}...), over the system's {NAME_MAX}"
+    return None
 
 
 def _plain(bound: float) -> str:

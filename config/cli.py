@@ -7,7 +7,12 @@
 A command names the action (training is the default, so `torchrun -m distributed.main` and
 ./run.sh need none); every command takes YAML files layered over config.yaml with
 --config and then `section.key=value` overrides as its positional words. Files a command
-reads or writes are options, so no word is ever both.
+reads or writes are options, so no word is ever both; each is declared with `path_option`,
+which refuses a name no file can have before anything runs.
+
+`main` is each program's one error boundary: a UserError (config/errors.py, where `reading`
+makes one of whatever a reader of the user's input raises) or a file refused by files/ becomes
+one line on stderr and exit status 2, and so does a command line argparse cannot parse.
 """
 
 import argparse
@@ -17,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from config.errors import UserError
+from config.checks import path_problem
+from config.errors import UserError, one_line
 from config.loading import load_config
 from config.schema import Config
 from files import Refused
@@ -32,6 +38,22 @@ class Command:
     options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's errors on one line, as every other refusal (it prints the usage first otherwise)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def path_option(word: str) -> Path:
+    """An option's file or folder name, refused here if no path can be it (a NUL byte, a name over the
+    system's limit): every option naming a file is declared with this type."""
+    why = path_problem(word)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return Path(word)
+
+
 def _override(word: str) -> str:
     key, sep, _ = word.partition("=")
     if not sep or "." not in key:
@@ -41,11 +63,11 @@ def _override(word: str) -> str:
 
 def parse(prog: str, doc: str, commands: dict[str, Command], argv: list[str], default: str | None = None) -> argparse.Namespace:
     """The command and its arguments; with `default`, words that name no command run that one."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in commands.items():
         each = sub.add_parser(name, help=command.help, description=command.help)
-        each.add_argument("--config", action="append", default=[], metavar="FILE",
+        each.add_argument("--config", action="append", default=[], metavar="FILE", type=path_option,
                           help="YAML layered over config.yaml, in order (repeatable)")
         command.options(each)
         each.add_argument("overrides", nargs="*", type=_override, metavar="section.key=value")
@@ -66,12 +88,18 @@ def quiet_known_warnings() -> None:
 
 
 def main(prog: str, doc: str, commands: dict[str, Command], argv: list[str] | None, default: str | None = None) -> int:
-    """Parse, run the command, and turn a UserError (or a file refused by files/) into its message and exit
-    status 2."""
+    """Parse, run the command, and turn a UserError (or a file refused by files/) into its message on one line
+    and exit status 2: the program's one boundary for what the user handed in."""
     args = parse(prog, doc, commands, sys.argv[1:] if argv is None else argv, default)
     quiet_known_warnings()
     try:
         return commands[args.command].run(args)
     except (UserError, Refused) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return refuse(err)
+
+
+def refuse(err: BaseException) -> int:
+    """Print `err` as the one line of a refusal; its exit status, 2. (The packing programs, which parse their own
+    options, call this on what they refuse.)"""
+    print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+    return 2

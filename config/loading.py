@@ -18,6 +18,7 @@ from typing import Any, Iterable, get_type_hints
 
 import yaml
 
+from config.errors import one_line, reading
 from config.schema import Config, ConfigError
 from files import Refused, read_capped
 
@@ -127,15 +128,27 @@ def _merge(base: dict, update: dict) -> dict:
 
 def _parse_yaml(text: str, where: str) -> Any:
     """`text` as YAML through the safe loader (plain data only, no tags that build objects);
-    every way it can fail is a ConfigError naming `where`."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where} is not valid YAML: {err}") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise ConfigError(f"{where} nests collections too deeply to be a config") from None
-    except ConfigError as err:  # a duplicate key or an alias
-        raise ConfigError(f"{where}: {err}") from None
+    every way it can fail is a ConfigError naming `where`, on one line: PyYAML's own messages take
+    three to eight, and its constructors raise what Python does (a date of month 13, `!!int abc`,
+    an int of 5,000 digits), which `reading` names like the rest."""
+    with reading(where, ConfigError):
+        try:
+            return yaml.load(text, Loader=_UniqueKeyLoader)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where} is not valid YAML: {_yaml_problem(err)}") from None
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise ConfigError(f"{where} nests collections too deeply to be a config") from None
+        except ConfigError as err:  # a duplicate key or an alias
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message without the quoted source and caret it draws beneath it."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return one_line(err)
+    mark = err.problem_mark or err.context_mark
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return one_line(" ".join(filter(None, [err.context, err.problem]))) + at
 
 
 def _read_yaml(path: Path) -> dict:

@@ -8,7 +8,7 @@ any process group starts, and an impossible one is a `ConfigError` naming the ke
 import dataclasses
 from dataclasses import dataclass, field
 
-from config.checks import at_least, from_to, one_of
+from config.checks import at_least, from_to, one_of, paths
 from config.errors import UserError
 from data.config import DataConfig
 from model.config import ModelConfig
@@ -114,7 +114,9 @@ class ParallelConfig:
     """auto (nccl on GPUs, gloo on CPUs), nccl, or gloo: gloo also lets two tower processes share
     one GPU, which NCCL refuses; their exchanges then travel through host memory."""
     timeout_s: float = 300.0
-    """Seconds a collective waits for a dead or stalled peer before the run fails (MIN_TIMEOUT_S to MAX_TIMEOUT_S)."""
+    """Seconds any wait for another process lasts before the run fails (MIN_TIMEOUT_S to MAX_TIMEOUT_S): a
+    collective's for a dead or stalled peer, the loader's for a loading process, a lock's for its holder (the
+    embedded data's cache being packed)."""
 
     def __post_init__(self) -> None:
         one_of(self, backend=("auto", "nccl", "gloo"))
@@ -134,6 +136,7 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         at_least(self, every_steps=0, keep=1)
+        paths(self, "dir")
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         at_least(self, every_steps=1)
+        paths(self, "dir")
 
 
 @dataclass(frozen=True)

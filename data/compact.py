@@ -10,10 +10,13 @@ decode with libjpeg-turbo.
 Records come from a pack someone else may have made, so nothing in one is trusted: its length
 comes from the pack's index and is capped at a raw image's size before anything is read, and the
 size its header declares must be 3 x 256 x 256 before it is decoded (data/decode.py's header
-reader, the one packing uses on photographs). A record that fails either check, or fails to
-decode, is refused with DamagedImage naming the pack, the shard and the image.
+reader, the one packing uses on photographs). Once decoded, the image must be the record's whole
+(`cut_short`): a decoder given too few coded blocks fills the rest with grey rather than failing.
+A record that fails any check, or fails to decode, is refused with DamagedImage naming the pack,
+the shard and the image.
 """
 
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +24,7 @@ import torch
 from data.codec import CODEC
 from data.decode import declared_size
 from data.imageset import IMAGE_BYTES, IMAGE_SHAPE, SIDE
+from data.jpeg_scan import BLOCK, coded_blocks
 
 JPEG = "jpeg"
 RAW = "raw"
@@ -33,6 +37,9 @@ MAX_RECORD_BYTES = IMAGE_BYTES
 uniform noise encodes to 130 kB even at quality 100)."""
 HEADER_BYTES = 4096
 """Where a record's frame header must be: encode_jpeg writes it within the first 700 bytes."""
+FILL = 128
+"""What libjpeg (torchvision's decoder, Pillow's) decodes a block the scan lacks to: zero coefficients, mid-grey
+in every channel."""
 
 
 class DamagedImage(ValueError):
@@ -55,11 +62,27 @@ def check_record(record: torch.Tensor) -> str | None:
     if not head.startswith(b"\xff\xd8"):
         return "not a JPEG record (no start-of-image marker)"
     try:
-        width, height, _ = declared_size(head)
+        declared = declared_size(head)
     except ValueError as err:
         return str(err)
-    if (width, height) != (SIDE, SIDE):
-        return f"its header declares {width}x{height}, not {SIDE}x{SIDE}"
+    if (declared.width, declared.height) != (SIDE, SIDE):
+        return f"its header declares {declared.width}x{declared.height}, not {SIDE}x{SIDE}"
+    return None
+
+
+def cut_short(record: torch.Tensor, image: torch.Tensor, fill: int = FILL) -> str | None:
+    """Why `image`, `record` decoded by any decoder, is not the whole of it, or None: the decoder ran out of
+    coded blocks and filled the rest (with `fill`, libjpeg's grey). Read off the record's scan
+    (data/jpeg_scan.py), which takes milliseconds, so only when the image's last block is that fill: where
+    a scan stops short, the last block is always one it lacks."""
+    if not bool((image[..., -BLOCK:, -BLOCK:] == fill).all()):
+        return None
+    try:
+        declared, whole = coded_blocks(record.cpu().numpy().tobytes())
+    except (ValueError, IndexError, struct.error) as err:
+        return f"its last block is the grey a decoder fills missing data with, and its scan cannot be walked ({err})"
+    if whole < declared:
+        return f"its scan codes {whole} of the {declared} blocks its header declares (the rest decode as grey)"
     return None
 
 
@@ -72,9 +95,12 @@ def decode(record: torch.Tensor) -> torch.Tensor:
         except RuntimeError as err:  # libjpeg's message, after the function, file and line the codec prefixes
             why = str(err).strip().splitlines()[-1].split(", ")[-1]
         else:
-            if image.shape == IMAGE_SHAPE:
+            if image.shape != IMAGE_SHAPE:
+                why = f"decoded to {tuple(image.shape)}, not {IMAGE_SHAPE}"
+            else:
+                why = cut_short(record, image)
+            if why is None:
                 return image
-            why = f"decoded to {tuple(image.shape)}, not {IMAGE_SHAPE}"
     raise ValueError(why)
 
 

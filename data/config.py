@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from config.checks import at_least, from_to, one_of
+from config.checks import at_least, from_to, one_of, paths
 
 SYNTHETIC_CLASSES_MAX = 1000
 """ImageNet's count: the embedded gratings differ by orientation, a few degrees apart at 1000 classes."""
@@ -45,3 +45,4 @@ class DataConfig:
         from_to(self, synthetic_classes=(2, SYNTHETIC_CLASSES_MAX), synthetic_train_images=(1, SYNTHETIC_IMAGES_MAX),
                 synthetic_val_images=(1, SYNTHETIC_IMAGES_MAX), prefetch=(1, PREFETCH_MAX), workers=(0, WORKERS_MAX))
         at_least(self, pca_std=0)
+        paths(self, "root", "synthetic_cache")

@@ -2,15 +2,19 @@
 
 Files come from anywhere, so nothing in one is trusted: only a regular file is read (a
 named pipe or a device such as /dev/zero is refused unread, files/), and no larger than
-3 bytes a pixel of the pixel limit; the size its header declares (in the first
-HEAD_BYTES, for every file whose header fits there) is checked against that limit
-before the rest is read or anything is decompressed; any bit depth becomes 8 bits, and
-no step makes an intermediate larger than the decoded file.
+3 bytes a pixel of the pixel limit; what its header declares (in the first HEAD_BYTES,
+for every file whose header fits there) is checked before the rest is read or anything is
+decompressed (`check_declared`): its pixels against the pixel limit, and the bytes they
+take once decoded (pixels x channels x bytes a sample: a 16-bit RGBA PNG takes 8 bytes a
+pixel) against the same 3 bytes a pixel. The bound is the header's, so it holds whichever
+decoder then runs; any bit depth becomes 8 bits, and no step makes an intermediate larger
+than the decoded image.
 """
 
 import struct
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torchvision.transforms.v2 import functional as F
@@ -29,7 +33,8 @@ A PNG of zeros compresses about 1000:1, so a 3 MB file can declare 30000x30000
 (2.7 GB decoded as RGB); as a 1-bit image, in 110 kB."""
 
 BYTES_PER_PIXEL = 3
-"""Largest image file read, per pixel of the limit: 8-bit RGB stored raw; an encoded photograph is smaller."""
+"""Largest image file read, and largest image decoded, per pixel of the limit: 8-bit RGB stored raw (an encoded
+photograph is smaller; a decoded one with alpha or 16-bit samples, larger)."""
 HEAD_BYTES = 64 * 1024
 """Read first, for the header's declared size: a PNG's or WebP's is in its first 30 bytes, a JPEG's after
 its metadata segments (EXIF, ICC), which in photographs fit here."""
@@ -43,6 +48,28 @@ JPEG_NO_LENGTH = {0x00, 0x01, *range(0xD0, 0xD8)}
 
 class Truncated(ValueError):
     """The bytes end before the image's declared size is known."""
+
+
+class Declared(NamedTuple):
+    """What an image's header declares, read without decoding it."""
+
+    width: int
+    height: int
+    frames: int = 1
+    channels: int = 3
+    """Samples a pixel holds as stored: grey 1, grey and alpha 2, RGB (or a palette) 3, RGBA or CMYK 4."""
+    sample_bytes: int = 1
+    """Bytes a sample takes decoded: 2 for a 16-bit PNG or a 12-bit JPEG."""
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * self.frames
+
+    @property
+    def decoded_bytes(self) -> int:
+        """What the decoded image takes: pixels x channels x bytes a sample, channels at least the 3 of RGB,
+        which every image becomes."""
+        return self.pixels * max(self.channels, 3) * self.sample_bytes
 
 
 def rescale(image: torch.Tensor) -> torch.Tensor:
@@ -123,16 +150,29 @@ def read_image_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> bytearray
 
 
 def check_size(data: bytes, max_pixels: int) -> None:
-    """Refuse a decompression bomb: an image whose header declares more than `max_pixels`."""
-    width, height, frames = declared_size(data)
-    pixels = width * height * frames
-    if pixels > max_pixels:
-        size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
-        raise ValueError(f"{size} is {pixels} pixels, over the limit of {max_pixels}")
+    """Refuse, from the header in `data`, an image `check_declared` refuses."""
+    check_declared(declared_size(data), max_pixels)
 
 
-def declared_size(data: bytes) -> tuple[int, int, int]:
-    """(width, height, frames) as the header of a PNG, JPEG, GIF or WebP file declares them, without decoding.
+def check_declared(image: Declared, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse (ValueError) an image of no pixels, a decompression bomb (more than `max_pixels`), or one whose
+    decoded bytes exceed BYTES_PER_PIXEL x `max_pixels`: the one bound every reader of images calls with
+    what it read from a header, before decoding."""
+    size = f"{image.width}x{image.height}" + (f" x {image.frames} frames" if image.frames > 1 else "")
+    if not image.pixels:
+        raise ValueError(f"{size}: an image of no pixels")
+    if image.pixels > max_pixels:
+        raise ValueError(f"{size} is {image.pixels} pixels, over the limit of {max_pixels}")
+    limit = BYTES_PER_PIXEL * max_pixels
+    if image.decoded_bytes > limit:
+        raise ValueError(f"{size} of {image.channels} channel(s) of {8 * image.sample_bytes} bits decodes to "
+                         f"{image.decoded_bytes} bytes, over the {limit}-byte limit of a decoded image "
+                         f"({BYTES_PER_PIXEL} bytes a pixel of the {max_pixels}-pixel limit)")
+
+
+def declared_size(data: bytes) -> Declared:
+    """What the header of a PNG, JPEG, GIF or WebP file declares (size, frames, channels, sample depth), without
+    decoding.
 
     Read here rather than with PIL, although PIL reads headers lazily too: `Image.open` refuses
     anything over twice its process-wide `Image.MAX_IMAGE_PIXELS` before it tells the size, so a
@@ -154,14 +194,20 @@ def declared_size(data: bytes) -> tuple[int, int, int]:
     raise ValueError("not a JPEG, PNG, GIF or WebP file")
 
 
-def _png_size(data: bytes) -> tuple[int, int, int]:
+PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+"""Channels by PNG colour type: grey, RGB, palette (decoded to RGB), grey and alpha, RGBA."""
+
+
+def _png_size(data: bytes) -> Declared:
     if data[12:16] != b"IHDR":
         raise ValueError("PNG without a header chunk (IHDR)")
-    width, height = struct.unpack_from(">II", data, 16)
-    return width, height, 1
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    if colour not in PNG_CHANNELS:
+        raise ValueError(f"PNG of an unknown colour type {colour}")
+    return Declared(width, height, 1, PNG_CHANNELS[colour], 2 if depth > 8 else 1)
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int, int]:
+def _jpeg_size(data: bytes) -> Declared:
     """From the first SOF segment; bytes between segments are skipped, as libjpeg does."""
     at = 2
     while True:
@@ -173,16 +219,17 @@ def _jpeg_size(data: bytes) -> tuple[int, int, int]:
         marker = data[at]
         at += 1
         if marker in JPEG_FRAMES:
-            height, width = struct.unpack_from(">xxxHH", data, at)
-            return width, height, 1
+            precision, height, width, components = struct.unpack_from(">xxBHHB", data, at)
+            return Declared(width, height, 1, components, 2 if precision > 8 else 1)
         if marker in (0xDA, 0xD9):
             raise ValueError("JPEG without a frame header (SOF) before its image data")
         if marker not in JPEG_NO_LENGTH:
             at += struct.unpack_from(">H", data, at)[0]
 
 
-def _gif_size(data: bytes) -> tuple[int, int, int]:
-    """The screen grown to every frame's extent, and the number of frames (giflib keeps all of them)."""
+def _gif_size(data: bytes) -> Declared:
+    """The screen grown to every frame's extent, and the number of frames (giflib keeps all of them), each
+    decoded to RGB."""
     width, height, flags = struct.unpack_from("<HHB", data, 6)
     at, frames = 13 + _gif_colour_table(flags), 0
     while at < len(data) and data[at] != 0x3B:  # 0x3B: the trailer
@@ -195,7 +242,7 @@ def _gif_size(data: bytes) -> tuple[int, int, int]:
             at = _gif_skip_sub_blocks(data, at + 11 + _gif_colour_table(flags))
         else:
             raise ValueError(f"GIF with an unknown block 0x{block:02x}")
-    return width, height, frames
+    return Declared(width, height, frames)
 
 
 def _gif_colour_table(flags: int) -> int:
@@ -208,15 +255,17 @@ def _gif_skip_sub_blocks(data: bytes, at: int) -> int:
     return at + 1
 
 
-def _webp_size(data: bytes) -> tuple[int, int, int]:
+def _webp_size(data: bytes) -> Declared:
     chunk = data[12:16]
-    if chunk == b"VP8X":  # extended: the canvas, 24-bit sizes minus one
+    if chunk == b"VP8X":  # extended: flags (0x10: alpha), then the canvas, 24-bit sizes minus one
         width, height = (int.from_bytes(size, "little") + 1 for size in struct.unpack_from("3s3s", data, 24))
-    elif chunk == b"VP8L":  # lossless: 14-bit sizes minus one after a signature byte
+        alpha = bool(data[20] & 0x10)
+    elif chunk == b"VP8L":  # lossless: 14-bit sizes minus one after a signature byte, then an alpha bit
         bits = struct.unpack_from("<I", data, 21)[0]
-        width, height = (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+        width, height, alpha = (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1, bool(bits >> 28 & 1)
     elif chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
         width, height = (size & 0x3FFF for size in struct.unpack_from("<HH", data, 26))
+        alpha = False
     else:
         raise ValueError(f"WebP with an unknown first chunk {chunk!r}")
-    return width, height, 1
+    return Declared(width, height, 1, 4 if alpha else 3)

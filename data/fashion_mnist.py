@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from config.cli import Parser, path_option, refuse
+from config.errors import one_line
 from data.compact import Encoding
-from data.decode import rescale
+from data.decode import Declared, check_declared, rescale
 from data.packing import Split, pack
 from data.prepare import SHARD_SIZE, add_encoding_options, encoding_option, report
 from files import open_regular
@@ -40,7 +42,9 @@ def read_idx(path: Path) -> np.ndarray:
     """An IDX file of unsigned bytes (gzip-compressed when it ends in .gz) as an array of its shape.
 
     Read no further than its header declares and MAX_IDX_BYTES allow: a gzip of zeros inflates about
-    1000:1, so the decompressed size is bounded before it is decompressed, never after."""
+    1000:1, so the decompressed size is bounded before it is decompressed, never after, and read into one
+    buffer of that size. Its images (the last two dimensions) are held to what any decoded image is
+    (data/decode.py `check_declared`), since each is rescaled alone."""
     with open_regular(path) as raw, (gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw) as f:
         try:
             # Header: two zero bytes, the type code (0x08: unsigned byte), the number of
@@ -56,12 +60,19 @@ def read_idx(path: Path) -> np.ndarray:
             if size > MAX_IDX_BYTES:
                 raise ValueError(f"{path}: its header declares {shape}, {size} bytes, over the {MAX_IDX_BYTES}-byte "
                                  "limit of an IDX file; not read")
-            data = f.read(size + 1)
+            if len(shape) >= 2 and size:
+                try:
+                    check_declared(Declared(shape[-1], shape[-2], channels=1))
+                except ValueError as err:
+                    raise ValueError(f"{path}: its images, as its header declares them: {err}; not read") from None
+            data, got = bytearray(size), 0
+            while got < size and (n := f.readinto(memoryview(data)[got:])):
+                got += n
+            more = f.read(1)
         except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
             raise ValueError(f"{path}: cannot be read as gzip: {err}") from None
-    if len(data) != size:
-        raise ValueError(f"{path}: the header says {shape}, the file holds {'more than ' * (len(data) > size)}"
-                         f"{min(len(data), size)} bytes")
+    if got != size or more:
+        raise ValueError(f"{path}: the header says {shape}, the file holds {'more than ' * bool(more)}{got} bytes")
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
@@ -91,11 +102,11 @@ def convert(src: Path, dst: Path, workers: int, shard_size: int = SHARD_SIZE, en
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m data.fashion_mnist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dst", type=Path, help="the pack to write, or to finish")
-    parser.add_argument("--src", type=Path, default=DEBIAN_SRC, help=f"folder of the four IDX files (default {DEBIAN_SRC})")
+    parser.add_argument("dst", type=path_option, help="the pack to write, or to finish")
+    parser.add_argument("--src", type=path_option, default=DEBIAN_SRC, help=f"folder of the four IDX files (default {DEBIAN_SRC})")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="packing processes (default: every core)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"images per shard (default {SHARD_SIZE})")
     add_encoding_options(parser)
@@ -105,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     encoding = encoding_option(parser, args)
     try:
         converted = convert(args.src, args.dst, args.workers, args.shard_size, encoding)
-    except (ValueError, BrokenProcessPool) as error:
-        raise SystemExit(f"error: {error}") from None
+    except ValueError as error:  # what the user handed in: a refused file, a damaged set of images
+        raise SystemExit(refuse(error)) from None
+    except BrokenProcessPool as error:
+        raise SystemExit(f"error: {one_line(error)}") from None
     report(args.dst, converted)
 
 

@@ -28,6 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from config.cli import Parser, path_option, refuse
+from config.errors import one_line
 from data.compact import ENCODINGS, QUALITY, RAW, Encoding
 from data.decode import MAX_PIXELS, decode_file
 from data.pack_format import read_json
@@ -200,14 +202,15 @@ def readable_names(ids: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("src", type=Path, help="training images, one folder per class")
-    parser.add_argument("dst", type=Path, help="the pack to write, or to finish")
-    parser.add_argument("--val-src", type=Path, help="validation images: one folder per class (SRC's classes), or "
-                        "one flat folder with --val-labels")
-    parser.add_argument("--val-labels", type=Path, help="the labels of a flat --val-src: 'LABEL' or 'FILENAME LABEL' lines")
+    parser.add_argument("src", type=path_option, help="training images, one folder per class")
+    parser.add_argument("dst", type=path_option, help="the pack to write, or to finish")
+    parser.add_argument("--val-src", type=path_option, help="validation images: one folder per class (SRC's "
+                        "classes), or one flat folder with --val-labels")
+    parser.add_argument("--val-labels", type=path_option,
+                        help="the labels of a flat --val-src: 'LABEL' or 'FILENAME LABEL' lines")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="packing processes (default: every core)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"images per shard (default {SHARD_SIZE})")
     parser.add_argument(
@@ -225,8 +228,10 @@ def main(argv: list[str] | None = None) -> None:
         decoded = prepare(
             args.src, args.dst, args.val_src, args.val_labels, args.workers, args.shard_size, args.max_pixels, encoding
         )
-    except (ValueError, BrokenProcessPool) as error:
-        raise SystemExit(f"error: {error}") from None
+    except ValueError as error:  # what the user handed in: a refused file, a damaged set of images
+        raise SystemExit(refuse(error)) from None
+    except BrokenProcessPool as error:
+        raise SystemExit(f"error: {one_line(error)}") from None
     report(args.dst, decoded)
 
 

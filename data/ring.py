@@ -28,6 +28,7 @@ the bound under random timing.
 """
 
 import os
+import shutil
 
 import torch
 
@@ -38,9 +39,30 @@ class RingOverrun(RuntimeError):
     """A loading process was sent an item whose slot the training process still holds."""
 
 
+SHARED_MEMORY = "/dev/shm"
+"""Where torch's shared CPU tensors live on Linux (shm_open): a tmpfs, whose size can be far below the
+machine's memory (64 MB in a container by default)."""
+
+
 def ring_slots(workers: int, prefetch: int) -> int:
     """Slots a loader of `workers` processes, each `prefetch` batches ahead, needs (module doc)."""
     return workers * prefetch + 1
+
+
+def ring_bytes(workers: int, prefetch: int, batch: int) -> int:
+    """Shared memory a loader's ring takes (`BatchRing`: each slot's images, labels, record lengths and indices)."""
+    return ring_slots(workers, prefetch) * batch * (IMAGE_BYTES + 3 * 8)
+
+
+def shared_memory_room() -> tuple[int, str]:
+    """(bytes, what they are) that rings can take on this machine: the free room of SHARED_MEMORY where
+    there is one, and never more than the machine's memory."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if os.path.isdir(SHARED_MEMORY):
+        free = shutil.disk_usage(SHARED_MEMORY).free
+        if free < memory:
+            return free, f"free in {SHARED_MEMORY}, where shared memory lives"
+    return memory, "of memory on this machine"
 
 
 class BatchRing:

@@ -32,6 +32,9 @@ BUILDING = ".building"
 """Suffix of a cached pack being written; renamed without it once complete."""
 LOCK_FILE = ".cache.lock"
 """Taken while packing; its own name, so that a cache in checkpoint.dir cannot share the run's lock file."""
+WAIT_S = 300.0
+"""Longest wait for another process packing the cache where no deadline is given (the programs give
+parallel.timeout_s, of the same default): the default embedded data packs in seconds."""
 
 
 def data_sizes(cfg: DataConfig) -> tuple[int, int]:
@@ -43,13 +46,13 @@ def data_sizes(cfg: DataConfig) -> tuple[int, int]:
     return cfg.synthetic_classes, cfg.synthetic_train_images
 
 
-def open_datasets(cfg: DataConfig, seed: int) -> Datasets:
+def open_datasets(cfg: DataConfig, seed: int, wait_s: float = WAIT_S) -> Datasets:
     """The packed data under `cfg.root`, or the embedded synthetic data when it is empty (from its cache
-    when `cfg.synthetic_cache` names one)."""
+    when `cfg.synthetic_cache` names one, waiting at most `wait_s` seconds for another process packing it)."""
     if cfg.root:
         return open_packed(cfg.root)
     if cfg.synthetic_cache:
-        return open_packed(str(synthetic_pack(cfg, seed)))
+        return open_packed(str(synthetic_pack(cfg, seed, wait_s)))
     train = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_train_images, seed, "train")
     val = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_val_images, seed, "val")
     chunks = torch.arange(len(train)).split(STATS_BATCH)
@@ -71,11 +74,12 @@ def cache_name(cfg: DataConfig, seed: int) -> str:
     return f"seed{seed}_{sizes}_{code.hexdigest()[:12]}"
 
 
-def synthetic_pack(cfg: DataConfig, seed: int) -> Path:
+def synthetic_pack(cfg: DataConfig, seed: int, wait_s: float = WAIT_S) -> Path:
     """The folder of the embedded data's pack for `seed` in `cfg.synthetic_cache`, packed there on first use.
 
     Processes that start together (a run's tower processes, tests running side by side)
-    take turns on a lock in the cache folder: the first packs, the others wait and then
+    take turns on a lock in the cache folder: the first packs, the others wait (at most
+    `wait_s` seconds: a holder that is stopped or stuck is named by its pid) and then
     read its pack. A pack is written under a temporary name and renamed once complete, so
     a folder with the final name is always whole; what a killed build left is removed by
     the next one, under the same lock.
@@ -85,7 +89,7 @@ def synthetic_pack(cfg: DataConfig, seed: int) -> Path:
     if (entry / "meta.json").is_file():
         return entry
     create_root(root, "data.synthetic_cache")
-    with lock(root / LOCK_FILE, wait=True):  # the kernel releases it when its process dies
+    with lock(root / LOCK_FILE, wait_s=wait_s):  # the kernel releases it when its process dies
         if not (entry / "meta.json").is_file():
             for leftover in root.glob(f"*{BUILDING}"):
                 remove(leftover)  # a link is unlinked, never followed

@@ -35,6 +35,8 @@ class Plan:
     """Times torchrun has restarted this process's workers (TORCHELASTIC_RESTART_COUNT)."""
     restarts_share_store: bool = False
     """torchrun may restart workers into the store the dead ones used (pytorch#135712): worth a warning."""
+    local_world: int = 1
+    """Processes of the run on this machine (LOCAL_WORLD_SIZE): they share its memory."""
 
     @property
     def replica(self) -> int:
@@ -94,7 +96,7 @@ def plan_from_env(cfg: Config, env: dict[str, str] | None = None) -> Plan:
     # so a restart can dial a dead peer and fail; a store per generation (docs/SCALING.md) avoids it.
     shares_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
     return Plan(world, rank, local_rank, tower_processes, replicas, device, backend,
-                int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), shares_store)
+                int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), shares_store, local_world)
 
 
 def _device(choice: str, local_rank: int, local_world: int, backend: str) -> torch.device:

@@ -25,7 +25,7 @@ from config import cli
 from config.schema import Config, to_dict
 from distributed import layout
 from model.summary import layer_table
-from training.build import check_data
+from training.build import check_data, check_memory
 from training.fast_path import FastPath, runs_one_pass
 
 
@@ -46,6 +46,7 @@ def checked(args: argparse.Namespace, env: dict[str, str] | None = None) -> tupl
     # Refuses a GPU-only switch on a CPU, and a one-pass-only switch in another layout.
     FastPath.resolve(cfg.train, plan.device, one_pass=runs_one_pass(plan, cfg.train))
     check_data(cfg)
+    check_memory(cfg, plan)
     return cfg, plan
 
 
@@ -81,6 +82,7 @@ def train(args: argparse.Namespace) -> int:
 def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
     from distributed.feed import loader_failure  # heavy imports only when training
     from training.checkpointer import NonFiniteLoss
+    from training.metrics import LogFailed
     from training.trainer import Trainer
 
     try:
@@ -93,7 +95,7 @@ def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt
     except NonFiniteLoss as err:  # every process stops at the same step, the last good checkpoint kept
         print(f"rank {plan.rank}: {err}", file=sys.stderr, flush=True)
         return 1
-    except (CheckpointError, RuntimeError) as err:
+    except (CheckpointError, LogFailed, RuntimeError) as err:
         loader = loader_failure(err)
         if isinstance(err, RuntimeError) and not lost_peer(err) and loader is None:
             raise
@@ -103,7 +105,7 @@ def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt
             print(f"rank {plan.rank}: at step {started[0].step if started else 0}, {loader}", file=sys.stderr, flush=True)
             return 1
         # Name who noticed and where (steps done), so the dead or stalled peer can be found in its log.
-        lost = "" if isinstance(err, CheckpointError) else f"peer lost at step {started[0].step if started else 0}: "
+        lost = "" if isinstance(err, OSError) else f"peer lost at step {started[0].step if started else 0}: "
         print(f"rank {plan.rank}: {lost}{err}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -153,7 +155,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR|FILE",
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR|FILE", type=cli.path_option,
                         help="a checkpoint folder, a checkpoint.dir (its newest checkpoint) or an exported "
                              ".safetensors file (repeat for an ensemble); default: the newest checkpoint in "
                              "checkpoint.dir")

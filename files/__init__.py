@@ -15,6 +15,9 @@ been made by someone hostile, so the rules are written once, here, instead of in
   either name is replaced, never written through; a link where a folder is expected is refused
   or unlinked, never recursed into. The folders a user names (checkpoint.dir, log.dir, --out's
   folder) are taken as named, links included: that choice is the user's.
+- A lock (`lock`) is never waited for past its deadline (`wait_s`), then refused naming its
+  holder (its note, or the pid the kernel tells); its file is written only when it is a regular file of one name, never through a
+  symbolic or a hard link.
 
 Every refusal is a `Refused` (a ValueError) whose message names the file; the programs turn it
 into one line and exit status 2. This package imports nothing of the project's, so data/ and

@@ -16,11 +16,13 @@ class Refused(ValueError):
 
 
 class Busy(Refused):
-    """A lock another live process holds; `holder` is what it wrote in the lock file."""
+    """A lock another live process holds: `holder` names it, by what it wrote in the lock file or else by the pid
+    the kernel tells (`pid`, None if unknown); `waited_s`, how long this process waited for it."""
 
-    def __init__(self, path: str | os.PathLike, holder: str) -> None:
-        super().__init__(path, f"locked by another process ({holder or 'starting'})")
-        self.holder = holder
+    def __init__(self, path: str | os.PathLike, note: str, pid: int | None = None, waited_s: float = 0.0) -> None:
+        self.holder, self.pid = note or (f"pid {pid}" if pid else "starting"), pid
+        waited = f" and still held after {waited_s:g} s: is it stopped or stuck?" if waited_s else ""
+        super().__init__(path, f"locked by another process ({self.holder}){waited}")
 
 
 KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",

@@ -4,15 +4,22 @@ The kernel drops it when its process dies, so a killed run leaves nothing that b
 and unlike flock it is not inherited by forked children (DataLoader workers, packing processes),
 which could outlive a killed holder and keep the lock. The price of POSIX locks: a process loses
 its lock on a file when it closes any descriptor of that file, so each lock has a file of its own,
-opened only here, and a second lock of a file this process holds is refused before it is opened. The
-lock file is opened without following a link and without blocking, and
-refused unless it is a regular file: a link planted in a folder someone handed over is never
-truncated through.
+opened only here, and a second lock of a file this process holds is refused before it is opened.
+
+A process that is alive but stopped (SIGSTOP, Ctrl-Z) or stuck keeps its lock, so no wait is
+without a deadline: `wait_s` seconds at most, then Busy naming the lock and its holder, by what the
+holder wrote in it or else by the pid the kernel tells (F_GETLK).
+
+The lock file is opened without following a link and without blocking, and refused unless it is a
+regular file with one name: a symbolic link, or a hard link to some other file, planted in a folder
+someone handed over is never truncated or written through.
 """
 
 import errno
 import fcntl
 import os
+import struct
+import time
 from pathlib import Path
 
 from files.errors import Busy, Refused
@@ -21,6 +28,11 @@ from files.reading import open_fd
 _held: dict[tuple[int, int], Path] = {}
 """(device, inode) of each lock file this process holds: opening one again, even to look, would drop its lock."""
 os.register_at_fork(after_in_child=_held.clear)  # a forked child holds none of its parent's locks
+
+_FLOCK = "hhqqi"
+"""struct flock on Linux (l_type, l_whence, l_start, l_len, l_pid), padded to 32 bytes below."""
+_POLL_S = (0.05, 1.0)
+"""First and longest pause between two tries of a lock being waited for."""
 
 
 class Lock:
@@ -45,9 +57,9 @@ class Lock:
         self.release()
 
 
-def lock(path: str | os.PathLike, *, wait: bool = False, note: str = "") -> Lock:
-    """Lock the file `path` (created if missing) for this process: Busy, naming what its holder wrote,
-    if another process holds it and not `wait`; with `note`, the file then says who holds it."""
+def lock(path: str | os.PathLike, *, wait_s: float = 0.0, note: str = "") -> Lock:
+    """Lock the file `path` (created if missing) for this process, waiting at most `wait_s` seconds while
+    another process holds it; then Busy, naming the holder. With `note`, the file then says who holds it."""
     target = Path(path)
     try:
         info = os.stat(target, follow_symlinks=False)
@@ -58,13 +70,11 @@ def lock(path: str | os.PathLike, *, wait: bool = False, note: str = "") -> Lock
         pass
     fd = open_fd(target, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, "create a lock file in")
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as err:
-            if err.errno in (errno.EACCES, errno.EAGAIN):
-                raise Busy(target, os.pread(fd, 512, 0).decode(errors="replace").strip()) from None
-            raise Refused(target, f"cannot be locked ({err.strerror}): give a folder on a file system with "
-                                  "locks (NFS needs its lock manager)") from None
+        names = os.fstat(fd).st_nlink
+        if names > 1:  # a hard link: the note would be written into another file
+            raise Refused(target, f"a hard link ({names} names for one file), not a lock file of this run's own; "
+                                  "remove it")
+        _take(fd, target, wait_s)
         if note:
             os.ftruncate(fd, 0)
             os.pwrite(fd, note.encode(), 0)
@@ -72,3 +82,29 @@ def lock(path: str | os.PathLike, *, wait: bool = False, note: str = "") -> Lock
         os.close(fd)
         raise
     return Lock(fd, target)
+
+
+def _take(fd: int, target: Path, wait_s: float) -> None:
+    """The lock on `fd`, tried until `wait_s` seconds have passed."""
+    deadline, pause = time.monotonic() + wait_s, _POLL_S[0]
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise Refused(target, f"cannot be locked ({err.strerror}): give a folder on a file system with "
+                                      "locks (NFS needs its lock manager)") from None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Busy(target, os.pread(fd, 512, 0).decode(errors="replace").strip(), _holder(fd), wait_s)
+        time.sleep(min(pause, left))
+        pause = min(2 * pause, _POLL_S[1])
+
+
+def _holder(fd: int) -> int | None:
+    """The pid of the process holding a lock on `fd`'s file, as the kernel tells it (None if it has just let go)."""
+    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    query += bytes(32 - len(query))
+    kind, _, _, _, pid = struct.unpack_from(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None

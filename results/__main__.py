@@ -130,13 +130,14 @@ def onnx(args: argparse.Namespace) -> int:
 
 def _options(out: str | None = None, images: str | None = None, required: bool = False):
     def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--checkpoint", metavar="DIR|FILE", help=f"a checkpoint folder, a checkpoint.dir (its "
-                            f"newest checkpoint) or a {SUFFIX} weights file (default: the newest checkpoint in "
-                            "checkpoint.dir)")
+        parser.add_argument("--checkpoint", metavar="DIR|FILE", type=cli.path_option,
+                            help=f"a checkpoint folder, a checkpoint.dir (its newest checkpoint) or a {SUFFIX} "
+                                 "weights file (default: the newest checkpoint in checkpoint.dir)")
         if out:
-            parser.add_argument("--out", type=Path, required=True, metavar=out.split()[0], help=out)
+            parser.add_argument("--out", type=cli.path_option, required=True, metavar=out.split()[0], help=out)
         if images:
-            parser.add_argument("--image", action="append", default=[], required=required, metavar="FILE", help=images)
+            parser.add_argument("--image", action="append", default=[], required=required, metavar="FILE",
+                                type=cli.path_option, help=images)
     return add
 
 

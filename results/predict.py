@@ -24,7 +24,7 @@ from data.preprocessing import Preprocessing
 from data.sources import open_datasets
 from model.alexnet import AlexNet
 from training.build import check_data
-from training.evaluation import TEN_PATCHES, log_probabilities
+from training.evaluation import TEN_PATCHES, log_probabilities, unreadable
 
 TOP = 5
 
@@ -39,6 +39,8 @@ class Predictor:
     augment: Augmenter
     data: Datasets | None
     """The data the config names, once opened (a checkpoint folder's class names and mean come from it)."""
+    source: Path
+    """The checkpoint or weights file the net was loaded from."""
 
     @staticmethod
     def load(cfg: Config, source: Path, device: torch.device) -> "Predictor":
@@ -46,7 +48,7 @@ class Predictor:
         data = None if is_weights_file(source) else _open_data(cfg)
         preprocessing = load_preprocessing(source, cfg.model) if data is None else Preprocessing.of(data, cfg.data.mean)
         augment = Augmenter(preprocessing.mean_image(), cfg.model.input_size, device)
-        return Predictor(cfg, load_network(cfg, source, device), preprocessing, augment, data)
+        return Predictor(cfg, load_network(cfg, source, device), preprocessing, augment, data, source)
 
     @property
     def classes(self) -> list[str]:
@@ -67,8 +69,14 @@ class Predictor:
         return decode_images(files).to(self.augment.mean.device)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, classes]: the ten-patch softmax of uint8 `images`."""
-        return log_probabilities([self.net], self.augment, images, TEN_PATCHES).exp().cpu()
+        """[N, classes]: the ten-patch softmax of uint8 `images`; a UserError naming the net if some image's
+        outputs are not numbers (evaluation.unreadable), rather than NaN probabilities."""
+        log_probs = log_probabilities([self.net], self.augment, images, TEN_PATCHES)
+        bad = unreadable(log_probs)
+        if bad.any():
+            raise UserError(f"{self.source}: the net's outputs for {int(bad.sum())} of {len(bad)} image(s) are not "
+                            "numbers (NaN): finite weights whose activations overflow float32; give another checkpoint")
+        return log_probs.exp().cpu()
 
     def top5(self, images: torch.Tensor) -> list[list[tuple[str, float]]]:
         """(class name, probability) of the five likeliest classes of each image, likeliest first.
@@ -83,7 +91,7 @@ class Predictor:
 
 def _open_data(cfg: Config) -> Datasets:
     check_data(cfg)  # the data's description first, so a broken pack is a user error here too
-    return open_datasets(cfg.data, cfg.train.seed)
+    return open_datasets(cfg.data, cfg.train.seed, cfg.parallel.timeout_s)
 
 
 def decode_images(files: Sequence[str | Path]) -> torch.Tensor:

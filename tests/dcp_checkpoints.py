@@ -28,6 +28,10 @@ def genuine_state() -> dict:
     }
 
 
+ROOM = store.max_data_bytes(genuine_state(), None)
+"""The tensor data a reader of the genuine state allows a folder (store.load's bound without a model config)."""
+
+
 def zeros_like(state: dict) -> dict:
     """A state of the same structure, shapes and dtypes, all zeros: what a load fills."""
     return {k: zeros_like(v) if isinstance(v, dict) else torch.zeros_like(v) for k, v in state.items()}

@@ -41,7 +41,7 @@ def final_state(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's tensors as `group/name` (model/towers.0.fc6.weight), read in this one process without a
     process group, through the project's checked reader, whatever layout wrote it."""
     dtypes = {name: dtype for dtype, name in DTYPE_NAMES.items()}
-    entries = shards.check(path, {})  # DCP's flat names: model.towers.0.fc6.weight
+    entries = shards.check(path, {}, 2**32)  # DCP's flat names: model.towers.0.fc6.weight
     state = {fqn: torch.empty(shape, dtype=dtypes[dtype]) for fqn, (dtype, shape) in entries.items()}
     store.load(state, path)
     return {fqn.replace(".", "/", 1): value for fqn, value in state.items()}

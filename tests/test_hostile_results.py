@@ -12,8 +12,6 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from checkpoints import store
 from checkpoints.trained import checkpoint_paths, load_network
@@ -24,7 +22,7 @@ from distributed.main import main as training_main
 from distributed.workers import run_workers
 from results.__main__ import main as results_main
 from tests import bounded
-from tests.test_hostile_weights import config, exported  # noqa: F401  (exported: the trained run's export)
+from tests.test_hostile_weights import config, exported, rewritten  # noqa: F401  (exported: the trained run's export)
 from tests.test_scale_and_faults import ONE_PIECE
 from tests.trainer_runs import small_words
 from tests.unit.test_hostile_trees import tiny_png
@@ -33,12 +31,10 @@ from tests.unit.test_hostile_trees import tiny_png
 @pytest.fixture(scope="module")
 def not_finite(exported, tmp_path_factory):  # noqa: F811
     """The export with one weight of tower 1's half of FC8 made NaN: only a process holding tower 1 sees it."""
-    with safe_open(exported, framework="pt") as f:
-        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    tensors["fc8.weight"][0, -1] = float("nan")  # FC8 is split by input: the last column is tower 1's
-    target = tmp_path_factory.mktemp("nan") / "nan.safetensors"
-    save_file(tensors, target, metadata=metadata)
-    return target
+    def change(tensors):
+        tensors["fc8.weight"][0, -1] = float("nan")  # FC8 is split by input: the last column is tower 1's
+
+    return rewritten(exported, tmp_path_factory.mktemp("nan") / "nan.safetensors", change)
 
 
 def test_predict_and_evaluate_refuse_weights_that_are_not_finite(trained, not_finite, tmp_path, capsys):

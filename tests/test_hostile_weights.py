@@ -22,6 +22,7 @@ import pytest
 import safetensors
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from checkpoints import store
 from checkpoints.trained import load_network
@@ -50,6 +51,15 @@ def exported(trained, tmp_path_factory):
     _, _, overrides = trained
     target = tmp_path_factory.mktemp("weights") / "alexnet.safetensors"
     assert results_main(["export", "--out", str(target), *overrides]) == 0
+    return target
+
+
+def rewritten(exported, target, change) -> object:
+    """`target`: the export's tensors after `change` (a function of the dict of them), with its metadata."""
+    with safe_open(exported, framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    change(tensors)
+    save_file(tensors, target, metadata=metadata)
     return target
 
 

@@ -8,9 +8,10 @@ from config.schema import Config, ConfigError
 from data.augment import Augmenter
 from data.imageset import Datasets
 from data.order import EpochOrder
+from data.ring import ring_bytes, ring_slots, shared_memory_room
 from data.sources import data_sizes, open_datasets
 from distributed.exchange import for_layout
-from distributed.layout import Layout
+from distributed.layout import Layout, Plan
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
 from model.cpu_kernels import extension
@@ -40,18 +41,45 @@ class Parts:
     checkpointer: Checkpointer
 
 
+MAX_STEPS = 2**63 - 1
+"""Most steps a run counts: the loader's length and every step number are 64-bit."""
+
+
 def check_data(cfg: Config) -> None:
-    """Open the data's description only (no images) and check it fits the model and the batch: run in every
-    process before any process group starts, so bad data fails there and not inside a collective."""
+    """Open the data's description only (no images) and check it fits the model and the batch, and that the
+    run's length in steps can be counted: run in every process before any process group starts, so bad data
+    fails there and not inside a collective."""
     try:
         classes, train_images = data_sizes(cfg.data)
     except (OSError, ValueError) as err:
         raise ConfigError(str(err)) from None
+    t = cfg.train
     if classes > cfg.model.num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the data has {classes} classes")
-    if cfg.train.batch_size > train_images:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is more than the {train_images} training "
+    if t.batch_size > train_images:
+        raise ConfigError(f"train.batch_size={t.batch_size} is more than the {train_images} training "
                           "images: an epoch would hold no step; lower the batch or give more data")
+    steps = t.epochs * (train_images // t.batch_size)
+    if min(steps, t.max_steps or steps) > MAX_STEPS:
+        raise ConfigError(f"train.epochs={t.epochs} of {train_images // t.batch_size} steps is {steps} steps, more "
+                          f"than the {MAX_STEPS} a run can count; lower train.epochs or set train.max_steps")
+
+
+def check_memory(cfg: Config, plan: Plan) -> None:
+    """Check, before any process group, that the loaders' rings fit in the shared memory of this machine:
+    each loading tower process allocates a ring for the training batches at its start and one for the
+    validation batches at each epoch's end, while the first still lives (data/ring.py)."""
+    d, batch = cfg.data, cfg.train.batch_size // plan.replicas
+    loaders = max(1, plan.local_world // plan.tower_processes)
+    needed = 2 * loaders * ring_bytes(d.workers, d.prefetch, batch)
+    room, what = shared_memory_room()
+    if needed > room:
+        raise ConfigError(
+            f"data.workers={d.workers} x data.prefetch={d.prefetch}: {loaders} loading process(es) with rings of "
+            f"{ring_slots(d.workers, d.prefetch)} batches of {batch} images, for training and validation, take "
+            f"{needed / 1e9:.1f} GB of shared memory, more than the {room / 1e9:.1f} GB {what}; lower data.workers "
+            "or data.prefetch"
+        )
 
 
 def build(cfg: Config, layout: Layout) -> Parts:
@@ -62,7 +90,7 @@ def build(cfg: Config, layout: Layout) -> Parts:
     fast.apply_process_flags()
     if plan.device.type == "cpu":
         extension()  # built now if it must be (said once), rather than silently inside the first step
-    data = open_datasets(cfg.data, t.seed)
+    data = open_datasets(cfg.data, t.seed, cfg.parallel.timeout_s)
     order = EpochOrder(len(data.train), t.batch_size, t.seed)
     exchange = for_layout(layout)
     model = AlexNet(cfg.model, plan.tower_indices(cfg.model.towers), exchange)

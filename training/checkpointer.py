@@ -16,6 +16,7 @@ import torch
 from torch.optim import Optimizer
 
 from checkpoints import run_folder, store
+from config.errors import reading
 from config.schema import Config
 from distributed.layout import Plan
 from distributed.reductions import any_process
@@ -85,5 +86,6 @@ class Checkpointer:
             return None
         path, state = found
         for name, component in self.components.items():
-            component.load_state_dict(state[name])
+            with reading(f"checkpoint {path}: {name}"):  # values someone else may have written
+                component.load_state_dict(state[name])
         return path

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoints.trained import load_network
+from config.errors import UserError
 from config.schema import Config
 from data.augment import Augmenter
 from data.imageset import ImageSet
@@ -40,12 +41,21 @@ WAYS = (CENTRE, TEN_PATCHES)
 
 @dataclass(frozen=True)
 class ErrorRates:
-    """Top-1 and top-5 error and mean loss of one way of testing, over `images` validation images."""
+    """Top-1 and top-5 error and mean loss of one way of testing, over `images` validation images, of which
+    `unreadable` gave outputs that are not numbers (so the rates mean nothing)."""
 
     top1: float
     top5: float
     loss: float
     images: int
+    unreadable: int = 0
+
+
+def unreadable(log_probs: torch.Tensor) -> torch.Tensor:
+    """bool [N]: the rows of log-probabilities that hold a NaN or +inf, from which no class can be read (finite
+    weights whose activations overflow float32 give these: a net scaled by 1e30, say). -inf is a probability
+    that underflowed, and stays readable."""
+    return (log_probs.isnan() | log_probs.isposinf()).any(dim=1)
 
 
 @torch.no_grad()
@@ -67,7 +77,7 @@ def evaluate(
     for net in nets:
         net.eval()
     device = next(nets[0].parameters()).device
-    totals = torch.zeros(len(ways), 4, device=device)  # wrong top-1, wrong top-5, loss sum, images
+    totals = torch.zeros(len(ways), 5, device=device)  # wrong top-1, wrong top-5, loss sum, images, unreadable
     for batch, labels in batches:
         with autocast():
             for k, way in enumerate(ways):
@@ -75,8 +85,10 @@ def evaluate(
                 totals[k, :2] += topk_wrong(log_probs, labels)
                 totals[k, 2] += F.nll_loss(log_probs, labels, reduction="sum")
                 totals[k, 3] += len(labels)
+                totals[k, 4] += unreadable(log_probs).sum()
     sums = sum_over(totals, replica_group).tolist()
-    return {way: ErrorRates(*(v / sums[k][3] for v in sums[k][:3]), int(sums[k][3])) for k, way in enumerate(ways)}
+    return {way: ErrorRates(*(v / sums[k][3] for v in sums[k][:3]), int(sums[k][3]), int(sums[k][4]))
+            for k, way in enumerate(ways)}
 
 
 class Validator:
@@ -110,7 +122,7 @@ def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dic
     """The ensemble of the checkpoints at `paths` (one: a single net) over the whole validation set, with a
     progress bar on rank 0 (its replica's share of the images)."""
     device, plan = run.plan.device, run.plan
-    data = open_datasets(cfg.data, cfg.train.seed)
+    data = open_datasets(cfg.data, cfg.train.seed, cfg.parallel.timeout_s)
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
     nets = [load_network(cfg, p, device, run) for p in paths]
     if device.type == "cpu":
@@ -118,8 +130,14 @@ def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dic
     share = len(eval_share(len(data.val), plan.replica, plan.replicas))
     with tqdm(total=share, desc="evaluating", unit="img", disable=not (plan.logs and cfg.log.progress)) as bar:
         batches = _counted(validation_batches(data.val, cfg, run), bar)
-        return evaluate(nets, augment, batches, run.replica_group,
-                        lambda: FastPath.resolve(cfg.train, device).autocast(device))
+        rates = evaluate(nets, augment, batches, run.replica_group,
+                         lambda: FastPath.resolve(cfg.train, device).autocast(device))
+    worst = max(rates.values(), key=lambda r: r.unreadable)
+    if worst.unreadable:  # every process has the same sums: all refuse alike
+        raise UserError(f"{', '.join(map(str, paths))}: the outputs for {worst.unreadable} of {worst.images} validation "
+                        "images are not numbers (NaN): finite weights whose activations overflow float32; no error "
+                        "rate can be read from them: give another checkpoint")
+    return rates
 
 
 def _counted(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], bar: tqdm):

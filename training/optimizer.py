@@ -1,5 +1,7 @@
 """The paper's SGD rule and the plateau schedule."""
 
+import math
+
 import torch
 from torch.optim import Optimizer
 
@@ -112,9 +114,15 @@ class PlateauSchedule:
                 "epochs_without_gain": torch.tensor(self.epochs_without_gain), "drops": torch.tensor(self.drops)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.best = float(state["best"])
-        self.epochs_without_gain = int(state["epochs_without_gain"])
-        self.drops = int(state["drops"])
+        """A checkpoint's schedule; ValueError naming the value if it is not one a run could have saved."""
+        best, waited, drops = float(state["best"]), int(state["epochs_without_gain"]), int(state["drops"])
+        if not (best == math.inf or 0 <= best <= 1):
+            raise ValueError(f"best={best}: must be an error rate from 0 to 1, or inf (none yet)")
+        if waited < 0:
+            raise ValueError(f"epochs_without_gain={waited}: must be at least 0")
+        if not 0 <= drops <= self.max_drops:
+            raise ValueError(f"drops={drops}: must be from 0 to {self.max_drops} (train.lr_drops)")
+        self.best, self.epochs_without_gain, self.drops = best, waited, drops
         self.apply()
 
 

@@ -5,6 +5,7 @@ far: the paper's Figure 1 axis); `Window` holds the sums of the steps since the 
 read back in one host sync when the logger's cadence says so.
 """
 
+import math
 import time
 
 import torch
@@ -40,8 +41,14 @@ class Progress:
         return {"step": torch.tensor(self.step), "epoch_tally": sum_over(self.epoch_tally.clone(), self.replica_group).cpu()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """The tally goes back to replica 0 alone, so the sum at the epoch's end is the saved one in any layout."""
-        self.step = int(state["step"])
+        """The tally goes back to replica 0 alone, so the sum at the epoch's end is the saved one in any layout.
+        ValueError naming the value if it is not one a run could have saved."""
+        step, (wrong, images) = int(state["step"]), state["epoch_tally"].tolist()
+        if step < 0:
+            raise ValueError(f"step={step}: must be at least 0")
+        if not 0 <= wrong <= images < math.inf:
+            raise ValueError(f"epoch_tally={[wrong, images]}: must be wrong answers out of images, 0 <= wrong <= images")
+        self.step = step
         tally = state["epoch_tally"].to(self.device)
         self.epoch_tally = tally if self.replica == 0 else torch.zeros_like(tally)
 

@@ -103,7 +103,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.plan.logs and self.cfg.log.progress),
                    desc="training", unit="step", dynamic_ncols=True)
         window, last_validation = Window(self.device), None
-        feed = self.feed(self.step)
+        feed = self.feed(min(self.step, self.total_steps))  # a run resumed past a shortened length trains no step
         while self.step < self.total_steps and not self.stopping:
             images, labels = window.next_batch(feed)
             loss, wrong = self.train_step(images, labels)

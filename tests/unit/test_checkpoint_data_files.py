@@ -22,7 +22,7 @@ from checkpoints.tensor_file import UnreadableFile
 from checkpoints.trained import checkpoint_paths
 from config.errors import UserError
 from distributed import layout
-from tests.dcp_checkpoints import Touch, genuine_state, save_checkpoint, shard, zeros_like
+from tests.dcp_checkpoints import ROOM, Touch, genuine_state, save_checkpoint, shard, zeros_like
 from tests.trainer_runs import small_config
 from tests.unit.test_checkpoint_reader import _assert_same
 
@@ -93,7 +93,7 @@ def test_a_pickle_named_as_a_data_file_is_refused_unread(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"w": Touch(marker)}, shard(ckpt))
     with pytest.raises(UnreadableFile, match="refused unread"):
-        shards.read(zeros_like(genuine_state()), ckpt)
+        shards.read(zeros_like(genuine_state()), ckpt, ROOM)
     assert not marker.exists()
 
 

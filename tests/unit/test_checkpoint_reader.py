@@ -23,6 +23,7 @@ from config.errors import UserError
 from distributed.workers import run_workers
 from model.config import ModelConfig
 from tests.dcp_checkpoints import (
+    ROOM,
     genuine_state,
     read_header,
     relaid,
@@ -51,7 +52,7 @@ def ckpt(tmp_path) -> pathlib.Path:
 
 def _refused(folder: pathlib.Path, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
-        shards.read(zeros_like(genuine_state()), folder)
+        shards.read(zeros_like(genuine_state()), folder, ROOM)
 
 
 # (1) a genuine checkpoint ------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def test_genuine_checkpoint_loads_exactly(ckpt):
     loaded = zeros_like(genuine_state())
     store.load(loaded, ckpt)
     _assert_same(loaded, genuine_state())
-    found = shards.check(ckpt, {})
+    found = shards.check(ckpt, {}, ROOM)
     assert found["model.fc.weight"] == ("BF16", (5, 6)) and found["progress.step"] == ("I64", ())
     assert sorted(p.name for p in ckpt.iterdir()) == [store.MARKER, "shard-00001-model-00001-of-00001.safetensors"]
 
@@ -155,7 +156,7 @@ def test_a_key_in_two_files_is_refused(ckpt):
     copy = ckpt / "shard-00009-model-00001-of-00001.safetensors"
     copy.write_bytes(shard(ckpt).read_bytes())
     with pytest.raises(UnreadableFile, match=f"{ckpt}: model.conv.bias is in both shard-00001"):
-        shards.read(zeros_like(genuine_state()), ckpt)
+        shards.read(zeros_like(genuine_state()), ckpt, ROOM)
 
 
 @pytest.mark.parametrize("kind", ["a link out of the folder", "a fifo", "a folder"])

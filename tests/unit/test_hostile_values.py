@@ -52,18 +52,19 @@ HARMLESS_WHEN_HUGE = {
 """Integer keys whose largest values cost nothing but time, or that a relation between values bounds."""
 
 
-def _int_keys(cls: type = Config, prefix: str = "") -> list[str]:
+def config_keys(of: type, cls: type = Config, prefix: str = "") -> list[str]:
+    """Every `section.key` of the config whose value is of type `of`."""
     keys = []
     for f in dataclasses.fields(cls):
         kind = get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(kind):
-            keys += _int_keys(kind, f"{prefix}{f.name}.")
-        elif kind is int:
+            keys += config_keys(of, kind, f"{prefix}{f.name}.")
+        elif kind is of:
             keys.append(f"{prefix}{f.name}")
     return keys
 
 
-@pytest.mark.parametrize("key", [k for k in _int_keys() if k not in HARMLESS_WHEN_HUGE])
+@pytest.mark.parametrize("key", [k for k in config_keys(int) if k not in HARMLESS_WHEN_HUGE])
 def test_every_integer_key_has_an_upper_bound_where_it_is_declared(key):
     """A key added later without a bound fails here until it has one or is listed as harmless with why."""
     with pytest.raises(ConfigError, match=re.escape(f"{key}=")):
