@@ -145,15 +145,29 @@ def _safetensors(path: Path, header_bytes: int | None = None) -> tuple[bytes, by
     return header, data
 
 
+DATA_BYTES = 16
+"""The tensor data _safetensors writes: four float32s."""
+
+
+def test_safetensors_data_of_exactly_the_bound_is_read_and_one_byte_less_of_bound_refuses_it(tmp_path):
+    path = tmp_path / "w.safetensors"
+    _safetensors(path)
+    with open_checked(path, DATA_BYTES) as opened:
+        assert torch.equal(opened.get_tensor("w"), torch.arange(4.0))
+    with pytest.raises(UnreadableFile, match=f"holds {DATA_BYTES} bytes of tensors, more than the bound "
+                                             f"\\({DATA_BYTES - 1} bytes\\)"):
+        open_checked(path, DATA_BYTES - 1, "the bound").__enter__()
+
+
 def test_a_safetensors_header_of_exactly_the_limit_is_read_and_one_byte_more_is_refused(tmp_path):
     path = tmp_path / "w.safetensors"
     _safetensors(path, MAX_HEADER_BYTES)
-    with open_checked(path) as opened:
+    with open_checked(path, DATA_BYTES) as opened:
         assert torch.equal(opened.get_tensor("w"), torch.arange(4.0))
     _safetensors(path, MAX_HEADER_BYTES + 1)
     with pytest.raises(UnreadableFile, match=f"its header says it is {MAX_HEADER_BYTES + 1} bytes long, over the "
                                              f"{MAX_HEADER_BYTES}-byte limit"):
-        open_checked(path).__enter__()
+        open_checked(path, DATA_BYTES).__enter__()
 
 
 def test_a_header_longer_than_the_file_after_its_length_gets_this_project_s_message(tmp_path):
@@ -166,11 +180,11 @@ def test_a_header_longer_than_the_file_after_its_length_gets_this_project_s_mess
         path.write_bytes(struct.pack("<Q", claimed) + header + data)
         with pytest.raises(UnreadableFile, match=f"its header says it is {claimed} bytes long, over the "
                                                  f"{MAX_HEADER_BYTES}-byte limit or the file's {size} bytes"):
-            open_checked(path).__enter__()
+            open_checked(path, DATA_BYTES).__enter__()
     # size - 8: the bound lets it through, and the parser refuses a header that is not JSON.
     path.write_bytes(struct.pack("<Q", size - 8) + header + data)
     with pytest.raises(UnreadableFile, match="not a complete safetensors file"):
-        open_checked(path).__enter__()
+        open_checked(path, DATA_BYTES).__enter__()
 
 
 def test_a_compact_record_of_exactly_the_cap_passes_it():
