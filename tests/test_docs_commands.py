@@ -168,7 +168,9 @@ COMMANDS = {
     f".venv/bin/python -m results export --out alexnet.safetensors --config {QUICKSTART}": Run((), exports_caffe_layout),
     f".venv/bin/python -m distributed.main evaluate {EXPORTED}": Run(DATA, evaluates(1, like=EVALUATE)),
     f".venv/bin/torchrun --nproc_per_node=2 -m distributed.main evaluate {EXPORTED}": Run(DATA, evaluates(1, like=EVALUATE)),
-    f".venv/bin/python -m results predict --image photo.jpg {EXPORTED}": Run(DATA, predicts("photo.jpg", like=PREDICT)),
+    ".venv/bin/python -m results predict --checkpoint alexnet.safetensors --image photo.jpg":
+        Run((), predicts("photo.jpg")),
+    ".venv/bin/python -m results onnx --checkpoint alexnet.safetensors --out alexnet.onnx": Run((), writes("alexnet.onnx")),
     # docs/ABLATIONS.md
     (f".venv/bin/torchrun --standalone --nproc_per_node=2 -m distributed.main --config {QUICKSTART} --config "
      "experiments/ablations/relu_vs_tanh.yaml model.dropout=0 train.weight_decay=0 train.lr_drops=0 "
@@ -189,7 +191,6 @@ COMMANDS = {
         Run(DATA, predicts("photo.jpg", "other.png")),
     f".venv/bin/python -m results figures --out out/ --image img1.jpg --image img2.jpg --config {QUICKSTART}":
         Run(DATA, writes("out/figure4_predictions.png", "out/figure4_neighbours.png")),
-    f".venv/bin/python -m results onnx --out alexnet.onnx --config {QUICKSTART}": Run((), writes("alexnet.onnx")),
     (f"./run.sh --config {QUICKSTART} --config experiments/ablations/no_lrn.yaml log.dir=runs/no_lrn "
      "checkpoint.dir=runs/no_lrn/ck"): Run(TRAIN, trains("runs/no_lrn", "runs/no_lrn/ck", QUICKSTART,
                                                          "experiments/ablations/no_lrn.yaml")),
@@ -243,6 +244,12 @@ NOT_RUN = {
      "train.epochs=2 train.stop_when_converged=false train.device=cpu data.workers=1 train.seed=0 log.dir=RUN "
      "checkpoint.dir=RUN/ck"): FASHION,
     ".venv/bin/python -m bench.data_pipeline": BENCH,
+    ".venv/bin/python -m bench.codecs --images 128 --rounds 9": BENCH,
+    f".venv/bin/python -m results onnx --out alexnet.onnx --config {QUICKSTART}":
+        "the same export as the row from alexnet.safetensors, which runs (tests/test_results.py checks its graph "
+        "in onnxruntime); a checkpoint folder's loading is run by every other results row",
+    ".venv/bin/python -m data.prepare /data/imagenet/train /data/imagenet-packed --val-src /data/imagenet/val-folders":
+        IMAGENET,
     ".venv/bin/python -m bench.checkpoint_format --repeats 5": BENCH,
     (".venv/bin/python -m data.prepare /data/imagenet/train /data/imagenet-packed --val-src /data/imagenet/val "
      "--val-labels val_labels.txt"): IMAGENET,
