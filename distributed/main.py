@@ -52,7 +52,7 @@ def checked(args: argparse.Namespace, env: dict[str, str] | None = None) -> tupl
 
 def sources(args: argparse.Namespace) -> str:
     """The config files layered, in order, and the overrides taken, as training's first line names them."""
-    files = " + ".join([cli.BASE_CONFIG.name, *args.config])
+    files = " + ".join([cli.BASE_CONFIG.name, *map(str, args.config)])
     return f"config: {files}; overrides: {' '.join(args.overrides) or 'none'}"
 
 

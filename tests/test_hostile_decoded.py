@@ -13,10 +13,13 @@ import os
 import struct
 import zlib
 
+import torch
+
 from checkpoints import store
 from checkpoints.weights import save_weights
 from config.loading import load_config
 from data.decode import MAX_PIXELS
+from data.preprocessing import MEANS, Preprocessing
 from model.alexnet import AlexNet
 from tests import bounded
 from tests.conftest import ROOT
@@ -87,13 +90,15 @@ def _with_a_terabyte_more(path, key: str) -> None:
 
 def test_a_weights_file_with_a_terabyte_key_is_refused_before_it_is_mapped(tmp_path):
     cfg = load_config([ROOT / "config.yaml"], ["model.num_classes=10", "train.device=cpu"])
-    path = save_weights(AlexNet(cfg.model).state_dict(), cfg.model, tmp_path / "alexnet.safetensors")
+    mean = torch.zeros(MEANS["image"])
+    preprocessing = Preprocessing([f"class {i}" for i in range(10)], mean)
+    path = save_weights(AlexNet(cfg.model).state_dict(), cfg.model, preprocessing, tmp_path / "alexnet.safetensors")
     _with_a_terabyte_more(path, "extra")
     outcome = bounded.call("import torch\nfrom checkpoints.trained import load_network\nfrom config.loading import load_config",
                            f"load_network(load_config([{str(ROOT / 'config.yaml')!r}], ['model.num_classes=10', "
                            f"'train.device=cpu']), {str(path)!r}, torch.device('cpu'))")
     assert "UserError" in outcome["kinds"], outcome
-    weights = sum(t.nbytes for t in AlexNet(cfg.model).state_dict().values())
+    weights = sum(t.nbytes for t in AlexNet(cfg.model).state_dict().values()) + mean.nbytes  # the largest mean
     assert outcome["message"] == (f"{path}: holds {weights + 2**40} bytes of tensors, more than twice this model's "
                                   f"weights ({2 * weights} bytes); refused unread"), outcome
 
