@@ -7,6 +7,7 @@ import torch
 from files import atomic_path
 from model.config import ModelConfig
 from model.export import grouped_network
+from model.lrn import set_implementation
 
 
 def export_onnx(cfg: ModelConfig, grouped_state: dict[str, torch.Tensor], target: str | Path, opset: int = 18) -> Path:
@@ -18,6 +19,7 @@ def export_onnx(cfg: ModelConfig, grouped_state: dict[str, torch.Tensor], target
     """
     net = grouped_network(cfg)
     net.load_state_dict(grouped_state)
+    set_implementation(net, "reference")  # F.local_response_norm: ONNX has an LRN, not the C++ kernel's op
     example = torch.zeros(2, 3, cfg.input_size, cfg.input_size)
     with atomic_path(target) as partial:  # whole or nothing: a failed export leaves no partial file
         torch.onnx.export(
