@@ -41,7 +41,7 @@ fi
 # tests/unit and the CPU tests of the GPU paths, run under it too, so that a difference of torch's shows on CPU.
 oldest=.venv-torch2.11
 oldest_tests=(tests/unit tests/test_fast_path.py tests/test_graphed_step.py tests/test_grouped.py
-              tests/test_cuda_loader.py tests/test_bench_gpu.py)
+              tests/test_cuda_loader.py)
 oldest_venv() {  # requirements-torch2.11.txt's torch pair, and the rest of requirements.txt as it is
   local rest
   rest=$(mktemp)

@@ -29,22 +29,9 @@ def test_device_script_smoke_mode_measures_every_row(tmp_path):
     assert not any(tmp_path.glob("tmp*")), "the scratch folder (JPEGs, pack, runs) must be removed"
 
 
-def test_device_script_runs_the_steps_asked_for_each_row_as_it_comes(tmp_path):
-    """bench/gpu.sh's `steps` step in smoke mode on a CPU: torchvision's rows first, then this trainer's in the
-    order the step asks for them (no TF32 or CUDA graphs on a CPU); an unknown step is refused before anything runs."""
-    env = {**os.environ, "PYTHON": sys.executable, "SMOKE": "1", "STEP_TIMEOUT": "500"}
-    out = tmp_path / "out"
-    proc = subprocess.run(["bash", "bench/gpu.sh", str(out), "steps"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((out / "steps" / "gpu.json").read_text())["rows"]
-    examples = "torchvision alexnet, pytorch/examples, "
-    assert [r["what"] for r in rows] == [examples + "bf16 autocast", examples + "fp32", "this trainer, bf16+channels_last+compile",
-                                         "this trainer, bf16", "this trainer, fp32", "this trainer, bf16+channels_last"]
-    assert (out / "steps" / "gpu.md").read_text().count("\n| ") == 1 + len(rows)
-    assert (out / "steps.txt").read_text().startswith("== steps: exit 0 after ")
-    assert "torch" in (out / "machine.txt").read_text()
-    proc = subprocess.run(["bash", "bench/gpu.sh", str(tmp_path / "none"), "steps", "lodaer"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+
+def test_device_script_refuses_an_unknown_step_before_anything_runs(tmp_path):
+    proc = subprocess.run(["bash", "bench/gpu.sh", str(tmp_path / "out"), "steps", "lodaer"], cwd=ROOT,
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("unknown step lodaer: one of tests steps loader")
-    assert not (tmp_path / "none").exists()
+    assert not (tmp_path / "out").exists()
