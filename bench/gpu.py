@@ -1,23 +1,26 @@
 """The fast path measured: this trainer's step per variant against torchvision's alexnet trained the
 pytorch/examples way, on one device (the GPU when there is one, else the CPU).
 
-    python -m bench.gpu --out DIR [--smoke] [--work DIR]      (bash bench/gpu.sh OUT runs it on a GPU machine)
+    python -m bench.gpu --out DIR [--rows GROUP ...] [--variants V ...] [--batches B ...] [--smoke] [--work DIR]
+    (bash bench/gpu.sh OUT runs it on a GPU machine, in steps)
 
 Sizes: on a GPU batches of 128 and 512, 30 timed steps; on a CPU (no GPU) batch 128, 3 timed steps;
---smoke: batch 8, 2 steps.
+--smoke: batch 8, 2 steps. First the matrix-product peaks (bf16, and tf32 on a GPU / fp32 on a CPU):
+the ceiling MFU is read against. Then the --rows groups, in the order given (ROWS):
 
-1. Matrix-product peaks (bf16, and tf32 on a GPU / fp32 on a CPU): the ceiling MFU is read against.
-2. This trainer's training step (Trainer.train_step: augmentation on the device, forward, loss,
-   backward, the paper's SGD) per VARIANTS at the paper's batch 128 and a larger one (the grouped
-   arithmetic and the whole step as one CUDA graph at 128 only), on uint8 batches already on the device
-   ("synthetic"); the chosen variants again through the real loader on packed images ("packed").
-3. torchvision's alexnet the pytorch/examples imagenet way (ImageFolder + PIL, DataLoader on every
-   core, SGD, a host sync per step for its meters), fp32 and bf16 autocast, on the same JPEGs the
-   pack was made from, and on float batches already on the device.
+- baseline: torchvision's alexnet the pytorch/examples imagenet way (SGD, a host sync per step for its
+  meters), fp32 and bf16 autocast, on float batches already on the device, at the first batch size.
+- ours: this trainer's training step (Trainer.train_step: augmentation on the device, forward, loss,
+  backward, the paper's SGD) per --variants, in their order, at every batch size (the grouped arithmetic
+  and the whole step as one CUDA graph at the first only), on uint8 batches already on the device.
+- micro-batches: bf16+channels_last at the first batch size, cut into micro-batches.
+- packed: the last two --variants that run any layout, through the real loader on packed images.
+- imagefolder: the baseline reading the JPEGs the pack was made from (ImageFolder + PIL, a DataLoader
+  on every core).
 
 Images/s, step time, MFU (4.35 GFLOP per training image, the paper's net, over the measured bf16
-peak) and peak memory go to DIR/gpu.md (a table) and DIR/gpu.json. --smoke runs every row at tiny
-sizes on whatever device there is, so CI keeps the script working.
+peak) and peak memory go to DIR/gpu.md (a table) and DIR/gpu.json, both rewritten after every row.
+--smoke runs every row at tiny sizes on whatever device there is, so CI keeps the script working.
 """
 
 import argparse
@@ -55,6 +58,9 @@ def switches(variant: str) -> list[str]:
     return [f"train.precision={precision}", f"train.compile={compile_}",
             *(f"train.{key}={'on' if key in on else 'off'}" for key in ("channels_last", "step_graph", "grouped"))]
 
+
+ROWS = ("baseline", "ours", "micro-batches", "packed", "imagefolder")
+"""The groups of rows (module doc), in their default order."""
 
 GPU_ONLY = ("tf32", "bf16+channels_last+cudagraphs", *(name for name in VARIANTS if "step_graph" in name))
 ONE_PASS_ONLY = tuple(name for name in VARIANTS if "grouped" in name or "step_graph" in name)
@@ -167,7 +173,8 @@ def synthetic_batches(dev: Device, batch: int):
 
 
 def measure_ours(dev: Device, pack: Path, work: Path, sizes: Sizes, peak: float, record, variants: list[str],
-                 packed: bool) -> None:
+                 rows: str) -> None:
+    """The `rows` group ("ours", "micro-batches" or "packed") of this trainer's rows."""
     def run(variant: str, batch: int, m: int, data: str) -> None:
         torch._dynamo.reset()  # each variant compiles (or not) from scratch
         dev.reset_memory()
@@ -184,53 +191,55 @@ def measure_ours(dev: Device, pack: Path, work: Path, sizes: Sizes, peak: float,
             batches.close()
 
     variants = [v for v in variants if dev.cuda or v not in GPU_ONLY]
-    for batch in sizes.batches:
-        for variant in variants:
-            if batch == sizes.batches[0] or variant not in ONE_PASS_ONLY:
-                run(variant, batch, 1, "synthetic")
-    if "bf16+channels_last" in variants:  # what cutting the batch into micro-batches costs in one process
+    if rows == "ours":
+        for batch in sizes.batches:
+            for variant in variants:
+                if batch == sizes.batches[0] or variant not in ONE_PASS_ONLY:
+                    run(variant, batch, 1, "synthetic")
+    elif rows == "micro-batches":  # what cutting the batch into micro-batches costs in one process
         for m in sizes.micro_batch_rows:
             run("bf16+channels_last", sizes.batches[0], m, "synthetic")
-    if packed:
+    else:
         for variant in [v for v in variants if v not in ONE_PASS_ONLY][-2:]:
             run(variant, sizes.batches[0], 1, "packed")
 
 
-def measure_examples(dev: Device, jpegs: Path, sizes: Sizes, peak: float, record) -> None:
+def measure_examples(dev: Device, jpegs: Path, sizes: Sizes, peak: float, record, rows: str) -> None:
     """torchvision's alexnet as pytorch/examples imagenet/main.py trains it (cudnn.benchmark on, SGD lr 0.01
-    momentum 0.9 wd 1e-4, loss.item() and top-1/top-5 each step for its meters)."""
+    momentum 0.9 wd 1e-4, loss.item() and top-1/top-5 each step for its meters): bf16 autocast then fp32,
+    on device batches (`rows` "baseline") or through ImageFolder + PIL ("imagefolder")."""
     torch.backends.cudnn.benchmark = True
     batch = sizes.batches[0]
-    for amp in (False, True):
-        for data in ("synthetic", "ImageFolder + PIL"):
-            dev.reset_memory()
-            model = torchvision.models.alexnet().to(dev.device)
-            optimizer = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9, weight_decay=1e-4)
+    data = "synthetic" if rows == "baseline" else "ImageFolder + PIL"
+    for amp in (True, False):
+        dev.reset_memory()
+        model = torchvision.models.alexnet().to(dev.device)
+        optimizer = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9, weight_decay=1e-4)
 
-            def step(images, target):
-                images = images.to(dev.device, non_blocking=True)
-                target = target.to(dev.device, non_blocking=True)
-                with torch.autocast(dev.device.type, dtype=torch.bfloat16, enabled=amp):
-                    output = model(images)
-                    loss = F.cross_entropy(output, target)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                loss.item()  # the examples' meters read the loss and accuracy every step
-                (output.topk(5, 1).indices == target[:, None]).any(1).float().mean().item()
+        def step(images, target):
+            images = images.to(dev.device, non_blocking=True)
+            target = target.to(dev.device, non_blocking=True)
+            with torch.autocast(dev.device.type, dtype=torch.bfloat16, enabled=amp):
+                output = model(images)
+                loss = F.cross_entropy(output, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the examples' meters read the loss and accuracy every step
+            (output.topk(5, 1).indices == target[:, None]).any(1).float().mean().item()
 
-            if data == "synthetic":
-                images = torch.randn(batch, 3, 224, 224, device=dev.device)
-                target = torch.randint(1000, (batch,), device=dev.device)
-                batches = iter(lambda: (images, target), None)
-                seconds = timed(dev, step, batches, sizes.warmup, sizes.steps)
-            else:
-                loader = examples_loader(jpegs, batch, all_cores(), pin_memory=dev.cuda)
-                batches = iter(loader)
-                seconds = timed(dev, step, batches, sizes.warmup, min(sizes.steps, len(loader) - sizes.warmup))
-                del batches, loader
-            name = "torchvision alexnet, pytorch/examples, " + ("bf16 autocast" if amp else "fp32")
-            record(row(dev, name, data, batch, 1, seconds, peak))
+        if data == "synthetic":
+            images = torch.randn(batch, 3, 224, 224, device=dev.device)
+            target = torch.randint(1000, (batch,), device=dev.device)
+            batches = iter(lambda: (images, target), None)
+            seconds = timed(dev, step, batches, sizes.warmup, sizes.steps)
+        else:
+            loader = examples_loader(jpegs, batch, all_cores(), pin_memory=dev.cuda)
+            batches = iter(loader)
+            seconds = timed(dev, step, batches, sizes.warmup, min(sizes.steps, len(loader) - sizes.warmup))
+            del batches, loader
+        name = "torchvision alexnet, pytorch/examples, " + ("bf16 autocast" if amp else "fp32")
+        record(row(dev, name, data, batch, 1, seconds, peak))
 
 
 def markdown(meta: dict, rows: list[Row]) -> str:
@@ -255,10 +264,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="every row at tiny sizes (CI)")
     parser.add_argument("--work", type=Path, help="scratch folder for the JPEGs, the pack and runs (default: a temporary one)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="this trainer's variants (default: all; the last two not in ONE_PASS_ONLY also packed)")
+                        help="this trainer's variants, in the order measured (default: all; the last two not in "
+                             "ONE_PASS_ONLY are the packed rows)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 128 and 512 on a GPU)")
-    parser.add_argument("--only-synthetic", action="store_true",
-                        help="this trainer on device batches only: no packed rows, no torchvision baseline")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        help="the groups of rows, measured in the order given (default: all, as listed)")
     args = parser.parse_args(argv)
     dev = Device()
     sizes = SMOKE if args.smoke else FULL if dev.cuda else CPU
@@ -269,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         start = time.perf_counter()
         # Device batches need a pack only to open a trainer: a small one will do.
-        make_jpegs(work / "jpegs", 256 if args.only_synthetic else sizes.jpegs, workers=all_cores())
+        on_device = not {"packed", "imagefolder"} & set(args.rows)
+        make_jpegs(work / "jpegs", min(256, sizes.jpegs) if on_device else sizes.jpegs, workers=all_cores())
         pack_jpegs(work / "jpegs", work / "pack", workers=all_cores())
         print(f"JPEGs made and packed in {time.perf_counter() - start:.1f} s", flush=True)
         peak_bf16 = matmul_tflops(dev, torch.bfloat16, sizes.matmul, tf32=False)
@@ -287,13 +298,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r.what:<45} {r.data:<18} batch {r.batch:>4} m {r.micro_batches} {r.images_per_s:>9,.0f} img/s "
                   f"{r.step_ms:8.1f} ms  MFU {100 * r.mfu:5.1f}%  {r.peak_memory_gib:6.2f} GiB", flush=True)
             (args.out / "gpu.json").write_text(json.dumps({"meta": meta, "rows": [asdict(x) for x in rows]}, indent=1))
+            (args.out / "gpu.md").write_text(markdown(meta, rows))  # a run cut short keeps every row it measured
 
-        measure_ours(dev, work / "pack", work, sizes, peak_bf16, record, args.variants, not args.only_synthetic)
-        if not args.only_synthetic:
-            measure_examples(dev, work / "jpegs", sizes, peak_bf16, record)
-    table = markdown(meta, rows)
-    (args.out / "gpu.md").write_text(table)
-    print("\n" + table, flush=True)
+        for group in args.rows:
+            if group in ("baseline", "imagefolder"):
+                measure_examples(dev, work / "jpegs", sizes, peak_bf16, record, group)
+            else:
+                measure_ours(dev, work / "pack", work, sizes, peak_bf16, record, args.variants, group)
+    print("\n" + markdown(meta, rows), flush=True)
 
 
 if __name__ == "__main__":

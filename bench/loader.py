@@ -133,21 +133,27 @@ def main() -> None:
 
         rows = [(e, w, k) for e in ("raw", "jpeg") for w in workers for k in ("before", "ring")]
         results: dict[tuple, list] = {r: [] for r in rows}
-        for _ in range(1 if args.smoke else args.repeats):
+        repeats = 1 if args.smoke else args.repeats
+        for round_ in range(repeats):
             for encoding, w, kind in rows:
                 if kind == "before" and encoding == "jpeg":
                     continue  # the loader before could not read a compact pack
                 results[encoding, w, kind].append(loader_alone(dev, packs[encoding], batch, batches, w, kind))
-        print("| pack | loading processes | loader | images/s | thread CPU per batch | process CPU per batch | vs before |")
-        print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
-        for (encoding, w, kind), got in results.items():
-            if got:
-                rate, thread, process = (float(np.mean(column)) for column in zip(*got))
-                before = results.get((encoding, w, "before"))
-                ratio = f"{rate / float(np.mean([g[0] for g in before])):.1f}x" if before else "-"
-                print(f"| {encoding} | {w} | {kind} | {rate:,.0f} | {thread:.2f} ms | {process:.2f} ms | {ratio} |")
-        print()
+            print(f"After round {round_ + 1} of {repeats} (means over the rounds so far):\n")  # a run cut short keeps it
+            loader_table(results)
         trainer_rows(dev, work, args.smoke)
+
+
+def loader_table(results: dict[tuple, list]) -> None:
+    print("| pack | loading processes | loader | images/s | thread CPU per batch | process CPU per batch | vs before |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for (encoding, w, kind), got in results.items():
+        if got:
+            rate, thread, process = (float(np.mean(column)) for column in zip(*got))
+            before = results.get((encoding, w, "before"))
+            ratio = f"{rate / float(np.mean([g[0] for g in before])):.1f}x" if before else "-"
+            print(f"| {encoding} | {w} | {kind} | {rate:,.0f} | {thread:.2f} ms | {process:.2f} ms | {ratio} |")
+    print(flush=True)
 
 
 def trainer_rows(dev: Device, work: Path, smoke: bool) -> None:

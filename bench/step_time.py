@@ -31,17 +31,18 @@ def _measure(net: AlexNet, exchange, batch: int, micro_batches: int, steps: int)
     times = []
     for i in range(steps + 1):  # the first step warms up and is not counted
         if i == 1:
-            step.exposed.forward = step.exposed.backward = 0.0
+            step.exposed.take()
         start = time.perf_counter()
         optimizer.zero_grad()
         step(x, y, micro_batches, lambda: torch.autocast("cpu", enabled=False))
         optimizer.step()
         times.append(time.perf_counter() - start)
     mean = sum(times[1:]) / steps
+    forward, backward = step.exposed.take()
     return {
         "step_s": mean,
-        "exposed_fwd_s": step.exposed.forward / steps,
-        "exposed_bwd_s": step.exposed.backward / steps,
+        "exposed_fwd_s": forward / steps,
+        "exposed_bwd_s": backward / steps,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 

@@ -106,8 +106,6 @@ class RingBatches:
         self.what, self.workers, self.timeout_s = what, workers, timeout_s
         self.records = gpu and images.compressed
         self.ring = BatchRing(ring_slots(workers, prefetch), batch, workers)
-        if gpu:
-            self.ring.pin()
         self.source = images
         self.loader = iter(DataLoader(
             _IntoRing(images, batches, self.ring, self.records),
@@ -117,6 +115,8 @@ class RingBatches:
             timeout=timeout_s if workers > 0 else 0,
             worker_init_fn=self.ring.register_worker if workers > 0 else None,
         ))
+        if gpu:  # after the loading processes are forked: CUDA does not say that a child can write registered pages
+            self.ring.pin()
         self.received = 0
 
     def __iter__(self) -> "RingBatches":

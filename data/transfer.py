@@ -1,7 +1,9 @@
-"""Batches from the loader's ring to the training device: on a GPU, copied (or a compact pack's records
-decoded) on a side stream while the step before runs."""
+"""Batches from the loader's ring to the training device: on a GPU, each batch copied (or a compact pack's
+records decoded) on a helper thread and a side stream while the training thread runs the step before."""
 
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -9,53 +11,61 @@ from data import compact
 from data.loader import Records, RingBatches
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 def to_device(loaded: RingBatches, device: torch.device) -> Iterator[Batch]:
     """(uint8 images [N, 3, 256, 256], int64 labels [N]) on `device`, each batch of `loaded` in turn.
 
     On a CPU the batches are the ring's own slots, valid until the next is asked for. On a GPU batch
-    j + 1 is copied (or decoded) on a side stream as soon as batch j is handed out, so the copy runs
-    under step j; the step's stream waits for it on the GPU, not on the host.
+    j + 1 moves (`moved_ahead`) while the training thread enqueues step j.
     """
     try:
-        yield from (_on_gpu(loaded, device) if device.type == "cuda" else loaded)
+        if device.type == "cuda":
+            move = partial(_move, device=device, side=torch.cuda.Stream(device),
+                           consumer=torch.cuda.current_stream(device))
+            yield from moved_ahead(loaded, move)
+        else:
+            yield from loaded
     finally:
         loaded.close()
 
 
-def _on_gpu(loaded: RingBatches, device: torch.device) -> Iterator[Batch]:
-    side = torch.cuda.Stream(device)
-    ahead = _start(next(loaded, None), device, side)
-    while ahead is not None:
-        images, labels, done = ahead
-        # The copy (or decode) has read its ring slot once `done` has passed: only then may asking for
-        # the next batch let a loading process refill that slot (data/ring.py's bound). It was issued
-        # a step ago, so this rarely waits.
-        done.synchronize()
-        ahead = _start(next(loaded, None), device, side)
-        stream = torch.cuda.current_stream(device)
-        stream.wait_event(done)
-        images.record_stream(stream)  # made on the side stream, used on this one: keep it until used
-        labels.record_stream(stream)
-        yield images, labels
+def moved_ahead(batches: Iterator[In], move: Callable[[In], Out]) -> Iterator[Out]:
+    """move(batch) of each batch in turn, batch j + 1's on a helper thread while the caller works on batch j.
+
+    `move` must have finished reading its batch when it returns: asking `batches` for the next one may
+    hand the batch's ring slot back to a loading process. A move blocks its thread (nvJPEG's batched
+    decode synchronises its stream, a copy waits for its stream; the GIL is released meanwhile), so on the
+    training thread it would add its time to every step's. Ending early (a stop rule, an exception) waits
+    for the move in flight, so the ring is never unpinned or freed under a copy still reading it.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="to-device") as helper:  # its exit waits for the move
+        batch = next(batches, None)
+        moving = helper.submit(move, batch) if batch is not None else None
+        while moving is not None:
+            moved = moving.result()
+            batch = next(batches, None)  # hands the slot `moved` was read from back to the loader
+            moving = helper.submit(move, batch) if batch is not None else None
+            yield moved
 
 
-def _start(batch: tuple[torch.Tensor | Records, torch.Tensor] | None, device: torch.device,
-           side: torch.cuda.Stream) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event] | None:
-    """Issue batch's move to `device` on `side`; the device tensors and the event that marks it done."""
-    if batch is None:
-        return None
+def _move(batch: tuple[torch.Tensor | Records, torch.Tensor], device: torch.device, side: torch.cuda.Stream,
+          consumer: torch.cuda.Stream) -> Batch:
+    """Batch on `device`, copied or decoded on the `side` stream, whole when this returns; `consumer` is the
+    stream the step will use it on."""
     images, labels = batch
-    with torch.cuda.stream(side):
+    with torch.cuda.device(device), torch.cuda.stream(side):  # this thread's current device and stream
         if isinstance(images, Records):
             images = decode_records(images, device)
         else:
             images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record(side)
-    return images, labels, done
+    side.synchronize()  # the ring slot is read, so the next batch may be asked for; the step needs no wait
+    images.record_stream(consumer)  # made on the side stream, used on the consumer's: kept until used there
+    labels.record_stream(consumer)
+    return images, labels
 
 
 def decode_records(records: Records, device: torch.device) -> torch.Tensor:

@@ -47,6 +47,7 @@ class ProcessGroupExchange(Exchange):
     def __init__(self, group: ProcessGroup, staged: bool = False) -> None:
         self.group, self.staged = group, staged
         self.world = dist.get_world_size(group)
+        self.waits_on_stream = dist.get_backend(group) == dist.Backend.NCCL
 
     def join(self, kind: str, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         (local,) = parts

@@ -19,19 +19,46 @@ from model.alexnet import AlexNet, Masks
 from model.exchange import Exchange, Pending
 from model.layers import STAGES
 
+DIRECTIONS = ("forward", "backward")
+
 
 class ExposedTime:
-    """Host seconds the step spent waiting for exchanges to land, forward and backward: exact for
-    gloo, whose collectives block; on NCCL the caller syncs on log steps before reading it."""
+    """Seconds the steps spent waiting for exchanges to land, forward and backward, summed until taken.
 
-    def __init__(self) -> None:
-        self.forward = self.backward = 0.0
+    gloo's collectives block the host until they land, so the host's clock times the wait. NCCL's `wait()`
+    returns at once, having made the current CUDA stream wait for the collective (`on_stream`): there the
+    wait is the GPU time between two events recorded around it, read (a host sync) only when taken, which
+    the trainer does on log steps.
+    """
+
+    def __init__(self, on_stream: bool) -> None:
+        self.on_stream = on_stream
+        self._seconds = dict.fromkeys(DIRECTIONS, 0.0)
+        self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {d: [] for d in DIRECTIONS}
 
     def wait(self, pending: Pending, direction: str):
-        start = time.perf_counter()
+        if not self.on_stream:
+            start = time.perf_counter()
+            result = pending.wait()
+            self._seconds[direction] += time.perf_counter() - start
+            return result
+        before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        before.record()
         result = pending.wait()
-        setattr(self, direction, getattr(self, direction) + time.perf_counter() - start)
+        after.record()
+        self._events[direction].append((before, after))
         return result
+
+    def take(self) -> tuple[float, float]:
+        """(forward, backward) seconds since the last take."""
+        for direction, pairs in self._events.items():
+            for before, after in pairs:
+                after.synchronize()
+                self._seconds[direction] += before.elapsed_time(after) / 1000
+            pairs.clear()
+        taken = tuple(self._seconds[d] for d in DIRECTIONS)
+        self._seconds = dict.fromkeys(DIRECTIONS, 0.0)
+        return taken
 
 
 class PipelinedStep:
@@ -44,7 +71,7 @@ class PipelinedStep:
         self.stage_params = [
             [p for t in towers for layer in stage.layers for p in getattr(t, layer.name).parameters()] for stage in STAGES
         ]
-        self.exposed = ExposedTime()
+        self.exposed = ExposedTime(on_stream=exchange.waits_on_stream)
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, micro_batches: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate d(mean loss over the batch)/d(params) into .grad; returns (summed loss, the logits),

@@ -38,6 +38,9 @@ class Exchange(ABC):
     in_process: bool
     """Whether every tower lives in this process (nothing travels; nothing to overlap)."""
 
+    waits_on_stream: bool = False
+    """Whether `Pending.wait()` only makes the current CUDA stream wait (NCCL) rather than blocking the host."""
+
     @abstractmethod
     def join(self, kind: str, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         """GATHER: all towers' tensors concatenated along dim 1, in tower order; SUM: their sum.

@@ -7,7 +7,8 @@ Three implementations of the one formula, each forward and backward:
 - "twin": model/lrn_twin.py, plain torch operations with the backward written out; equal to the kernel
   (tested), and what runs on CUDA or where the kernel cannot be built.
 - "reference": F.local_response_norm (with F.relu and F.max_pool2d around it when fused): the definition
-  the others are tested against, and what torch.export (the ONNX export) sees.
+  the others are tested against, and what the ONNX export runs (results/onnx.py sets it: ONNX has no
+  kernel op, and torch.compiler.is_exporting() cannot tell an export from torch 2.11's torch.compile).
 `implementation="auto"` (the default) takes the kernel where it applies, else the twin.
 
 Precision: float32 and float64 are computed in their own type; bfloat16 (autocast) and float16 (the twin only)
@@ -65,8 +66,6 @@ class LocalResponseNorm(nn.Module):
         """The implementation `forward` runs on x."""
         if self.implementation != "auto":
             return self.implementation
-        if torch.compiler.is_exporting():
-            return "reference"
         fits = x.device.type == "cpu" and x.dim() == 4 and x.dtype in KERNEL_DTYPES
         return "kernel" if fits and kernel_available() else "twin"
 

@@ -28,6 +28,12 @@ def _computing_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in `dtype`, converted only when it differs: torch 2.11's Dynamo gives the input a zero gradient when
+    an autograd.Function's forward returns the no-op `t.to(t.dtype)` (tests/unit/test_lrn_paths.py)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _denominator(x: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
     return window_sum(x * x, size // 2, (size - 1) // 2).mul_(alpha).add_(k)
 
@@ -39,7 +45,7 @@ class _LRN(torch.autograd.Function):
         ctx.hyper = size, alpha, beta, k
         with torch.autocast(x.device.type, enabled=False):
             xa = x.to(_computing_dtype(x.dtype))
-            return (xa * _denominator(xa, size, alpha, k).pow_(-beta)).to(x.dtype)
+            return _rounded(xa * _denominator(xa, size, alpha, k).pow_(-beta), x.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -51,7 +57,7 @@ class _LRN(torch.autograd.Function):
             gp = ga * d.pow(-beta)
             cross = window_sum(gp * xa / d, (size - 1) // 2, size // 2)
             dx = gp - (2 * alpha * beta) * xa * cross
-        return dx.to(x.dtype), None, None, None, None
+        return _rounded(dx, x.dtype), None, None, None, None
 
 
 def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ from data.preprocessing import Preprocessing
 from files import atomic_path
 from model.config import ModelConfig
 from model.export import grouped_network
+from model.lrn import set_implementation
 
 INPUT = "pixels"
 OUTPUT = "logits"
@@ -50,6 +51,7 @@ def export_onnx(cfg: ModelConfig, grouped_state: dict[str, torch.Tensor], prepro
     """
     net = grouped_network(cfg)
     net.load_state_dict(grouped_state)
+    set_implementation(net, "reference")  # F.local_response_norm: ONNX has an LRN, not the C++ kernel's op
     size = cfg.input_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     program = torch.onnx.export(

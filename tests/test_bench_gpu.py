@@ -1,6 +1,8 @@
-"""bench.gpu, the device script, in its CPU smoke mode: every row measured, the table and JSON written."""
+"""bench.gpu, the device script, in its CPU smoke mode: every row measured, the table and JSON written; and
+bench/gpu.sh, the steps that run it on the device."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,3 +27,11 @@ def test_device_script_smoke_mode_measures_every_row(tmp_path):
     assert table.count("\n| ") == 1 + len(rows)  # header and a line per row
     assert result["meta"]["peak_bf16_tflops"] > 0
     assert not any(tmp_path.glob("tmp*")), "the scratch folder (JPEGs, pack, runs) must be removed"
+
+
+
+def test_device_script_refuses_an_unknown_step_before_anything_runs(tmp_path):
+    proc = subprocess.run(["bash", "bench/gpu.sh", str(tmp_path / "out"), "steps", "lodaer"], cwd=ROOT,
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("unknown step lodaer: one of tests steps loader")
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
+from torch._inductor.cudagraph_trees import get_manager
 
 from checkpoints import store
 from distributed import layout
@@ -19,6 +21,7 @@ from model.alexnet import AlexNet
 from model.config import ModelConfig
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
+from training.fast_path import runs_one_pass
 from training.trainer import Trainer
 
 pytestmark = [
@@ -89,13 +92,19 @@ def test_bf16_on_cuda_tracks_fp32_over_20_steps(tmp_path):
     assert bf16[-1] < bf16[0] and not torch.equal(fp32, bf16)
 
 
+@pytest.mark.usefixtures("fresh_compiler")
 def test_cudagraphs_mode_trains_as_eager(tmp_path):
-    # Dropout on: its masks are fresh inputs every step, which the replayed graphs must copy in.
+    """The one-pass step (one micro-batch: config.yaml's 4 would run the pipelined schedule) with each compiled
+    stage replayed by cudagraph trees, not silently run eagerly: graphs compiled, none skipped, a tree recorded.
+    Dropout on: its masks are fresh inputs every step, which the replayed graphs must copy in."""
     run = ["train.lr=0.001", "train.lr_drops=0", "data.synthetic_train_images=16", "train.epochs=10",
-           *CUDA, "train.precision=fp32", "train.cudnn_benchmark=off", "train.channels_last=off"]
+           "train.micro_batches=1", *CUDA, "train.precision=fp32", "train.cudnn_benchmark=off",
+           "train.channels_last=off"]
     train(tmp_path / "eager", *run, "train.compile=off")
     trainer = train(tmp_path / "graphs", *run, "train.compile=cudagraphs")
-    assert trainer.fast.compile == "cudagraphs"
+    assert trainer.fast.compile == "cudagraphs" and runs_one_pass(trainer.plan, trainer.cfg.train)
+    assert counters["stats"]["unique_graphs"] >= 4 and counters["inductor"]["cudagraph_skips"] == 0, dict(counters)
+    assert get_manager(torch.cuda.current_device(), create_if_none_exists=False) is not None
     eager = torch.tensor(train_scalars(tmp_path / "eager", "loss/train"))
     graphs = torch.tensor(train_scalars(tmp_path / "graphs", "loss/train"))
     assert len(eager) == len(graphs) == 20

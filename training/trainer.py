@@ -186,7 +186,7 @@ class Trainer:
         loss, wrong1, wrong5, images = window.totals(self.layout.replica_group)
         self._stop_if_loss_not_finite(window, loss)
         elapsed, steps = window.elapsed(), self.cfg.log.every_steps
-        exposed = self.pipeline.exposed  # what the steps spent waiting for exchanges to land
+        forward, backward = self.pipeline.exposed.take()  # what the steps spent waiting for exchanges to land
         values = {
             "loss/train": loss / images,
             "error/train_top1": wrong1 / images,
@@ -196,10 +196,9 @@ class Trainer:
             "time/step_s": elapsed / steps,
             "time/data_wait_s": window.data_wait / steps,
             "time/data_wait_pct": 100 * window.data_wait / elapsed,
-            "time/exchange_forward_s": exposed.forward / steps,
-            "time/exchange_backward_s": exposed.backward / steps,
-            "time/exchange_pct": 100 * (exposed.forward + exposed.backward) / elapsed,
+            "time/exchange_forward_s": forward / steps,
+            "time/exchange_backward_s": backward / steps,
+            "time/exchange_pct": 100 * (forward + backward) / elapsed,
         }
-        exposed.forward = exposed.backward = 0.0
         self.logger.scalars(self.step, values)
         bar.set_postfix(loss=f"{values['loss/train']:.3f}", img_s=f"{values['throughput/images_per_s']:.0f}")

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from torch import fx
 
 from model import cpu_kernels
 from model.lrn import LocalResponseNorm, kernel_available, set_implementation
@@ -29,45 +30,91 @@ def test_kernel_equals_twin(dtype, size, layout):
             assert_scaled_close(got.double(), want.double(), tolerance)
 
 
-@pytest.mark.parametrize("implementation", ["auto", "twin"])
-def test_compiled_equals_eager_reference(implementation):
-    """torch.compile (fullgraph: the custom op and the twin trace without a break) forward and backward, fused."""
-    torch._dynamo.reset()
-    x = inputs(torch.float32, "contiguous")
-    module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2), implementation=implementation)
-    compiled = torch.compile(module, fullgraph=True, dynamic=False)
-    got, got_grad = value_and_grad(compiled, x)
-    want, want_grad = value_and_grad(LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2),
-                                                       implementation="reference"), x)
-    assert_scaled_close(got, want, 1e-6)
-    assert_scaled_close(got_grad, want_grad, 1e-6)
-
-
-def test_without_the_kernel_the_twin_runs_and_says_so_once(monkeypatch):
+@pytest.fixture
+def without_kernel(monkeypatch):
+    """As on a machine that cannot build the C++ kernel (or on a GPU, where `auto` takes the twin too)."""
     def no_compiler():
         raise cpu_kernels.BuildFailed("no ninja on PATH: pip install ninja")
 
     monkeypatch.setattr(cpu_kernels, "_load", no_compiler)
     cpu_kernels.extension.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="could not be built .*no ninja on PATH.*pure-torch twins"):
-            assert cpu_kernels.extension() is None
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a second use says nothing more
-            assert cpu_kernels.extension() is None
-            assert not kernel_available()
-            module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
-            x = inputs(torch.float32, "contiguous")
-            assert module.chosen(x) == "twin"
-            got, got_grad = value_and_grad(module, x)
-        module.implementation = "reference"
-        want, want_grad = value_and_grad(module, x)
-        assert_scaled_close(got, want, 1e-6)
-        assert_scaled_close(got_grad, want_grad, 1e-6)
-    finally:
-        monkeypatch.undo()
-        cpu_kernels.extension.cache_clear()
+    yield
+    monkeypatch.undo()
+    cpu_kernels.extension.cache_clear()
     assert kernel_available()  # the next test finds the kernel again
+
+
+MARKS = {"kernel": "lrn.default", "twin": "autograd_function_apply", "reference": "local_response_norm"}
+"""What each implementation leaves in the graph torch.compile traces: the custom op, the twin's autograd
+function, or F.local_response_norm."""
+
+
+def compiled_implementations(module: LocalResponseNorm, x: torch.Tensor) -> set[str]:
+    """The implementations found in the graphs torch.compile traces of module(x), x requiring a gradient as in
+    training (without one, Dynamo inlines the twin's autograd function and leaves no mark)."""
+    graphs = []
+
+    def keep(gm: fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(module, backend=keep, fullgraph=True)(x.detach().requires_grad_())
+    names = {getattr(node.target, "__name__", "") for gm in graphs for sub in gm.modules() if isinstance(sub, fx.GraphModule)
+             for node in sub.graph.nodes if node.op == "call_function"}
+    return {way for way, mark in MARKS.items() if mark in names}
+
+
+@pytest.mark.parametrize("implementation", ["auto", "kernel", "twin", "reference"])
+def test_compiled_runs_what_eager_chooses(implementation):
+    """torch.compile traces the implementation `chosen` names (torch 2.11's Dynamo once made every `auto`
+    the reference: torch.compiler.is_exporting() is True inside its traces)."""
+    x = inputs(torch.float32, "contiguous")
+    module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2), implementation=implementation)
+    assert module.chosen(x) == ("kernel" if implementation == "auto" else implementation)
+    assert compiled_implementations(module, x) == {module.chosen(x)}
+
+
+@pytest.mark.usefixtures("without_kernel")
+def test_compiled_auto_without_the_kernel_runs_the_twin():
+    """What a GPU compiles: `auto` where the C++ kernel does not apply."""
+    x = inputs(torch.float32, "contiguous")
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert compiled_implementations(LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper"), x) == {"twin"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("implementation", ["auto", "twin"])
+def test_compiled_equals_eager_reference(implementation, dtype):
+    """torch.compile (fullgraph: the custom op and the twin trace without a break) forward and backward, fused.
+    The twin's input gradient was exactly zero here in float32 and float64 under torch 2.11 (model/lrn_twin.py)."""
+    torch._dynamo.reset()
+    x = inputs(dtype, "contiguous")
+    module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2), implementation=implementation)
+    compiled = torch.compile(module, fullgraph=True, dynamic=False)
+    got, got_grad = value_and_grad(compiled, x)
+    want, want_grad = value_and_grad(LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2),
+                                                       implementation="reference"), x)
+    assert_scaled_close(got, want, TOLERANCE[dtype])
+    assert_scaled_close(got_grad, want_grad, TOLERANCE[dtype])
+
+
+@pytest.mark.usefixtures("without_kernel")
+def test_without_the_kernel_the_twin_runs_and_says_so_once():
+    with pytest.warns(RuntimeWarning, match="could not be built .*no ninja on PATH.*pure-torch twins"):
+        assert cpu_kernels.extension() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second use says nothing more
+        assert cpu_kernels.extension() is None
+        assert not kernel_available()
+        module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
+        x = inputs(torch.float32, "contiguous")
+        assert module.chosen(x) == "twin"
+        got, got_grad = value_and_grad(module, x)
+    module.implementation = "reference"
+    want, want_grad = value_and_grad(module, x)
+    assert_scaled_close(got, want, 1e-6)
+    assert_scaled_close(got_grad, want_grad, 1e-6)
 
 
 def test_unknown_implementation_is_refused():
@@ -166,11 +213,13 @@ def test_without_lrn_or_relu_nothing_is_fused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("compiled", [False, True])
 def test_on_cuda_the_twin_runs_and_equals_the_reference(compiled):
-    """On a GPU `auto` is the twin (the C++ kernel is for CPU tensors): eager and compiled, against F ops on the GPU."""
-    torch._dynamo.reset()
+    """On a GPU `auto` is the twin (the C++ kernel is for CPU tensors): eager and compiled (the twin is what
+    the compiled graph runs, not the reference it is compared with), against F ops on the GPU."""
     x = inputs(torch.float32, "contiguous").cuda()
     module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
     assert module.chosen(x) == "twin"
+    assert compiled_implementations(module, x) == {"twin"}
+    torch._dynamo.reset()
     got, got_grad = value_and_grad(torch.compile(module, fullgraph=True) if compiled else module, x)
     module.implementation = "reference"
     want, want_grad = value_and_grad(module, x)
