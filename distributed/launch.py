@@ -65,7 +65,7 @@ def torchrun_env(nproc: int) -> dict[str, str]:
 
 def worker_words(args: argparse.Namespace) -> list[str]:
     """The training arguments each worker gets: the config files, then the overrides."""
-    return [*(word for path in args.config for word in ("--config", path)), *args.overrides]
+    return [*(word for path in args.config for word in ("--config", str(path))), *args.overrides]
 
 
 def rerun_command(args: argparse.Namespace, resume: bool) -> str:

@@ -96,13 +96,15 @@ def predicts(*images: str, like: str = "") -> Check:
 
 
 def exports_caffe_layout(done: Done, _) -> None:
-    """One safetensors file in Caffe's names and grouped layout (conv2 a `group: 2` layer, FC8 one layer)."""
+    """One safetensors file in Caffe's names and grouped layout (conv2 a `group: 2` layer, FC8 one layer), with the
+    training mean beside the weights."""
     from safetensors import safe_open
 
     assert done.rc == 0, done
     with safe_open(done.root / "alexnet.safetensors", "pt") as weights:
         shapes = {name: weights.get_slice(name).get_shape() for name in weights.keys()}
     assert shapes["conv2.weight"] == [256, 48, 5, 5] and shapes["fc8.weight"] == [10, 4096], shapes
+    assert shapes.pop("mean") == [3, 256, 256], shapes  # the training mean travels with the weights
     assert {name.split(".")[0] for name in shapes} == {f"conv{i}" for i in range(1, 6)} | {"fc6", "fc7", "fc8"}
 
 
