@@ -214,7 +214,9 @@ BENCH = "a benchmark: minutes to hours of measuring, whose figures docs/BENCHMAR
 NOT_RUN = {
     "./run.sh test": "the test suite itself, which runs this test",
     "./run.sh --config experiments/paper.yaml data.root=/data/imagenet-packed": IMAGENET,
-    "bash bench/gpu.sh OUT": GPU,
+    "bash bench/gpu.sh OUT tests steps": GPU,
+    "bash bench/gpu.sh OUT loader graph-tests": GPU,
+    "bash bench/gpu.sh OUT [STEP ...]": GPU,
     "bash bench/fashion_mnist.sh OUT IDX_FOLDER data.workers=4": GPU,
     "bash bench/fashion_mnist.sh OUT /usr/share/datasets/fashion-mnist data.workers=4": GPU,
     "apt-get install dataset-fashion-mnist": "installs a system package",

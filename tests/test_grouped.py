@@ -83,9 +83,14 @@ def test_grouped_training_follows_the_towers_and_shares_their_checkpoints(tmp_pa
     start = initial_state(towers.cfg)
     a, b = weights_and_velocity(towers), weights_and_velocity(grouped)
     assert a.keys() == b.keys()
-    for key in a:  # within 1e-4 of how far the three steps moved each tensor (a wrong gradient: about all of it)
-        moved = (a[key] - start[key]).abs().max().item()
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4 * moved, msg=lambda m, key=key: f"{key}: {m}")
+    # Within a tenth of how far the three steps moved each tensor: a wrong mask, a missing tower's gradient or
+    # stale weights is all of it. Not closer: from the second step on, the fp32 conv gradients are themselves
+    # about 3e-3 off their float64 values on either path (measured: the first step at 1e-6, the bias-1 layers'
+    # ReLUs all open), so the two summation orders part by up to 2e-2 of the movement after three steps, by
+    # how a CPU's kernels sum. The float64 test above is the tight check of the arithmetic.
+    for key in a:
+        moved = (a[key] - start[key]).norm()
+        assert (b[key] - a[key]).norm() < 0.1 * moved, (key, ((b[key] - a[key]).norm() / moved).item())
     # The same checkpoints: each run's loads into the other arithmetic, exactly.
     for run_dir, run, other in (("grouped", b, []), ("towers", a, ["train.grouped=on"])):
         loaded = _resumed(tmp_path / run_dir, *other)

@@ -17,7 +17,7 @@ from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.seeds import derive_seed
 from tests.conftest import ROOT
-from tests.trainer_runs import small_config, start, train, train_scalars, weights_and_velocity
+from tests.trainer_runs import small_config, small_words, start, train, train_scalars, weights_and_velocity
 from training import evaluation
 from training.checkpointer import NonFiniteLoss
 from training.optimizer import PaperSGD
@@ -125,16 +125,19 @@ def test_export_writes_a_grouped_state_dict_of_the_newest_checkpoint(tmp_path):
 
     trainer = train(tmp_path, "train.max_steps=1")
     target = tmp_path / "alexnet_grouped.safetensors"
-    assert main(["export", "--out", str(target), "model.num_classes=10", f"checkpoint.dir={tmp_path}/ck"]) == 0
+    # The training's own words: a checkpoint folder's class names and mean come from the data its config names.
+    assert main(["export", "--out", str(target), *small_words(tmp_path, "train.max_steps=1")]) == 0
     with safe_open(target, framework="pt") as f:  # a plain safetensors file, readable by any tool
         exported = {key: f.get_tensor(key) for key in f.keys()}
         recorded = json.loads(f.metadata()["model"])
-    expected = grouped_state_dict(trainer.model.state_dict())
+        classes = json.loads(f.metadata()["classes"])
+    expected = {**grouped_state_dict(trainer.model.state_dict()), "mean": trainer.data.stats.mean_image}
     assert exported.keys() == expected.keys()
     for key in expected:
         assert torch.equal(exported[key], expected[key]), key
     assert exported["conv2.weight"].shape == (256, 48, 5, 5)
     assert recorded["num_classes"] == 10 and trainer.cfg.model.differences(recorded) == []  # the net's architecture
+    assert classes == list(trainer.data.classes)  # the file alone names the outputs and preprocesses an image
 
 
 def test_epoch_training_error_is_logged_and_can_end_the_run(tmp_path):

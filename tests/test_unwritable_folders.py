@@ -58,7 +58,10 @@ def test_an_unwritable_folder_stops_every_process_before_the_process_group(unwri
     for rank in [0, 1] if how in ("read-only", "no room") else [0]:
         env = {**CPU_ENV, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_PORT": "1"}
         cmd, options = _as_unwritable(how, unwritable / "ro", [sys.executable, "-m", "distributed.main", *words])
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, **options))
+        # stdout to /dev/null: "no room"'s file size limit would stop the first print where stdout is a regular
+        # file (pytest's capture), before the probe
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True, **options))
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, err[-3000:]
