@@ -36,8 +36,9 @@ class TrainConfig:
 
     batch_size: int = 128
     """Images per SGD step over all replicas (the paper: 128)."""
-    micro_batches: int = 1
-    """Pieces each replica's batch is cut into and pipelined through the towers."""
+    micro_batches: int = 4
+    """Pieces each replica's batch is cut into and pipelined through the towers (docs/BENCHMARKS.md: 4 is the
+    best of 1/2/4/8 for two tower processes on a CPU; one process holding both towers runs fastest at 1)."""
     epochs: int = 90
     """Passes over the training set (the paper: about 90)."""
     max_steps: int = 0

@@ -27,6 +27,26 @@ def test_base_config_holds_the_papers_values():
     assert cfg.data.pca_std == 0.1 and cfg.model.input_size == 227
 
 
+def test_config_yaml_lists_every_key_at_its_dataclass_default():
+    """One source of defaults: the dataclasses hold them (each documented where it is declared); config.yaml
+    shows the same recipe whole, so a reader of either sees what runs. A key added, dropped or changed on one
+    side only fails here, naming it."""
+    import dataclasses
+
+    import yaml
+
+    from config.schema import Config
+
+    listed = yaml.safe_load(BASE.read_text())
+    defaults = dataclasses.asdict(Config())
+    assert listed.keys() == defaults.keys()
+    for section, values in defaults.items():
+        assert listed[section].keys() == values.keys(), section
+        for key, value in values.items():
+            assert listed[section][key] == value and type(listed[section][key]) is type(value), \
+                f"{section}.{key}: config.yaml {listed[section][key]!r}, dataclass {value!r}"
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.learning_rate=0.1", "unknown config key train.learning_rate"),
     ("nosuch.key=1", "unknown config key nosuch"),
