@@ -13,7 +13,7 @@ import torch
 
 import files
 from checkpoints import store
-from checkpoints.tensor_file import MAX_HEADER_BYTES, UnreadableFile, open_checked
+from checkpoints.tensor_file import MAX_HEADER_BYTES, UnreadableFile, header_metadata, open_checked
 from config.loading import CONFIG_FILE_BYTES, load_config
 from data import assembly, pack_format, prepare
 from data.decode import BYTES_PER_PIXEL, read_image_file
@@ -172,7 +172,8 @@ def test_a_safetensors_header_of_exactly_the_limit_is_read_and_one_byte_more_is_
 
 def test_a_header_longer_than_the_file_after_its_length_gets_this_project_s_message(tmp_path):
     """The header may take every byte after the 8 of its length, not one more: a length of size - 7 is refused
-    by the bound, before safetensors' parser is asked (its own message would say something else)."""
+    by the bound, before safetensors' parser is asked (its own message would say something else); a file that
+    is all header is read."""
     path = tmp_path / "w.safetensors"
     header, data = _safetensors(path)
     size = 8 + len(header) + len(data)
@@ -185,6 +186,12 @@ def test_a_header_longer_than_the_file_after_its_length_gets_this_project_s_mess
     path.write_bytes(struct.pack("<Q", size - 8) + header + data)
     with pytest.raises(UnreadableFile, match="not a complete safetensors file"):
         open_checked(path, DATA_BYTES).__enter__()
+    # size - 8 in a file that is all header (no tensors, only metadata): read, by both readers.
+    safetensors.torch.save_file({}, path, metadata={"step": "7"})
+    assert struct.unpack("<Q", path.read_bytes()[:8]) == (path.stat().st_size - 8,)
+    assert header_metadata(path) == {"step": "7"}
+    with open_checked(path, 0) as opened:
+        assert list(opened.keys()) == [] and opened.metadata() == {"step": "7"}
 
 
 def test_a_compact_record_of_exactly_the_cap_passes_it():

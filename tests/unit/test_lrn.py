@@ -33,9 +33,21 @@ def test_alpha_over_n_divides_alpha_by_window(implementation):
     assert not torch.allclose(got, paper_lrn(a, 2.0, 5, 1e-4, 0.75))
 
 
+def paper_formula_by_loop(a: torch.Tensor) -> torch.Tensor:
+    """PAPER.md's LRN with its constants written out, one map at a time: b[i] = a[i] / (2 + 1e-4 * sum of a[j]^2
+    for j from max(0, i - 2) to min(N - 1, i + 2))^0.75 (k = 2, n = 5, alpha = 1e-4, beta = 0.75)."""
+    N = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(N):
+        window = a[:, max(0, i - 2) : min(N - 1, i + 2) + 1]
+        out[:, i] = a[:, i] / (2.0 + 1e-4 * (window * window).sum(1)) ** 0.75
+    return out
+
+
 def test_lrn_is_per_tower_in_the_model():
-    """The default net's LRN, fused and one by one, is the paper's (k=2, n=5, alpha=1e-4, beta=0.75 by the formula)
-    over each tower's 48 conv1 maps: a tower's edge maps do not see the other tower's."""
+    """The default net's LRN, fused and one by one, is the paper's (k=2, n=5, alpha=1e-4, beta=0.75, by the formula
+    computed map by map in float64) over each tower's 48 conv1 maps: a tower's edge maps do not see the other
+    tower's."""
     from model.alexnet import AlexNet
     from model.config import ModelConfig
 
@@ -44,14 +56,15 @@ def test_lrn_is_per_tower_in_the_model():
     x = torch.randn(1, 3, 227, 227, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 50
     with torch.no_grad():
         maps = {key: tower.conv1(x).relu() for key, tower in net.towers.items()}
-        both = paper_lrn(torch.cat(list(maps.values()), dim=1), **PAPER_LRN)  # one window across 96 maps
+        both = paper_formula_by_loop(torch.cat(list(maps.values()), dim=1))  # one window across 96 maps
         for key, tower in net.towers.items():
             assert maps[key].shape[1] == 48
-            want = paper_lrn(maps[key], **PAPER_LRN)
+            want = paper_formula_by_loop(maps[key])
+            torch.testing.assert_close(paper_lrn(maps[key], **PAPER_LRN), want, rtol=1e-12, atol=0)
             torch.testing.assert_close(tower.lrn(maps[key]), want, rtol=1e-12, atol=0)
             fused = tower.run_stage(0, x, until="conv1")  # ReLU, LRN and pool in one pass
             torch.testing.assert_close(fused, F.max_pool2d(want, 3, 2), rtol=1e-12, atol=0)
-        edge = both[:, 46:48] - paper_lrn(maps["0"], **PAPER_LRN)[:, 46:48]
+        edge = both[:, 46:48] - paper_formula_by_loop(maps["0"])[:, 46:48]
         assert edge.abs().max() > 1e-6 * both.abs().max(), "the test cannot tell per-tower from across towers"
     assert isinstance(AlexNet(ModelConfig(lrn="none")).towers["0"].lrn, torch.nn.Identity)
 
