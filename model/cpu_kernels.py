@@ -9,7 +9,7 @@ BUILD_WAIT_S, then one line naming the holder's pid) and load what it built.
 
 Only a build that cannot happen or fails (no compiler, no ninja: the GPU image; the compiler's error)
 is a reason to run without the kernels: `extension()` says why once and returns None, and the callers
-run their pure-torch twins instead (model/lrn_twin.py; PaperSGD's foreach update). Anything else raised
+run their pure-torch twins instead (model/lrn/twin.py; PaperSGD's foreach update). Anything else raised
 meanwhile is not swallowed: torch's "DataLoader worker killed", raised in whatever the main thread is
 doing, stops the run as it would anywhere. A library is loaded only if it is the one that was built: its
 digest is recorded once it has loaded, and one that no longer matches (truncated, say: the loader would
@@ -31,8 +31,9 @@ import torch
 
 import files
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lrn.cpp", "paper_sgd.cpp")]
-HEADERS = [Path(__file__).with_name("csrc") / "lrn_planes.h"]
+LRN_SOURCES = Path(__file__).with_name("lrn") / "csrc"
+SOURCES = [LRN_SOURCES / "lrn.cpp", Path(__file__).with_name("csrc") / "paper_sgd.cpp"]
+HEADERS = [LRN_SOURCES / "lrn_planes.h"]
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "cpu_kernels"
 FLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 """-fopenmp: at::parallel_for is OpenMP inside torch's headers; -fno-math-errno: std::sqrt may then vectorise."""
@@ -61,7 +62,7 @@ def extension():
         return _load()
     except BuildFailed as err:  # the twin computes the same numbers
         warnings.warn(f"the C++ CPU kernels could not be built ({err}); using their pure-torch twins "
-                      "(LRN: model/lrn_twin.py; SGD: foreach)", RuntimeWarning, stacklevel=2)
+                      "(LRN: model/lrn/twin.py; SGD: foreach)", RuntimeWarning, stacklevel=2)
         return None
 
 

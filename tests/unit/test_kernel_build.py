@@ -24,7 +24,7 @@ def test_a_source_that_does_not_compile_runs_the_twins_and_says_why(tmp_path):
     outcome = bounded.call(imports, "cpu_kernels.extension()", timeout=240)
     assert outcome["error"] == "RuntimeWarning", outcome  # the one warning, made an error here to be seen
     assert outcome["message"].startswith("the C++ CPU kernels could not be built (") and \
-        outcome["message"].endswith("); using their pure-torch twins (LRN: model/lrn_twin.py; SGD: foreach)"), outcome
+        outcome["message"].endswith("); using their pure-torch twins (LRN: model/lrn/twin.py; SGD: foreach)"), outcome
 
 
 KILLED_MEANWHILE = """

@@ -12,7 +12,7 @@ import torch
 from torch import fx
 
 from model import cpu_kernels
-from model.lrn import LocalResponseNorm, kernel_available, set_implementation
+from model.lrn import LocalResponseNorm
 from tests.conftest import ROOT
 from tests.unit.test_lrn import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
 
@@ -41,7 +41,7 @@ def without_kernel(monkeypatch):
     yield
     monkeypatch.undo()
     cpu_kernels.extension.cache_clear()
-    assert kernel_available()  # the next test finds the kernel again
+    assert LocalResponseNorm.kernel_available()  # the next test finds the kernel again
 
 
 MARKS = {"kernel": "lrn.default", "twin": "autograd_function_apply", "reference": "local_response_norm"}
@@ -87,7 +87,7 @@ def test_compiled_auto_without_the_kernel_runs_the_twin():
 @pytest.mark.parametrize("implementation", ["auto", "twin"])
 def test_compiled_equals_eager_reference(implementation, dtype):
     """torch.compile (fullgraph: the custom op and the twin trace without a break) forward and backward, fused.
-    The twin's input gradient was exactly zero here in float32 and float64 under torch 2.11 (model/lrn_twin.py)."""
+    The twin's input gradient was exactly zero here in float32 and float64 under torch 2.11 (model/lrn/twin.py)."""
     torch._dynamo.reset()
     x = inputs(dtype, "contiguous")
     module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2), implementation=implementation)
@@ -106,7 +106,7 @@ def test_without_the_kernel_the_twin_runs_and_says_so_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second use says nothing more
         assert cpu_kernels.extension() is None
-        assert not kernel_available()
+        assert not LocalResponseNorm.kernel_available()
         module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
         x = inputs(torch.float32, "contiguous")
         assert module.chosen(x) == "twin"
@@ -178,7 +178,7 @@ def test_fused_network_equals_the_network_before():
         net = AlexNet(ModelConfig(num_classes=10, bias_init=0.1)).double().eval()
         net.init_paper(seed=0)
         if implementation == "reference":  # the companions one by one, as the stage table lists them
-            set_implementation(net, implementation)
+            LocalResponseNorm.set_implementation_in(net, implementation)
             for tower in net.towers.values():
                 tower.steps = {name: ("act", "lrn", "pool") if steps == ("act_lrn_pool",) else steps
                                for name, steps in tower.steps.items()}

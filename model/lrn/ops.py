@@ -1,15 +1,17 @@
-"""The C++ kernel (model/csrc/lrn.cpp) as the torch ops `alexnet::lrn` and `alexnet::lrn_backward`.
-
-torch.library custom ops, so torch.compile treats each as one opaque call (its shapes from the fake
-kernels below) and autograd knows the backward (register_autograd). Only for CPU tensors and only where
-`model.cpu_kernels.extension()` built the kernel: model/lrn.py checks both before calling `lrn`.
-Arguments: the input z, the window `size`, `alpha` multiplying the plain sum of squares, `beta`, `k`,
-whether a ReLU comes first, and the max-pool after it (`pool_kernel` 0: none).
+"""The C++ kernel (csrc/lrn.cpp) as the torch ops `alexnet::lrn` and `alexnet::lrn_backward`: custom ops, so
+torch.compile calls each as one opaque op and autograd knows the backward. CPU tensors only, and only where the
+kernel is built (`kernel_built`), which LocalResponseNorm checks before calling `lrn`.
 """
 
 import torch
 
 from model.cpu_kernels import extension
+
+
+@torch.compiler.assume_constant_result  # decided once per process; torch.compile need not trace the build
+def kernel_built() -> bool:
+    """Whether the C++ kernel is built (building it on the first call)."""
+    return extension() is not None
 
 
 def _output_like(z: torch.Tensor, pool_kernel: int, pool_stride: int) -> torch.Tensor:
@@ -25,7 +27,8 @@ def _output_like(z: torch.Tensor, pool_kernel: int, pool_stride: int) -> torch.T
 @torch.library.custom_op("alexnet::lrn", mutates_args=(), device_types="cpu")
 def lrn(z: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, pool_kernel: int,
         pool_stride: int) -> torch.Tensor:
-    """max_pool2d(lrn(relu(z))), each step as its flags say, in one pass over z."""
+    """max_pool2d(lrn(relu(z))), each step as its flags say, in one pass over z: `alpha` multiplies the plain sum
+    of squares, `pool_kernel` 0 is no pool."""
     out = _output_like(z, pool_kernel, pool_stride)
     extension().forward(z, out, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     return out
