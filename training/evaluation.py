@@ -31,7 +31,7 @@ from distributed.feed import validation_batches
 from distributed.layout import Layout
 from distributed.reductions import sum_over
 from model.alexnet import AlexNet
-from model.cpu_kernels import extension
+from model.lrn import LocalResponseNorm
 from training.fast_path import FastPath
 from training.metrics import topk_wrong
 
@@ -126,7 +126,7 @@ def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dic
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
     nets = [load_network(cfg, p, device, run) for p in paths]
     if device.type == "cpu":
-        extension()  # built now if it must be (said once), rather than under the bar
+        LocalResponseNorm.kernel_available()  # built now if it must be (said once), rather than under the bar
     share = len(eval_share(len(data.val), plan.replica, plan.replicas))
     with tqdm(total=share, desc="evaluating", unit="img", disable=not (plan.logs and cfg.log.progress)) as bar:
         batches = _counted(validation_batches(data.val, cfg, run), bar)

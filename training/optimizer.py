@@ -1,11 +1,20 @@
 """The paper's SGD rule and the plateau schedule."""
 
 import math
+from pathlib import Path
 
 import torch
 from torch.optim import Optimizer
 
-from model import cpu_kernels
+from kernels import CppKernel, built
+
+ONE_PASS = CppKernel("alexnet_paper_sgd", sources=(Path(__file__).with_name("csrc") / "paper_sgd.cpp",),
+                     instead="torch's foreach ops (four passes)")
+
+
+def one_pass_kernel():
+    """The compiled one-pass update (`paper_sgd_`), or None where it cannot be built."""
+    return built(ONE_PASS)
 
 
 class PaperSGD(Optimizer):
@@ -19,7 +28,7 @@ class PaperSGD(Optimizer):
     scaled by the new lr, the paper's keeps the step it had already taken.
     The velocity lives in state["momentum_buffer"], as torch.optim.SGD's does.
 
-    On CPU the update is one pass over each parameter (model/csrc/paper_sgd.cpp: w, g and v read once, w and
+    On CPU the update is one pass over each parameter (training/csrc/paper_sgd.cpp: w, g and v read once, w and
     v written once, fused multiply-adds in the rule's order); elsewhere, or where the kernel could not be
     built, four foreach passes. Both are the rule above (tested against it written out).
     """
@@ -42,8 +51,7 @@ class PaperSGD(Optimizer):
                 velocities.append(state["momentum_buffer"])
             lr = group["lr"]
             if not isinstance(lr, torch.Tensor) and _one_pass_applies(params, grads, velocities):  # a held rate: foreach
-                cpu_kernels.extension().paper_sgd_(params, grads, velocities, lr, group["momentum"],
-                                                   group["weight_decay"])
+                one_pass_kernel().paper_sgd_(params, grads, velocities, lr, group["momentum"], group["weight_decay"])
                 continue
             torch._foreach_mul_(velocities, group["momentum"])
             _add_scaled_(velocities, params, -group["weight_decay"] * lr)
@@ -60,7 +68,7 @@ def _one_pass_applies(params, grads, velocities) -> bool:
         p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and g.dtype == v.dtype == p.dtype
         and g.stride() == v.stride() == p.stride() and any(p.is_contiguous(memory_format=f) for f in dense)
         for p, g, v in zip(params, grads, velocities)
-    ) and cpu_kernels.extension() is not None
+    ) and one_pass_kernel() is not None
 
 
 def build_optimizer(params, kind: str, lr: float, momentum: float, weight_decay: float) -> Optimizer:

@@ -3,15 +3,21 @@ torch.compile calls each as one opaque op and autograd knows the backward. CPU t
 kernel is built (`kernel_built`), which LocalResponseNorm checks before calling `lrn`.
 """
 
+from pathlib import Path
+
 import torch
 
-from model.cpu_kernels import extension
+from kernels import CppKernel, built
+
+CSRC = Path(__file__).with_name("csrc")
+KERNEL = CppKernel("alexnet_lrn", sources=(CSRC / "lrn.cpp",), headers=(CSRC / "lrn_planes.h",),
+                   instead="its pure-torch twin (model/lrn/twin.py)")
 
 
 @torch.compiler.assume_constant_result  # decided once per process; torch.compile need not trace the build
 def kernel_built() -> bool:
     """Whether the C++ kernel is built (building it on the first call)."""
-    return extension() is not None
+    return built(KERNEL) is not None
 
 
 def _output_like(z: torch.Tensor, pool_kernel: int, pool_stride: int) -> torch.Tensor:
@@ -30,7 +36,7 @@ def lrn(z: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: b
     """max_pool2d(lrn(relu(z))), each step as its flags say, in one pass over z: `alpha` multiplies the plain sum
     of squares, `pool_kernel` 0 is no pool."""
     out = _output_like(z, pool_kernel, pool_stride)
-    extension().forward(z, out, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    built(KERNEL).forward(z, out, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     return out
 
 
@@ -39,7 +45,7 @@ def lrn_backward(grad: torch.Tensor, z: torch.Tensor, size: int, alpha: float, b
                  pool_kernel: int, pool_stride: int) -> torch.Tensor:
     """The gradient of `lrn`'s output (`grad`) with respect to z, recomputing what the forward computed."""
     dz = torch.empty_like(z)
-    extension().backward(grad, z, dz, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    built(KERNEL).backward(grad, z, dz, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     return dz
 
 

@@ -212,10 +212,7 @@ void backward(const at::Tensor& grad, const at::Tensor& z, at::Tensor& dz, int64
 
 }  // namespace
 
-void register_paper_sgd(pybind11::module& m);  // paper_sgd.cpp: the other kernel of this module
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "pool(lrn(relu(z))) into out");
   m.def("backward", &backward, "its gradient with respect to z, into dz");
-  register_paper_sgd(m);
 }
