@@ -19,7 +19,8 @@ from training.cpu_kernels import build_cpu_kernels as extension
 from training.evaluation import Validator
 from training.fast_path import FastPath, runs_one_pass
 from training.metrics import MetricLogger
-from training.optimizer import PlateauSchedule, build_optimizer
+from training.optimizer import build_optimizer
+from training.plateau import PlateauSchedule
 from training.progress import Progress
 
 

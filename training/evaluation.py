@@ -32,8 +32,8 @@ from distributed.layout import Layout
 from distributed.reductions import sum_over
 from model.alexnet import AlexNet
 from model.lrn import LocalResponseNorm
+from training.error_counts import topk_wrong
 from training.fast_path import FastPath
-from training.metrics import topk_wrong
 
 CENTRE, TEN_PATCHES = "centre", "ten_patches"
 WAYS = (CENTRE, TEN_PATCHES)

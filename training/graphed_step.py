@@ -10,7 +10,7 @@ must change from step to step, outside the graph, into buffers the graph reads:
   one transfer;
 - each tower's dropout masks, drawn from the tower's own generator into static buffers, so one
   process still draws exactly the masks two processes would.
-The learning rate is a device tensor the update reads (training/optimizer.py `hold_rate_on_device`);
+The learning rate is a device tensor the update reads (training/device_rate.py `hold_rate_on_device`);
 a plateau drop writes into it, so nothing is captured again. As torch.cuda.graphs asks, the first
 steps run uncaptured on a side stream (cuDNN's search, compilation, the gradients' and velocities'
 first allocations: they are real training steps, not thrown away); gradients are zeroed inside the
@@ -26,9 +26,9 @@ from torch.optim import Optimizer
 from data.augment import Augmenter, Draws
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
+from training.device_rate import hold_rate_on_device
+from training.error_counts import topk_wrong
 from training.fast_path import FastPath
-from training.metrics import topk_wrong
-from training.optimizer import hold_rate_on_device
 
 WARMUP_STEPS = 3
 """Steps run uncaptured before the capture (torch.cuda.graphs' whole-network example warms up 3)."""
