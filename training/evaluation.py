@@ -1,13 +1,7 @@
-"""Validation error of one net or of an ensemble: the one evaluation loop, in any layout.
-
-The paper reports top-1/top-5 error from the centre crop and from ten patches (the
-softmax averaged over the four corners, the centre and their reflections), and for
-ensembles whose predictions are averaged. Here every net's softmax (averaged over its
-patches) is averaged over the nets and the error counted on that average; the trainer
-calls this with its one net at each epoch's end, `evaluate` with a list of checkpoints.
-In one process each net holds both towers; under torchrun each process holds its tower
-of every net, the tower pair sees the same batches (distributed/feed.py), and replicas
-split the validation set and sum their counts.
+"""Validation error of one net or of an ensemble, from the centre crop or ten patches: the one evaluation loop,
+in any layout. Each net's softmax (averaged over its patches) is averaged over the nets and the error counted on
+that average (PAPER.md); under torchrun each process holds its tower of every net, the tower pair sees the same
+batches, and replicas split the validation set and sum their counts.
 """
 
 import math
