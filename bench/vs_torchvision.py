@@ -2,20 +2,10 @@
 
     .venv/bin/python -m bench.vs_torchvision [--quick] [--batches 64 128] [--steps 5] [--threads 2]
 
-Ours: the one-process step the trainer runs (distributed/pipeline.py PipelinedStep over both towers, one
-micro-batch, then training/optimizer.py PaperSGD), on float inputs already on the device (augmented
-crops: the trainer augments on the device before the step). "before": the same net with every LRN as
-F.local_response_norm and its ReLU and max-pool as separate modules (model/lrn.py's "reference"), as the
-network ran before the fast LRN. torchvision: `alexnet()`, nn.CrossEntropyLoss, SGD(lr 0.01, momentum 0.9,
-weight decay 1e-4), zero_grad / forward / backward / step, as pytorch/examples/imagenet trains it.
-
-Per batch size and variant (fp32; bf16 autocast; each compiled: ours compiles its stage functions as
-train.compile=on does, torchvision's whole model), the nets step in turn, A B C A B C, for a warm-up
-step and `--steps` timed steps each; images/s is the batch over the median step (and the ratios again by
-the process's CPU time per step, the steadier figure on cores other work shares). Then torch.profiler's
-time per kind of operation (bench/op_shares.py) for the fp32 eager nets, and the two-process step (one
-tower per gloo process, one thread each, the config's micro-batches) at the same batch. --quick: fp32
-eager only. Everything runs in a fixed order from fixed seeds.
+Ours (the trainer's one-process step, then PaperSGD), "before" (the same net with model/lrn/'s "reference" LRN
+and separate ReLU and max-pool) and torchvision step in turn, fp32 and bf16, eager and compiled (--quick: fp32
+eager only), then torch.profiler's time per kind of operation and the two-process step. What each variant is and
+the figures: docs/BENCHMARKS.md.
 """
 
 import argparse
@@ -38,7 +28,7 @@ from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from model.exchange import LocalExchange
-from model.lrn import kernel_available, set_implementation
+from model.lrn import LocalResponseNorm
 from training.optimizer import PaperSGD
 
 VARIANTS = {"fp32": (False, False), "bf16": (True, False), "fp32+compile": (False, True), "bf16+compile": (True, True)}
@@ -59,7 +49,7 @@ def ours(batch: int, bf16: bool, compiled: bool, implementation: str = "auto", t
     exchange = exchange or LocalExchange()
     net = AlexNet(ModelConfig(), towers, exchange)
     net.init_paper(seed=0)
-    set_implementation(net, implementation)
+    LocalResponseNorm.set_implementation_in(net, implementation)
     if compiled:
         net.compile_stages()
     optimizer = PaperSGD(net.parameters(), **PAPER)
@@ -142,7 +132,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {args.threads} threads, "
-          f"C++ LRN kernel: {'built' if kernel_available() else 'not built (the twin runs)'}; "
+          f"C++ LRN kernel: {'built' if LocalResponseNorm.kernel_available() else 'not built (the twin runs)'}; "
           f"median of {args.steps} steps after 1 warm-up\n", flush=True)
     print("| batch | variant | ours images/s | before (F.local_response_norm) | torchvision images/s "
           "| ours / torchvision | before / torchvision | the same two ratios by CPU time |")

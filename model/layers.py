@@ -107,7 +107,7 @@ def build_layer(cfg: ModelConfig, layer: Layer, fan_in: int, width: int, groups:
 
 
 FUSED = "act_lrn_pool"
-"""The companion that computes ("act", "lrn", "pool") in one pass (model/lrn.py), where the net has a ReLU and LRN."""
+"""The companion that computes ("act", "lrn", "pool") in one pass (model/lrn/), where the net has a ReLU and LRN."""
 
 
 def companions(cfg: ModelConfig) -> dict[str, nn.Module]:

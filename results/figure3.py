@@ -2,7 +2,7 @@
 
 The paper shows the 48 kernels each GPU learned (top three rows GPU 1, bottom three
 GPU 2) and notes that one tower's are largely colour-agnostic and the other's
-colour-specific. The grid and the colourfulness are training/metrics.py's, which
+colour-specific. The grid and the colourfulness are training/conv1_figure.py's, which
 the trainer logs to TensorBoard at each epoch's end.
 """
 
@@ -13,7 +13,7 @@ from torchvision.utils import save_image
 
 from files import replacing
 from model.alexnet import AlexNet
-from training.metrics import colourfulness, conv1_kernels, kernel_grid
+from training.conv1_figure import colourfulness, conv1_kernels, kernel_grid
 
 PNG_SCALE = 4
 """Each kernel pixel becomes PNG_SCALE x PNG_SCALE in the PNG (11x11 kernels are too small to see)."""

@@ -12,7 +12,7 @@ from data.preprocessing import Preprocessing
 from files import atomic_path
 from model.config import ModelConfig
 from model.export import grouped_network
-from model.lrn import set_implementation
+from model.lrn import LocalResponseNorm
 
 INPUT = "pixels"
 OUTPUT = "logits"
@@ -51,7 +51,8 @@ def export_onnx(cfg: ModelConfig, grouped_state: dict[str, torch.Tensor], prepro
     """
     net = grouped_network(cfg)
     net.load_state_dict(grouped_state)
-    set_implementation(net, "reference")  # F.local_response_norm: ONNX has an LRN, not the C++ kernel's op
+    # F.local_response_norm: ONNX has an LRN, not the C++ kernel's op (docs/KERNELS.md)
+    LocalResponseNorm.set_implementation_in(net, "reference")
     size = cfg.input_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     program = torch.onnx.export(

@@ -91,14 +91,17 @@ def _without_comment(text: str) -> str:
 def copy_project(root: Path, target: Path) -> Path:
     """The project's files as a fresh clone has them (what .gitignore names left out), with `.venv` the
     interpreter running the suite (a link to its venv) and the C++ kernels already built."""
-    from model.cpu_kernels import build_folder, extension
+    from kernels import built
+    from model.lrn.ops import KERNEL as LRN_KERNEL
+    from training.optimizer import ONE_PASS
 
     ignored = [line.strip().strip("/") for line in (root / ".gitignore").read_text().splitlines()]
     shutil.copytree(root, target, ignore=shutil.ignore_patterns(".git", *(p for p in ignored if p and not p.startswith("#"))))
     (target / ".venv").symlink_to(sys.prefix, target_is_directory=True)
-    if extension() is not None:  # built (or found) here once; each copy would take a minute to build its own
-        built = build_folder()
-        shutil.copytree(built, target / built.relative_to(root), ignore=shutil.ignore_patterns("lock", ".ninja_lock"))
+    for kernel in (LRN_KERNEL, ONE_PASS):
+        if built(kernel) is not None:  # built (or found) here once; each copy would take a minute to build its own
+            folder = kernel.build_folder()
+            shutil.copytree(folder, target / folder.relative_to(root), ignore=shutil.ignore_patterns("lock", ".ninja_lock"))
     return target
 
 

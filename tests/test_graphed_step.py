@@ -13,9 +13,11 @@ from config.schema import ConfigError, TrainConfig
 from distributed import layout
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, weights_and_velocity
+from training.device_rate import hold_rate_on_device
 from training.fast_path import FastPath, runs_one_pass
 from training.graphed_step import StaticStep
-from training.optimizer import PaperSGD, PlateauSchedule, hold_rate_on_device
+from training.optimizer import PaperSGD
+from training.plateau import PlateauSchedule
 from training.trainer import Trainer
 
 ONE_PASS = ["train.micro_batches=1", "train.batch_size=4"]

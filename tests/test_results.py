@@ -14,7 +14,8 @@ from results.figure3 import TOWER_GAP, conv1_figure
 from results.neighbours import fc7, nearest
 from tests.image_files import jpeg, png, write_image
 from tests.trainer_runs import train_scalars
-from training.metrics import KERNELS_PER_ROW, MetricLogger, colourfulness, conv1_kernels
+from training.conv1_figure import KERNELS_PER_ROW, colourfulness, conv1_kernels
+from training.metrics import MetricLogger
 
 CROP = 227
 

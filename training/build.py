@@ -14,12 +14,13 @@ from distributed.exchange import for_layout
 from distributed.layout import Layout, Plan
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
-from model.cpu_kernels import extension
 from training.checkpointer import Checkpointer
+from training.cpu_kernels import build_cpu_kernels as extension
 from training.evaluation import Validator
 from training.fast_path import FastPath, runs_one_pass
 from training.metrics import MetricLogger
-from training.optimizer import PlateauSchedule, build_optimizer
+from training.optimizer import build_optimizer
+from training.plateau import PlateauSchedule
 from training.progress import Progress
 
 

@@ -1,13 +1,7 @@
-"""Validation error of one net or of an ensemble: the one evaluation loop, in any layout.
-
-The paper reports top-1/top-5 error from the centre crop and from ten patches (the
-softmax averaged over the four corners, the centre and their reflections), and for
-ensembles whose predictions are averaged. Here every net's softmax (averaged over its
-patches) is averaged over the nets and the error counted on that average; the trainer
-calls this with its one net at each epoch's end, `evaluate` with a list of checkpoints.
-In one process each net holds both towers; under torchrun each process holds its tower
-of every net, the tower pair sees the same batches (distributed/feed.py), and replicas
-split the validation set and sum their counts.
+"""Validation error of one net or of an ensemble, from the centre crop or ten patches: the one evaluation loop,
+in any layout. Each net's softmax (averaged over its patches) is averaged over the nets and the error counted on
+that average (PAPER.md); under torchrun each process holds its tower of every net, the tower pair sees the same
+batches, and replicas split the validation set and sum their counts.
 """
 
 import math
@@ -31,9 +25,9 @@ from distributed.feed import validation_batches
 from distributed.layout import Layout
 from distributed.reductions import sum_over
 from model.alexnet import AlexNet
-from model.cpu_kernels import extension
+from model.lrn import LocalResponseNorm
+from training.error_counts import topk_wrong
 from training.fast_path import FastPath
-from training.metrics import topk_wrong
 
 CENTRE, TEN_PATCHES = "centre", "ten_patches"
 WAYS = (CENTRE, TEN_PATCHES)
@@ -126,7 +120,7 @@ def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dic
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
     nets = [load_network(cfg, p, device, run) for p in paths]
     if device.type == "cpu":
-        extension()  # built now if it must be (said once), rather than under the bar
+        LocalResponseNorm.kernel_available()  # built now if it must be (said once), rather than under the bar
     share = len(eval_share(len(data.val), plan.replica, plan.replicas))
     with tqdm(total=share, desc="evaluating", unit="img", disable=not (plan.logs and cfg.log.progress)) as bar:
         batches = _counted(validation_batches(data.val, cfg, run), bar)

@@ -1,23 +1,7 @@
-"""The one-pass training step (one process holding both towers, one micro-batch, no replicas) over
-static buffers, captured once as a CUDA graph and replayed every step (`train.step_graph`).
-
-A replay launches the whole step (augmentation, forward, loss, backward, the paper's update) in one
-call, where the eager step has the host enqueue each of its kernels; the host then does only what
-must change from step to step, outside the graph, into buffers the graph reads:
-- the uint8 batch and its labels, copied into static buffers;
-- the augmentation's draws (crop offsets, reflections, PCA alphas), made on the CPU from the step's
-  seeded generator exactly as the eager step makes them (data/augment.py `Augmenter.draw`), sent in
-  one transfer;
-- each tower's dropout masks, drawn from the tower's own generator into static buffers, so one
-  process still draws exactly the masks two processes would.
-The learning rate is a device tensor the update reads (training/optimizer.py `hold_rate_on_device`);
-a plateau drop writes into it, so nothing is captured again. As torch.cuda.graphs asks, the first
-steps run uncaptured on a side stream (cuDNN's search, compilation, the gradients' and velocities'
-first allocations: they are real training steps, not thrown away); gradients are zeroed inside the
-graph (set_to_none=False), so they stay the static tensors the update reads.
-
-Without capture (`capture=False`, on a CPU) the same code runs as it is: the tests compare it with
-the eager step (training/trainer.py `Trainer.train_step`), bitwise.
+"""The one-pass training step (both towers in one process, one micro-batch, no replicas) over static buffers,
+captured once as a CUDA graph and replayed every step (`train.step_graph`). What runs inside the graph and what
+the host does between replays: README.md, "train.step_graph=on". Uncaptured (`capture=False`, on a CPU) the
+same code runs as it is, and equals the eager step bitwise (tests/test_graphed_step.py).
 """
 
 import torch
@@ -26,12 +10,13 @@ from torch.optim import Optimizer
 from data.augment import Augmenter, Draws
 from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
+from training.device_rate import hold_rate_on_device
+from training.error_counts import topk_wrong
 from training.fast_path import FastPath
-from training.metrics import topk_wrong
-from training.optimizer import hold_rate_on_device
 
 WARMUP_STEPS = 3
-"""Steps run uncaptured before the capture (torch.cuda.graphs' whole-network example warms up 3)."""
+"""Steps run uncaptured before the capture, on a side stream (torch.cuda.graphs' whole-network example warms
+up 3): cuDNN's search, compilation, the first allocations; real training steps, not thrown away."""
 
 
 class StaticStep:
@@ -91,7 +76,7 @@ class StaticStep:
         alphas, tops, lefts, flips = self.draws.split([3 * n, n, n, n])
         draws = Draws(tops.long(), lefts.long(), flips.bool(), alphas.view(n, 3))
         inputs = self.augment.apply(self.images, draws).contiguous(memory_format=self.fast.memory_format)
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad(set_to_none=False)  # inside the graph: the static tensors the update reads
         loss_sum, logits = self.pipeline.whole_batch(
             inputs, self.labels, lambda: self.fast.autocast(self.device, cache=False), self.keeps)
         self.optimizer.step()

@@ -1,4 +1,5 @@
-"""Error counts, and the one logger: TensorBoard on rank 0, nothing on the others."""
+"""The one metric logger: slash-named scalars, text and the conv1 kernels to TensorBoard on rank 0, nothing on
+the others; a failed write stops the run with one line (LogFailed)."""
 
 import functools
 import threading
@@ -8,47 +9,8 @@ from typing import Iterator
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
 
-from model.alexnet import AlexNet
-
-KERNELS_PER_ROW = 16
-"""Kernels per row: the paper's Figure 3 is 6 rows of 16, three rows per tower."""
-
-
-def topk_wrong(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
-    """How many of the images have their label outside the top k of `scores` (logits or
-    log-probabilities), for each k (float tensor, no sync)."""
-    k_max = min(max(ks), scores.shape[1])
-    top = scores.topk(k_max, dim=1).indices
-    hits = top == labels[:, None]
-    return torch.stack([(~hits[:, : min(k, k_max)].any(1)).sum() for k in ks]).float()
-
-
-def conv1_kernels(model: AlexNet) -> dict[int, torch.Tensor]:
-    """{tower: conv1 weights [kernels, 3, 11, 11]} of the towers `model` holds (detached, where they are;
-    distributed/reductions.py `from_every_tower` gathers both when each process holds one)."""
-    return {int(k): t.conv1.weight.detach() for k, t in model.towers.items()}
-
-
-def kernel_grid(kernels: torch.Tensor, padding: int = 1) -> torch.Tensor:
-    """float [3, H, W] in [0, 1]: the kernels in rows of KERNELS_PER_ROW, each min-max normalised
-    on its own, as in the paper's Figure 3."""
-    return make_grid(kernels.float(), nrow=KERNELS_PER_ROW, padding=padding, normalize=True, scale_each=True,
-                     pad_value=1.0)
-
-
-def colourfulness(kernels: torch.Tensor) -> float:
-    """Mean over kernels of (std across RGB at each pixel, averaged over pixels) / the kernel's whole std.
-
-    0 for kernels that weigh the three channels alike (colour-agnostic); larger for
-    kernels that respond to one colour against another: the paper notes one tower's
-    conv1 kernels are largely colour-agnostic and the other's colour-specific.
-    """
-    k = kernels.double()
-    across_rgb = k.std(dim=1, unbiased=False).mean(dim=(1, 2))
-    overall = k.flatten(1).std(dim=1, unbiased=False)
-    return (across_rgb / overall.clamp_min(1e-12)).mean().item()
+from training.conv1_figure import colourfulness, kernel_grid
 
 
 class LogFailed(OSError):

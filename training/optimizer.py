@@ -1,11 +1,20 @@
-"""The paper's SGD rule and the plateau schedule."""
+"""The optimizer: the paper's SGD rule (PaperSGD), with its one-pass C++ kernel on CPU (csrc/paper_sgd.cpp),
+or torch's SGD (build_optimizer)."""
 
-import math
+from pathlib import Path
 
 import torch
 from torch.optim import Optimizer
 
-from model import cpu_kernels
+from kernels import CppKernel, built
+
+ONE_PASS = CppKernel("alexnet_paper_sgd", sources=(Path(__file__).with_name("csrc") / "paper_sgd.cpp",),
+                     instead="torch's foreach ops (four passes)")
+
+
+def one_pass_kernel():
+    """The compiled one-pass update (`paper_sgd_`), or None where it cannot be built."""
+    return built(ONE_PASS)
 
 
 class PaperSGD(Optimizer):
@@ -19,7 +28,7 @@ class PaperSGD(Optimizer):
     scaled by the new lr, the paper's keeps the step it had already taken.
     The velocity lives in state["momentum_buffer"], as torch.optim.SGD's does.
 
-    On CPU the update is one pass over each parameter (model/csrc/paper_sgd.cpp: w, g and v read once, w and
+    On CPU the update is one pass over each parameter (training/csrc/paper_sgd.cpp: w, g and v read once, w and
     v written once, fused multiply-adds in the rule's order); elsewhere, or where the kernel could not be
     built, four foreach passes. Both are the rule above (tested against it written out).
     """
@@ -42,8 +51,7 @@ class PaperSGD(Optimizer):
                 velocities.append(state["momentum_buffer"])
             lr = group["lr"]
             if not isinstance(lr, torch.Tensor) and _one_pass_applies(params, grads, velocities):  # a held rate: foreach
-                cpu_kernels.extension().paper_sgd_(params, grads, velocities, lr, group["momentum"],
-                                                   group["weight_decay"])
+                one_pass_kernel().paper_sgd_(params, grads, velocities, lr, group["momentum"], group["weight_decay"])
                 continue
             torch._foreach_mul_(velocities, group["momentum"])
             _add_scaled_(velocities, params, -group["weight_decay"] * lr)
@@ -60,7 +68,7 @@ def _one_pass_applies(params, grads, velocities) -> bool:
         p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and g.dtype == v.dtype == p.dtype
         and g.stride() == v.stride() == p.stride() and any(p.is_contiguous(memory_format=f) for f in dense)
         for p, g, v in zip(params, grads, velocities)
-    ) and cpu_kernels.extension() is not None
+    ) and one_pass_kernel() is not None
 
 
 def build_optimizer(params, kind: str, lr: float, momentum: float, weight_decay: float) -> Optimizer:
@@ -68,80 +76,6 @@ def build_optimizer(params, kind: str, lr: float, momentum: float, weight_decay:
     if kind == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-class PlateauSchedule:
-    """lr = base_lr * factor**k after the k-th plateau: a drop once validation error has
-    not improved for `patience` evaluations in a row, at most `drops` drops (the paper: 3)."""
-
-    def __init__(self, optimizer: Optimizer, base_lr: float, factor: float, drops: int, patience: int) -> None:
-        self.optimizer, self.base_lr, self.factor = optimizer, base_lr, factor
-        self.max_drops, self.patience = drops, patience
-        self.best = float("inf")
-        self.epochs_without_gain = 0
-        self.drops = 0
-
-    @property
-    def lr(self) -> float:
-        return self.base_lr * self.factor**self.drops
-
-    def step(self, val_error: float) -> bool:
-        """Record one validation error; returns True when it dropped the learning rate."""
-        if val_error < self.best:
-            self.best, self.epochs_without_gain = val_error, 0
-            return False
-        self.epochs_without_gain += 1
-        if self.epochs_without_gain < self.patience or self.drops >= self.max_drops:
-            return False
-        self.drops += 1
-        self.epochs_without_gain = 0
-        self.apply()
-        return True
-
-    @property
-    def converged(self) -> bool:
-        """Every drop spent, and no better validation error for `patience` evaluations since."""
-        return self.drops >= self.max_drops and self.epochs_without_gain >= self.patience
-
-    def apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            set_rate(group, self.lr)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors, as a checkpoint holds them; the best error in float64, so a resumed run compares
-        the next validation error with exactly the value an uninterrupted run would."""
-        return {"best": torch.tensor(self.best, dtype=torch.float64),
-                "epochs_without_gain": torch.tensor(self.epochs_without_gain), "drops": torch.tensor(self.drops)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """A checkpoint's schedule; ValueError naming the value if it is not one a run could have saved."""
-        best, waited, drops = float(state["best"]), int(state["epochs_without_gain"]), int(state["drops"])
-        if not (best == math.inf or 0 <= best <= 1):
-            raise ValueError(f"best={best}: must be an error rate from 0 to 1, or inf (none yet)")
-        if waited < 0:
-            raise ValueError(f"epochs_without_gain={waited}: must be at least 0")
-        if not 0 <= drops <= self.max_drops:
-            raise ValueError(f"drops={drops}: must be from 0 to {self.max_drops} (train.lr_drops)")
-        self.best, self.epochs_without_gain, self.drops = best, waited, drops
-        self.apply()
-
-
-# A rate held on the device (training/graphed_step.py): a CUDA graph replays the update with the rate it
-# reads from a tensor at each replay, where a Python number would be baked into the capture.
-
-
-def hold_rate_on_device(optimizer: Optimizer, device: torch.device) -> None:
-    """Keep each group's rate as a 0-dim tensor on `device`, of its parameters' dtype; `set_rate` writes into it."""
-    for group in optimizer.param_groups:
-        group["lr"] = torch.tensor(float(group["lr"]), dtype=group["params"][0].dtype, device=device)
-
-
-def set_rate(group: dict, lr: float) -> None:
-    """A group's rate: replaced when a number, written in place when held on the device (no recapture)."""
-    if isinstance(group["lr"], torch.Tensor):
-        group["lr"].fill_(lr)
-    else:
-        group["lr"] = lr
 
 
 def _add_scaled_(targets: list[torch.Tensor], sources: list[torch.Tensor], scale) -> None:

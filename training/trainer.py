@@ -20,9 +20,10 @@ from distributed.reductions import from_every_tower
 from model.seeds import derive_seed
 from training.build import build
 from training.checkpointer import NonFiniteLoss
+from training.conv1_figure import conv1_kernels
+from training.error_counts import topk_wrong
 from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates
 from training.graphed_step import StaticStep
-from training.metrics import conv1_kernels, topk_wrong
 from training.progress import Window
 
 

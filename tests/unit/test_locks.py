@@ -92,9 +92,9 @@ def test_a_run_whose_cache_is_held_by_a_stopped_process_ends_in_one_line_within_
 def test_the_kernels_build_waits_no_longer_than_its_deadline_and_is_no_reason_to_fall_back(tmp_path,
                                                                                             stopped_holder):
     pid = stopped_holder(tmp_path / "build.lock")
-    outcome = bounded.call(f"from pathlib import Path\nfrom model import cpu_kernels\n"
-                           f"cpu_kernels.CACHE = Path({str(tmp_path)!r})\ncpu_kernels.BUILD_WAIT_S = 1",
-                           "cpu_kernels.extension()", timeout=60)
+    outcome = bounded.call(f"from pathlib import Path\nimport kernels\nfrom model.lrn import ops\n"
+                           f"kernels.CACHE = Path({str(tmp_path)!r})\nkernels.BUILD_WAIT_S = 1",
+                           "kernels.built(ops.KERNEL)", timeout=60)
     assert outcome["error"] == "Busy", outcome  # raised, not a warning and the twins
     assert f"build.lock: locked by another process (pid {pid}) and still held after 1 s" in outcome["message"]
 

@@ -1,11 +1,11 @@
 """LRN against the paper's formula, written out directly, and the fast implementations (the C++ kernel and
-its pure-torch twin, model/lrn.py) against F.local_response_norm, outputs and input gradients."""
+its pure-torch twin, model/lrn/) against F.local_response_norm, outputs and input gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model.lrn import LocalResponseNorm, kernel_available
+from model.lrn import LocalResponseNorm
 from tests.unit.reference_net import PAPER_LRN, paper_lrn
 
 
@@ -123,7 +123,7 @@ def test_fast_equals_reference(implementation, dtype, size, layout, fusion):
 
 def test_auto_takes_the_kernel_on_cpu():
     module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper")
-    assert kernel_available(), "the C++ kernel did not build here (see the warning above)"
+    assert LocalResponseNorm.kernel_available(), "the C++ kernel did not build here (see the warning above)"
     assert module.chosen(torch.zeros(1, 4, 3, 3)) == "kernel"
     assert module.chosen(torch.zeros(4, 3, 3)) == "twin"  # not [N, C, H, W]
 

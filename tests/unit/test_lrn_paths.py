@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import fx
 
-from model import cpu_kernels
-from model.lrn import LocalResponseNorm, kernel_available, set_implementation
+import kernels
+from model.lrn import LocalResponseNorm, ops
 from tests.conftest import ROOT
 from tests.unit.test_lrn import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
 
@@ -33,15 +33,15 @@ def test_kernel_equals_twin(dtype, size, layout):
 @pytest.fixture
 def without_kernel(monkeypatch):
     """As on a machine that cannot build the C++ kernel (or on a GPU, where `auto` takes the twin too)."""
-    def no_compiler():
-        raise cpu_kernels.BuildFailed("no ninja on PATH: pip install ninja")
+    def no_compiler(kernel):
+        raise kernels.BuildFailed("no ninja on PATH: pip install ninja")
 
-    monkeypatch.setattr(cpu_kernels, "_load", no_compiler)
-    cpu_kernels.extension.cache_clear()
+    monkeypatch.setattr(kernels, "_load", no_compiler)
+    kernels.built.cache_clear()
     yield
     monkeypatch.undo()
-    cpu_kernels.extension.cache_clear()
-    assert kernel_available()  # the next test finds the kernel again
+    kernels.built.cache_clear()
+    assert LocalResponseNorm.kernel_available()  # the next test finds the kernel again
 
 
 MARKS = {"kernel": "lrn.default", "twin": "autograd_function_apply", "reference": "local_response_norm"}
@@ -87,7 +87,7 @@ def test_compiled_auto_without_the_kernel_runs_the_twin():
 @pytest.mark.parametrize("implementation", ["auto", "twin"])
 def test_compiled_equals_eager_reference(implementation, dtype):
     """torch.compile (fullgraph: the custom op and the twin trace without a break) forward and backward, fused.
-    The twin's input gradient was exactly zero here in float32 and float64 under torch 2.11 (model/lrn_twin.py)."""
+    The twin's input gradient was exactly zero here in float32 and float64 under torch 2.11 (model/lrn/twin.py)."""
     torch._dynamo.reset()
     x = inputs(dtype, "contiguous")
     module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2), implementation=implementation)
@@ -101,12 +101,12 @@ def test_compiled_equals_eager_reference(implementation, dtype):
 
 @pytest.mark.usefixtures("without_kernel")
 def test_without_the_kernel_the_twin_runs_and_says_so_once():
-    with pytest.warns(RuntimeWarning, match="could not be built .*no ninja on PATH.*pure-torch twins"):
-        assert cpu_kernels.extension() is None
+    with pytest.warns(RuntimeWarning, match="could not be built .*no ninja on PATH.*pure-torch twin"):
+        assert kernels.built(ops.KERNEL) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second use says nothing more
-        assert cpu_kernels.extension() is None
-        assert not kernel_available()
+        assert kernels.built(ops.KERNEL) is None
+        assert not LocalResponseNorm.kernel_available()
         module = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", relu=True, pool=(3, 2))
         x = inputs(torch.float32, "contiguous")
         assert module.chosen(x) == "twin"
@@ -126,9 +126,10 @@ _BUILDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from torch.utils import cpp_extension
-    from model import cpu_kernels
+    import kernels
+    from model.lrn import ops
 
-    cpu_kernels.CACHE = Path(sys.argv[1])
+    kernels.CACHE = Path(sys.argv[1])
     log = Path(sys.argv[2])
 
     def load(build_directory, **kwargs):  # a slow build that notes when it starts and ends
@@ -141,7 +142,7 @@ _BUILDER = textwrap.dedent("""
         return "built"
 
     cpp_extension.load = load
-    print(cpu_kernels.extension())
+    print(kernels.built(ops.KERNEL))
 """)
 
 
@@ -149,7 +150,7 @@ def test_processes_starting_at_once_build_one_at_a_time(tmp_path):
     """Two processes at once: the file lock lets one build while the other waits (a build killed earlier left
     torch's own lock file behind: it is cleared, not waited on forever)."""
     cache, log = tmp_path / "cache", tmp_path / "log"
-    stale = cpu_kernels.build_folder().relative_to(cpu_kernels.CACHE)
+    stale = ops.KERNEL.build_folder().relative_to(kernels.CACHE)
     (cache / stale).mkdir(parents=True)
     (cache / stale / "lock").touch()
     procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(cache), str(log)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -178,7 +179,7 @@ def test_fused_network_equals_the_network_before():
         net = AlexNet(ModelConfig(num_classes=10, bias_init=0.1)).double().eval()
         net.init_paper(seed=0)
         if implementation == "reference":  # the companions one by one, as the stage table lists them
-            set_implementation(net, implementation)
+            LocalResponseNorm.set_implementation_in(net, implementation)
             for tower in net.towers.values():
                 tower.steps = {name: ("act", "lrn", "pool") if steps == ("act_lrn_pool",) else steps
                                for name, steps in tower.steps.items()}

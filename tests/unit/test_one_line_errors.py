@@ -27,7 +27,7 @@ from tests import bounded
 from tests.conftest import ROOT
 from tests.unit.test_hostile_images import png_file
 from tests.unit.test_hostile_values import config_keys
-from training.optimizer import PlateauSchedule
+from training.plateau import PlateauSchedule
 from training.progress import Progress
 
 BASE = ROOT / "config.yaml"

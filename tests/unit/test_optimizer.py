@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from training.optimizer import PaperSGD, PlateauSchedule
+from training.optimizer import PaperSGD
+from training.plateau import PlateauSchedule
 
 
 def _run(optimizer_cls, lrs, grads, **kw):

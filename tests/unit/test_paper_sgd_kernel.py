@@ -1,10 +1,9 @@
-"""PaperSGD's one-pass CPU update (model/csrc/paper_sgd.cpp) against the paper's rule written out, and against the
+"""PaperSGD's one-pass CPU update (training/csrc/paper_sgd.cpp) against the paper's rule written out, and against the
 foreach update it replaces where the kernel is not there."""
 
 import pytest
 import torch
 
-from model import cpu_kernels
 from training import optimizer as optimizer_module
 from training.optimizer import PaperSGD
 
@@ -50,15 +49,15 @@ def _rule(dtype):
 @pytest.fixture
 def calls(monkeypatch):
     """How many times the one-pass kernel ran."""
-    kernels = cpu_kernels.extension()
+    kernel = optimizer_module.one_pass_kernel()
     count = []
 
     class Counting:
         def paper_sgd_(self, *args):
             count.append(1)
-            kernels.paper_sgd_(*args)
+            kernel.paper_sgd_(*args)
 
-    monkeypatch.setattr(cpu_kernels, "extension", lambda: Counting())
+    monkeypatch.setattr(optimizer_module, "one_pass_kernel", lambda: Counting())
     return count
 
 
@@ -74,7 +73,7 @@ def test_one_pass_is_the_rule_written_out(calls):
 def test_one_pass_equals_foreach_in_float32(calls, monkeypatch):
     ws, vs = _train(torch.float32)
     assert len(calls) == len(LRS)
-    monkeypatch.setattr(cpu_kernels, "extension", lambda: None)  # as where the kernel could not be built
+    monkeypatch.setattr(optimizer_module, "one_pass_kernel", lambda: None)  # as where the kernel could not be built
     foreach_ws, foreach_vs = _train(torch.float32)
     assert len(calls) == len(LRS)
     for got, want in zip(ws + vs, foreach_ws + foreach_vs):

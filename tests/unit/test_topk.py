@@ -1,10 +1,10 @@
-"""The training and validation error counts (training/metrics.py topk_wrong) against each image's rank counted
+"""The training and validation error counts (training/error_counts.py topk_wrong) against each image's rank counted
 directly: the number of classes scored above its label."""
 
 import pytest
 import torch
 
-from training.metrics import topk_wrong
+from training.error_counts import topk_wrong
 
 
 @pytest.mark.parametrize("classes", [10, 5, 3])

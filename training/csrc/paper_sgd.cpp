@@ -1,4 +1,4 @@
-// The paper's SGD update (distributed/optimizer.py PaperSGD) in one pass over each parameter on CPU:
+// The paper's SGD update (training/optimizer.py PaperSGD) in one pass over each parameter on CPU:
 //   v <- momentum v - weight_decay lr w - lr g;   w <- w + v
 // reading w, g and v once and writing w and v once (torch's foreach ops make four passes, eleven streams).
 // The products are fused multiply-adds, in the rule's order.
@@ -69,6 +69,6 @@ void paper_sgd_(std::vector<at::Tensor> params, const std::vector<at::Tensor>& g
 
 }  // namespace
 
-void register_paper_sgd(pybind11::module& m) {
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paper_sgd_", &paper_sgd_, "the paper's SGD update, one pass per parameter");
 }

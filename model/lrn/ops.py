@@ -1,15 +1,23 @@
-"""The C++ kernel (model/csrc/lrn.cpp) as the torch ops `alexnet::lrn` and `alexnet::lrn_backward`.
-
-torch.library custom ops, so torch.compile treats each as one opaque call (its shapes from the fake
-kernels below) and autograd knows the backward (register_autograd). Only for CPU tensors and only where
-`model.cpu_kernels.extension()` built the kernel: model/lrn.py checks both before calling `lrn`.
-Arguments: the input z, the window `size`, `alpha` multiplying the plain sum of squares, `beta`, `k`,
-whether a ReLU comes first, and the max-pool after it (`pool_kernel` 0: none).
+"""The C++ kernel (csrc/lrn.cpp) as the torch ops `alexnet::lrn` and `alexnet::lrn_backward`: custom ops, so
+torch.compile calls each as one opaque op and autograd knows the backward. CPU tensors only, and only where the
+kernel is built (`kernel_built`), which LocalResponseNorm checks before calling `lrn`.
 """
+
+from pathlib import Path
 
 import torch
 
-from model.cpu_kernels import extension
+from kernels import CppKernel, built
+
+CSRC = Path(__file__).with_name("csrc")
+KERNEL = CppKernel("alexnet_lrn", sources=(CSRC / "lrn.cpp",), headers=(CSRC / "lrn_planes.h",),
+                   instead="its pure-torch twin (model/lrn/twin.py)")
+
+
+@torch.compiler.assume_constant_result  # decided once per process; torch.compile need not trace the build
+def kernel_built() -> bool:
+    """Whether the C++ kernel is built (building it on the first call)."""
+    return built(KERNEL) is not None
 
 
 def _output_like(z: torch.Tensor, pool_kernel: int, pool_stride: int) -> torch.Tensor:
@@ -25,9 +33,10 @@ def _output_like(z: torch.Tensor, pool_kernel: int, pool_stride: int) -> torch.T
 @torch.library.custom_op("alexnet::lrn", mutates_args=(), device_types="cpu")
 def lrn(z: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, pool_kernel: int,
         pool_stride: int) -> torch.Tensor:
-    """max_pool2d(lrn(relu(z))), each step as its flags say, in one pass over z."""
+    """max_pool2d(lrn(relu(z))), each step as its flags say, in one pass over z: `alpha` multiplies the plain sum
+    of squares, `pool_kernel` 0 is no pool."""
     out = _output_like(z, pool_kernel, pool_stride)
-    extension().forward(z, out, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    built(KERNEL).forward(z, out, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     return out
 
 
@@ -36,7 +45,7 @@ def lrn_backward(grad: torch.Tensor, z: torch.Tensor, size: int, alpha: float, b
                  pool_kernel: int, pool_stride: int) -> torch.Tensor:
     """The gradient of `lrn`'s output (`grad`) with respect to z, recomputing what the forward computed."""
     dz = torch.empty_like(z)
-    extension().backward(grad, z, dz, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    built(KERNEL).backward(grad, z, dz, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     return dz
 
 

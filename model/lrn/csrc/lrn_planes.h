@@ -1,4 +1,4 @@
-// The per-plane pieces of model/csrc/lrn.cpp (one [H, W] map of one channel of one image at a time): loading
+// The per-plane pieces of model/lrn/csrc/lrn.cpp (one [H, W] map of one channel of one image at a time): loading
 // and storing a plane in any layout, the window sums and LRN's per-element formulas, and torch's max-pool
 // choice. Inline, so that each instruction-set clone of lrn.cpp's entry points compiles them for itself.
 

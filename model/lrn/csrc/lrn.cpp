@@ -1,5 +1,5 @@
 // Local response normalization on CPU, optionally fused with the ReLU before it and the max-pool after it
-// (model/lrn_ops.py registers it as the torch ops alexnet::lrn and alexnet::lrn_backward; model/lrn_twin.py
+// (model/lrn/ops.py registers it as the torch ops alexnet::lrn and alexnet::lrn_backward; model/lrn/twin.py
 // is its pure-torch twin, tested equal to it).
 //
 //   x = relu(z) (or z),  S_c = sum_{j=c-before}^{c+after} x_j^2,  D_c = k + alpha S_c,  y_c = x_c D_c^-beta,
@@ -212,10 +212,7 @@ void backward(const at::Tensor& grad, const at::Tensor& z, at::Tensor& dz, int64
 
 }  // namespace
 
-void register_paper_sgd(pybind11::module& m);  // paper_sgd.cpp: the other kernel of this module
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "pool(lrn(relu(z))) into out");
   m.def("backward", &backward, "its gradient with respect to z, into dz");
-  register_paper_sgd(m);
 }

@@ -1,13 +1,5 @@
-"""LRN in plain torch operations, with its backward written out: the C++ kernel's twin (model/csrc/lrn.cpp),
-tested equal to it, and what runs wherever the kernel does not (CUDA, a machine that cannot build it).
-
-    S_c = sum_{j=c-before}^{c+after} x_j^2,   D_c = k + alpha S_c,   y_c = x_c D_c^-beta
-    dL/dx_c = g_c D_c^-beta - 2 alpha beta x_c sum_{i=c-after}^{c+before} g_i y_i / D_i
-
-before = size // 2, after = (size - 1) // 2: F.local_response_norm's window (it pads the channels that
-way), channels outside the tensor left out. Only the input is saved; the backward recomputes D from it,
-which costs less than keeping a second activation-sized tensor. Half and bfloat16 inputs are computed in
-float32 (autocast off inside) and rounded once at the end, as the C++ kernel does.
+"""LRN in plain torch operations, with its backward written out: the C++ kernel's twin, tested equal to it, and
+what runs wherever the kernel does not (CUDA, a machine that cannot build it). Its formulas: docs/KERNELS.md.
 """
 
 import torch
@@ -39,6 +31,13 @@ def _denominator(x: torch.Tensor, size: int, alpha: float, k: float) -> torch.Te
 
 
 class _LRN(torch.autograd.Function):
+    """S_c = sum_{j=c-before}^{c+after} x_j^2,   D_c = k + alpha S_c,   y_c = x_c D_c^-beta
+    dL/dx_c = g_c D_c^-beta - 2 alpha beta x_c sum_{i=c-after}^{c+before} g_i y_i / D_i
+
+    before = size // 2, after = (size - 1) // 2 (F.local_response_norm's window), channels outside the tensor
+    left out. Only x is saved: the backward recomputes D. Half and bfloat16 are computed in float32, rounded once.
+    """
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         ctx.save_for_backward(x)
