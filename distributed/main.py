@@ -25,8 +25,7 @@ from config import cli
 from config.schema import Config, to_dict
 from distributed import layout
 from model.summary import layer_table
-from training.build import check_data, check_memory
-from training.fast_path import FastPath, runs_one_pass
+from training.build import check_data, check_memory, choose_step
 
 
 def lost_peer(err: RuntimeError) -> bool:
@@ -43,8 +42,7 @@ def checked(args: argparse.Namespace, env: dict[str, str] | None = None) -> tupl
     everything that can refuse them checked before any process group."""
     cfg = cli.load(args)
     plan = layout.plan_from_env(cfg, env)
-    # Refuses a GPU-only switch on a CPU, and a one-pass-only switch in another layout.
-    FastPath.resolve(cfg.train, plan.device, one_pass=runs_one_pass(plan, cfg.train))
+    choose_step(plan, cfg.train)  # refuses a GPU-only switch on a CPU, a one-pass-only one in another layout
     check_data(cfg)
     check_memory(cfg, plan)
     return cfg, plan

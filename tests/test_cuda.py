@@ -16,12 +16,12 @@ from torch._inductor.cudagraph_trees import get_manager
 
 from checkpoints import store
 from distributed import layout
+from distributed.pipeline import StepKind
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
-from training.fast_path import runs_one_pass
 from training.trainer import Trainer
 
 pytestmark = [
@@ -102,7 +102,7 @@ def test_cudagraphs_mode_trains_as_eager(tmp_path):
            "train.channels_last=off"]
     train(tmp_path / "eager", *run, "train.compile=off")
     trainer = train(tmp_path / "graphs", *run, "train.compile=cudagraphs")
-    assert trainer.fast.compile == "cudagraphs" and runs_one_pass(trainer.plan, trainer.cfg.train)
+    assert trainer.fast.compile == "cudagraphs" and trainer.kind is StepKind.WHOLE
     assert counters["stats"]["unique_graphs"] >= 4 and counters["inductor"]["cudagraph_skips"] == 0, dict(counters)
     assert get_manager(torch.cuda.current_device(), create_if_none_exists=False) is not None
     eager = torch.tensor(train_scalars(tmp_path / "eager", "loss/train"))

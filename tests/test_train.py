@@ -149,10 +149,10 @@ def test_epoch_training_error_is_logged_and_can_end_the_run(tmp_path):
     trainer = Trainer(cfg, start(cfg))
     step, wrong = trainer.pipeline, []
 
-    def counted(inputs, labels, micro_batches, autocast):
+    def counted(inputs, labels, autocast):
         with torch.no_grad(), autocast():
             wrong.append((trainer.model(inputs).argmax(1) != labels).sum().item() / len(labels))
-        return step(inputs, labels, micro_batches, autocast)
+        return step(inputs, labels, autocast)
 
     counted.exposed = step.exposed
     trainer.pipeline = counted

@@ -16,6 +16,7 @@ from checkpoints import run_folder
 from config.schema import Config, to_dict
 from distributed.feed import training_batches
 from distributed.layout import Layout
+from distributed.pipeline import StepKind
 from distributed.reductions import from_every_tower
 from model.seeds import derive_seed
 from training.build import build
@@ -33,7 +34,8 @@ class Trainer:
         self.cfg, self.layout, self.plan = cfg, layout, layout.plan
         self.device = self.plan.device
         parts = build(cfg, layout)
-        self.data, self.order, self.model, self.pipeline = parts.data, parts.order, parts.model, parts.pipeline
+        self.data, self.order, self.model = parts.data, parts.order, parts.model
+        self.kind, self.pipeline = parts.kind, parts.pipeline
         self.optimizer, self.schedule, self.augment, self.fast = parts.optimizer, parts.schedule, parts.augment, parts.fast
         self.logger, self.validator, self.checkpointer = parts.logger, parts.validator, parts.checkpointer
         self.progress = parts.progress
@@ -42,8 +44,8 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.stopping = False  # the run reached train.stop_at_train_error, or converged
-        self.graphed = None  # train.step_graph: the step over static buffers, replayed as one CUDA graph
-        if self.fast.step_graph:
+        self.graphed = None  # the step over static buffers, replayed as one CUDA graph
+        if self.kind is StepKind.GRAPHED:
             self.graphed = StaticStep(self.model, self.pipeline, self.optimizer, self.augment, self.fast, self.device)
 
     @property
@@ -60,7 +62,7 @@ class Trainer:
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
         inputs = inputs.contiguous(memory_format=self.fast.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, logits = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self.autocast)
+        loss_sum, logits = self.pipeline(inputs, labels, self.autocast)
         self.optimizer.step()
         return loss_sum, topk_wrong(logits, labels)
 
