@@ -3,7 +3,7 @@
 Commands (config/cli.py): train (the default), config (the resolved config, every key),
 describe (the layer table), evaluate (validation error of checkpoints, alone or as an
 ensemble, in the layout torchrun starts). The config is loaded and checked, and the run's
-folders probed and locked (checkpoints/run_folder.py), before any process group starts; the
+folders probed and locked (checkpoints/folder.py), before any process group starts; the
 group is always torn down. Training's first line names the config files and the overrides.
 Ctrl-C ends training with exit status 130 and one line per process (where it stopped, the
 newest complete checkpoint), or none under ./run.sh, whose launcher (distributed/launch.py)
@@ -18,7 +18,7 @@ import sys
 import torch.distributed as dist
 import yaml
 
-from checkpoints import run_folder, store
+from checkpoints.folder import CheckpointFolder
 from checkpoints.store import CheckpointError
 from checkpoints.trained import checkpoint_paths
 from config import cli
@@ -61,13 +61,14 @@ def train(args: argparse.Namespace) -> int:
     if plan.logs and plan.restarts_share_store:
         print("warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
               "or a restart may fail to connect (docs/SCALING.md)", file=sys.stderr, flush=True)
+    checkpoints = CheckpointFolder(cfg, plan)
     interrupt = _Interrupt()
     started = []  # the trainer, once built: it knows where the run stopped
     try:
-        return _train(cfg, plan, started, interrupt)
+        return _train(cfg, plan, checkpoints, started, interrupt)
     except KeyboardInterrupt:
         if LAUNCHED not in os.environ:
-            newest = store.latest(cfg.checkpoint.dir)
+            newest = checkpoints.newest()
             print(f"rank {plan.rank}: interrupted at step {started[0].step if started else 0}; newest complete "
                   f"checkpoint: {newest or 'none'} (the same command with train.resume=true continues it)",
                   file=sys.stderr, flush=True)
@@ -77,14 +78,14 @@ def train(args: argparse.Namespace) -> int:
             interrupt.restore()
 
 
-def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
+def _train(cfg: Config, plan: layout.Plan, checkpoints: CheckpointFolder, started: list, interrupt: "_Interrupt") -> int:
     from distributed.feed import loader_failure  # heavy imports only when training
-    from training.checkpointer import NonFiniteLoss
     from training.metrics import LogFailed
+    from training.saved_state import NonFiniteLoss
     from training.trainer import Trainer
 
     try:
-        with run_folder.claim(cfg, plan):  # probed and locked before any process group
+        with checkpoints.claim():  # probed and locked before any process group
             try:
                 started.append(Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s)))
                 started[0].run()

@@ -116,11 +116,11 @@ def test_a_checkpoint_written_on_cuda_loads_on_cpu_and_back(tmp_path):
     saved = {k: v.cpu() for k, v in weights_and_velocity(gpu).items()}
     cfg = small_config(tmp_path / "cpu", "train.device=cpu")
     cpu = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
-    store.load(cpu.checkpointer.state(), store.latest(tmp_path / "gpu" / "ck"))
+    store.load(cpu.saved.tensors(), store.latest(tmp_path / "gpu" / "ck"))
     for key, value in weights_and_velocity(cpu).items():
         assert torch.equal(value, saved[key]), key
     cpu.progress.step = 2
-    cpu.checkpointer.save(cpu.step)  # written from the CPU
+    cpu.checkpoints.save(cpu.step, cpu.saved)  # written from the CPU
     cfg = small_config(tmp_path / "cpu", *CUDA)
     back = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
     assert back.resume() and back.step == 2 and back.device.type == "cuda"

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from torch.optim import Optimizer
 
+from checkpoints.folder import CheckpointFolder
 from config.schema import Config, ConfigError, TrainConfig
 from data.augment import Augmenter
 from data.imageset import Datasets
@@ -15,12 +16,12 @@ from distributed.layout import Layout, Plan
 from distributed.pipeline import PipelinedStep, StepKind
 from model.alexnet import AlexNet
 from model.cpu_kernels import extension
-from training.checkpointer import Checkpointer
 from training.evaluation import Validator
 from training.fast_path import FastPath
 from training.metrics import MetricLogger
 from training.optimizer import PlateauSchedule, build_optimizer
 from training.progress import Progress
+from training.saved_state import SavedState
 
 
 @dataclass
@@ -39,7 +40,8 @@ class Parts:
     progress: Progress
     logger: MetricLogger
     validator: Validator
-    checkpointer: Checkpointer
+    saved: SavedState
+    checkpoints: CheckpointFolder
 
 
 MAX_STEPS = 2**63 - 1
@@ -130,5 +132,6 @@ def build(cfg: Config, layout: Layout) -> Parts:
         progress=progress,
         logger=MetricLogger(cfg.log.dir, enabled=plan.logs, every_steps=cfg.log.every_steps),
         validator=Validator(data.val, augment, cfg, layout, lambda: fast.autocast(plan.device), order.steps_per_epoch),
-        checkpointer=Checkpointer(cfg, plan, model, optimizer, {"progress": progress, "schedule": schedule}),
+        saved=SavedState(model, optimizer, {"progress": progress, "schedule": schedule}, plan),
+        checkpoints=CheckpointFolder(cfg, plan),
     )

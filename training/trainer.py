@@ -1,9 +1,9 @@
 """The training loop: forward, loss, backward, step; validation, logs and checkpoints at its edges.
 
 Each edge is a component that owns its cadence and its state (training/build.py builds them):
-the logger says which steps are log steps, the validator which end an epoch, the checkpointer
-which are saved; the plateau schedule reads each validation error; `Progress` and the schedule
-are saved with every checkpoint through their own state_dict.
+the logger says which steps are log steps, the validator which end an epoch, the checkpoint
+folder which are saved; the plateau schedule reads each validation error; `Progress` and the
+schedule are saved with every checkpoint through their own state_dict (training/saved_state.py).
 """
 
 import math
@@ -12,7 +12,6 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from checkpoints import run_folder
 from config.schema import Config, to_dict
 from distributed.feed import training_batches
 from distributed.layout import Layout
@@ -20,11 +19,11 @@ from distributed.pipeline import StepKind
 from distributed.reductions import from_every_tower
 from model.seeds import derive_seed
 from training.build import build
-from training.checkpointer import NonFiniteLoss
 from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates
 from training.graphed_step import StaticStep
 from training.metrics import conv1_kernels, topk_wrong
 from training.progress import Window
+from training.saved_state import NonFiniteLoss
 
 
 class Trainer:
@@ -37,7 +36,8 @@ class Trainer:
         self.data, self.order, self.model = parts.data, parts.order, parts.model
         self.kind, self.pipeline = parts.kind, parts.pipeline
         self.optimizer, self.schedule, self.augment, self.fast = parts.optimizer, parts.schedule, parts.augment, parts.fast
-        self.logger, self.validator, self.checkpointer = parts.logger, parts.validator, parts.checkpointer
+        self.logger, self.validator = parts.logger, parts.validator
+        self.saved, self.checkpoints = parts.saved, parts.checkpoints
         self.progress = parts.progress
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
         self.total_steps = cfg.train.epochs * self.order.steps_per_epoch
@@ -83,18 +83,17 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint that loads, if there is one."""
-        path = self.checkpointer.resume()
+        path = self.checkpoints.resume(self.saved)
         if path is None:
             return False
-        self.checkpointer.saved_step = self.step
         if self.plan.logs:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return True
 
     def run(self) -> ErrorRates:
         """Train to the configured length; validate and checkpoint at each epoch's end."""
-        resuming = run_folder.resumes(self.cfg, self.plan)  # or refuses another run's checkpoint.dir
-        self.checkpointer.check_space()
+        resuming = self.checkpoints.resumes()  # or refuses another run's checkpoint.dir
+        self.checkpoints.check_space(self.saved.checkpoint_bytes)
         if self.plan.logs:
             p = self.plan
             print(f"processes: {p.world} ({p.replicas} replica(s) x {p.tower_processes} tower process(es)) on "
@@ -118,9 +117,9 @@ class Trainer:
             epoch_end = self.validator.should_validate(self.step)
             if epoch_end:
                 last_validation = self._end_of_epoch()
-            if self.checkpointer.due(self.step, epoch_end):
+            if self.checkpoints.due(self.step, epoch_end):
                 self._stop_if_loss_not_finite(window)
-                self.checkpointer.save(self.step)
+                self.checkpoints.save(self.step, self.saved)
         feed.close()
         if self.stopping:  # ended early (train.stop_at_train_error, or converged): the bar ends full, where it stopped
             bar.total = self.step
@@ -129,7 +128,7 @@ class Trainer:
         mid_epoch = not self.validator.should_validate(self.step)
         if mid_epoch:  # stopped by max_steps: keep the place, leave the schedule be
             self._stop_if_loss_not_finite(window)
-            self.checkpointer.save(self.step)
+            self.checkpoints.save(self.step, self.saved)
         return self._final_validation(last_validation if not mid_epoch else None)
 
     def _end_of_epoch(self) -> ErrorRates:
@@ -156,7 +155,7 @@ class Trainer:
                   f"top-5 {result.top5:.4f}{note}", flush=True)
         if not math.isfinite(result.loss):  # every process alike (summed over replicas), before the epoch's save
             raise NonFiniteLoss(f"validation loss is {result.loss} after step {self.step}; stopped, the last good "
-                                f"checkpoint in {self.cfg.checkpoint.dir} is kept")
+                                f"checkpoint in {self.checkpoints.dir} is kept")
         return result
 
     def _final_validation(self, last_epoch: ErrorRates | None) -> ErrorRates:
@@ -181,7 +180,7 @@ class Trainer:
         if not math.isfinite(loss):
             raise NonFiniteLoss(
                 f"training loss became {loss} by step {self.step} (rank {self.plan.rank}); "
-                f"stopped, the last good checkpoint in {self.cfg.checkpoint.dir} is kept"
+                f"stopped, the last good checkpoint in {self.checkpoints.dir} is kept"
             )
 
     def _log(self, window: Window, bar: tqdm) -> None:
