@@ -87,7 +87,7 @@ def _train(cfg: Config, plan: layout.Plan, checkpoints: CheckpointFolder, starte
     try:
         with checkpoints.claim():  # probed and locked before any process group
             try:
-                started.append(Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s)))
+                started.append(Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s), checkpoints))
                 started[0].run()
             finally:
                 layout.stop()

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 
 from torch.optim import Optimizer
 
-from checkpoints.folder import CheckpointFolder
 from config.schema import Config, ConfigError, TrainConfig
 from data.augment import Augmenter
 from data.imageset import Datasets
@@ -41,7 +40,6 @@ class Parts:
     logger: MetricLogger
     validator: Validator
     saved: SavedState
-    checkpoints: CheckpointFolder
 
 
 MAX_STEPS = 2**63 - 1
@@ -133,5 +131,4 @@ def build(cfg: Config, layout: Layout) -> Parts:
         logger=MetricLogger(cfg.log.dir, enabled=plan.logs, every_steps=cfg.log.every_steps),
         validator=Validator(data.val, augment, cfg, layout, lambda: fast.autocast(plan.device), order.steps_per_epoch),
         saved=SavedState(model, optimizer, {"progress": progress, "schedule": schedule}, plan),
-        checkpoints=CheckpointFolder(cfg, plan),
     )

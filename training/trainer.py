@@ -12,6 +12,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from checkpoints.folder import CheckpointFolder
 from config.schema import Config, to_dict
 from distributed.feed import training_batches
 from distributed.layout import Layout
@@ -29,7 +30,9 @@ from training.saved_state import NonFiniteLoss
 class Trainer:
     """Runs one process's share of training: the loop, and what happens at each epoch's end."""
 
-    def __init__(self, cfg: Config, layout: Layout) -> None:
+    def __init__(self, cfg: Config, layout: Layout, checkpoints: CheckpointFolder | None = None) -> None:
+        """`checkpoints`: the run's checkpoint folder as the program claimed it (distributed/main.py); else
+        this process's own, unclaimed, for a trainer used in one process (the tests, the benchmarks)."""
         self.cfg, self.layout, self.plan = cfg, layout, layout.plan
         self.device = self.plan.device
         parts = build(cfg, layout)
@@ -37,7 +40,7 @@ class Trainer:
         self.kind, self.pipeline = parts.kind, parts.pipeline
         self.optimizer, self.schedule, self.augment, self.fast = parts.optimizer, parts.schedule, parts.augment, parts.fast
         self.logger, self.validator = parts.logger, parts.validator
-        self.saved, self.checkpoints = parts.saved, parts.checkpoints
+        self.saved, self.checkpoints = parts.saved, checkpoints or CheckpointFolder(cfg, self.plan)
         self.progress = parts.progress
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
         self.total_steps = cfg.train.epochs * self.order.steps_per_epoch
