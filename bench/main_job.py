@@ -38,7 +38,7 @@ from checkpoints import store
 from config.loading import load_config
 from data.sources import cache_name
 from distributed.exchange import ProcessGroupExchange
-from distributed.pipeline import PipelinedStep
+from distributed.pipeline import PipelinedStep, StepKind
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from training.fast_path import FastPath
@@ -119,7 +119,7 @@ def _step_time(rank: int, world: int, config: str, overrides: list[str], steps: 
         net.compile_stages()
     t = cfg.train
     optimizer = build_optimizer(net.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
-    step = PipelinedStep(net, exchange, None)
+    step = PipelinedStep(net, exchange, None, StepKind.PIPELINED, t.micro_batches)  # a tower per process
     size = cfg.model.input_size
     x = (torch.randn(t.batch_size, 3, size, size) * 50).contiguous(memory_format=fast.memory_format)
     y = torch.randint(cfg.model.num_classes, (t.batch_size,))
@@ -127,7 +127,7 @@ def _step_time(rank: int, world: int, config: str, overrides: list[str], steps: 
     for _ in range(steps + 1):  # the first step warms up (and compiles) and is not counted
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        step(x, y, t.micro_batches, lambda: fast.autocast(torch.device("cpu")))
+        step(x, y, lambda: fast.autocast(torch.device("cpu")))
         optimizer.step()
         times.append(time.perf_counter() - start)
     if rank == 0:

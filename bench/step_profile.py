@@ -66,7 +66,7 @@ def parts(dev: Device, trainer, images, labels, steps: int) -> dict[str, float]:
     trainer.model.train()
 
     def forward_backward():
-        trainer.pipeline(inputs, labels, 1, trainer._autocast)
+        trainer.pipeline(inputs, labels, trainer.autocast)
 
     out = {}
     for name, fn in (("augment", lambda: trainer.augment.train(images, rng)),

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from distributed.exchange import ProcessGroupExchange
-from distributed.pipeline import PipelinedStep
+from distributed.pipeline import PipelinedStep, StepKind
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
@@ -23,10 +23,10 @@ from model.exchange import LocalExchange
 from training.optimizer import PaperSGD
 
 
-def _measure(net: AlexNet, exchange, batch: int, micro_batches: int, steps: int) -> dict[str, float]:
+def _measure(net: AlexNet, exchange, kind: StepKind, batch: int, micro_batches: int, steps: int) -> dict[str, float]:
     net.init_paper(seed=0)
     optimizer = PaperSGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    step = PipelinedStep(net, exchange, None)
+    step = PipelinedStep(net, exchange, None, kind, micro_batches)
     x, y = torch.randn(batch, 3, 227, 227) * 50, torch.randint(1000, (batch,))
     times = []
     for i in range(steps + 1):  # the first step warms up and is not counted
@@ -34,7 +34,7 @@ def _measure(net: AlexNet, exchange, batch: int, micro_batches: int, steps: int)
             step.exposed.take()
         start = time.perf_counter()
         optimizer.zero_grad()
-        step(x, y, micro_batches, lambda: torch.autocast("cpu", enabled=False))
+        step(x, y, lambda: torch.autocast("cpu", enabled=False))
         optimizer.step()
         times.append(time.perf_counter() - start)
     mean = sum(times[1:]) / steps
@@ -49,7 +49,8 @@ def _measure(net: AlexNet, exchange, batch: int, micro_batches: int, steps: int)
 
 def _two_process(rank: int, world: int, batch: int, micro: list[int], steps: int, out: str) -> None:
     exchange = ProcessGroupExchange(dist.group.WORLD)
-    rows = {m: _measure(AlexNet(ModelConfig(), (rank,), exchange), exchange, batch, m, steps) for m in micro}
+    rows = {m: _measure(AlexNet(ModelConfig(), (rank,), exchange), exchange, StepKind.PIPELINED, batch, m, steps)
+            for m in micro}
     gathered = [None, None]
     dist.all_gather_object(gathered, rows)
     if rank == 0:
@@ -65,7 +66,9 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/step_time.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    one = {m: _measure(AlexNet(ModelConfig()), LocalExchange(), args.batch, m, args.steps) for m in args.micro_batches}
+    # One process runs a single micro-batch whole, as the trainer does (training/build.py choose_step).
+    kinds = {m: StepKind.WHOLE if m == 1 else StepKind.PIPELINED for m in args.micro_batches}
+    one = {m: _measure(AlexNet(ModelConfig()), LocalExchange(), kinds[m], args.batch, m, args.steps) for m in args.micro_batches}
     run_workers(2, _two_process, args.batch, args.micro_batches, args.steps, args.out)
     with open(args.out) as f:  # JSON turned the micro-batch counts into strings
         two = [{int(m): row for m, row in rows.items()} for rows in json.load(f)]

@@ -23,7 +23,7 @@ import torchvision
 
 from bench.op_shares import KINDS, shares
 from distributed.exchange import ProcessGroupExchange
-from distributed.pipeline import PipelinedStep
+from distributed.pipeline import PipelinedStep, StepKind
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
@@ -43,7 +43,7 @@ def autocast(bf16: bool):
 
 
 def ours(batch: int, bf16: bool, compiled: bool, implementation: str = "auto", towers=(0, 1), exchange=None,
-         micro_batches: int = 1):
+         kind: StepKind = StepKind.WHOLE, micro_batches: int = 1):
     """(net, step) for this trainer: both towers (or `towers`) with `exchange`, PipelinedStep + PaperSGD."""
     torch.manual_seed(0)
     exchange = exchange or LocalExchange()
@@ -53,7 +53,7 @@ def ours(batch: int, bf16: bool, compiled: bool, implementation: str = "auto", t
     if compiled:
         net.compile_stages()
     optimizer = PaperSGD(net.parameters(), **PAPER)
-    pipeline = PipelinedStep(net, exchange, None)
+    pipeline = PipelinedStep(net, exchange, None, kind, micro_batches)
     images, labels = torch.randn(batch, 3, 227, 227) * 50, torch.randint(1000, (batch,))
     count = iter(range(1 << 30))
 
@@ -61,7 +61,7 @@ def ours(batch: int, bf16: bool, compiled: bool, implementation: str = "auto", t
         net.train()
         net.seed_dropout(next(count))
         optimizer.zero_grad(set_to_none=True)
-        pipeline(images, labels, micro_batches, autocast(bf16))
+        pipeline(images, labels, autocast(bf16))
         optimizer.step()
 
     return net, step
@@ -106,7 +106,8 @@ def interleaved(steps: dict, timed: int) -> tuple[dict[str, float], dict[str, fl
 
 def _two_process_worker(rank: int, world: int, batch: int, timed: int, out: str) -> None:
     exchange = ProcessGroupExchange(dist.group.WORLD)
-    _, step = ours(batch, False, False, towers=(rank,), exchange=exchange, micro_batches=MICRO_BATCHES_TWO_PROCESSES)
+    _, step = ours(batch, False, False, towers=(rank,), exchange=exchange, kind=StepKind.PIPELINED,
+                   micro_batches=MICRO_BATCHES_TWO_PROCESSES)
     seconds = interleaved({"two": step}, timed)[0]["two"]
     gathered = [None] * world
     dist.all_gather_object(gathered, seconds)

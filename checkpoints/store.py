@@ -60,32 +60,20 @@ class BrokenCheckpoint(UserError):
     Not an architecture that differs: that is refused as a plain UserError."""
 
 
-def _is_writer() -> bool:
+def is_writer() -> bool:
+    """Whether this process writes what is written once (the folders, their marks, pruning, setting aside)."""
     return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def check_space(directory: str | Path, checkpoint_bytes: int, keep: int) -> None:
-    """Fail before training if the disk under `directory` cannot hold the checkpoints the run will keep.
-
-    At the peak, `keep` complete checkpoints sit beside the one being written; those already
-    there count as written.
-    """
-    root = Path(directory)
-    to_write = max(1, keep + 1 - len(complete(root)))
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    if free < to_write * checkpoint_bytes:
-        raise CheckpointError(
-            f"checkpoint.dir={directory}: {free / 1e9:.2f} GB free, but {to_write} more checkpoint(s) of "
-            f"{checkpoint_bytes / 1e9:.2f} GB each are needed (checkpoint.keep={keep}); free space or lower "
-            "checkpoint.keep"
-        )
 
 
 def latest(directory: str | Path) -> Path | None:
     """The newest complete checkpoint in `directory`, or None."""
     done = complete(directory)
     return done[-1] if done else None
+
+
+def step_of(checkpoint: Path) -> int:
+    """The step a checkpoint folder holds, from its name."""
+    return int(_NAME.match(checkpoint.name).group(1))
 
 
 def complete(directory: str | Path) -> list[Path]:
@@ -119,13 +107,13 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
     final = root / f"step_{step:08d}"
     partial = root / (final.name + PARTIAL)
     try:
-        if _is_writer():
-            files.create_root(root, "checkpoint.dir")
+        if is_writer():
+            files.create_root(root)
             _clear_leftovers(root)
             files.make_folder(partial)  # a real folder, made here: DCP's writers then find it and write into it
         barrier()
         shards.write(state, partial)  # returns once every process has written its file
-        if _is_writer():
+        if is_writer():
             if model is not None:
                 files.write_atomic(partial / MODEL_FILE, record(model))
             files.write_atomic(partial / MARKER, json.dumps(FORMAT) + "\n")
@@ -146,7 +134,7 @@ def save(state: dict, directory: str | Path, step: int, keep: int, model: ModelC
             f"could not write checkpoint {final} ({free:.2f} GB free there); the older checkpoints are kept: "
             f"{_causes(err)}"
         ) from err
-    if _is_writer():
+    if is_writer():
         _remove(final)
         files.rename(partial, final)
         for old in complete(root)[:-keep]:
@@ -163,7 +151,7 @@ def _remove(folder: Path) -> None:
 
 def _clear_leftovers(root: Path) -> None:
     """Remove what killed writes and prunes left: partial folders, and step folders without their mark.
-    Safe because the run owns the folder (checkpoints/run_folder.py): no other run is writing there."""
+    Safe because the run owns the folder (checkpoints/folder.py): no other run is writing there."""
     for entry in root.iterdir():
         torn = _NAME.match(entry.name) and entry.is_dir() and not (entry / MARKER).is_file() \
             and not (entry / EARLIER_FORMAT).is_file()

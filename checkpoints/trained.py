@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from checkpoints import store
+from checkpoints.folder import KEY, configured
 from checkpoints.weights import SUFFIX, check_weights, is_weights_file, load_weights
 from config.errors import UserError
 from config.schema import Config
@@ -30,9 +31,10 @@ def checkpoint_paths(cfg: Config, given: Sequence[str | Path]) -> list[Path]:
     every process before any process group starts.
     """
     if not given:
-        newest = store.latest(cfg.checkpoint.dir)
+        folder = configured(cfg)
+        newest = store.latest(folder)
         if newest is None:
-            raise UserError(f"no checkpoint in checkpoint.dir={cfg.checkpoint.dir}")
+            raise UserError(f"no checkpoint in {KEY}={folder}")
         given = [newest]
     paths = [_newest_if_checkpoint_dir(Path(p)) for p in given]
     for path in paths:

@@ -37,7 +37,7 @@ from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-from checkpoints import run_folder, store
+from checkpoints.folder import CheckpointFolder
 from config import cli
 from config.errors import UserError
 from distributed import main as training
@@ -96,7 +96,8 @@ def launch(args: argparse.Namespace) -> int:
     nproc = processes()
     run = argparse.Namespace(**{**vars(args), "config": args.config or [QUICKSTART]})
     cfg, plan = training.checked(run, torchrun_env(nproc))
-    run_folder.check_unclaimed(cfg, plan)
+    checkpoints = CheckpointFolder(cfg, plan)
+    checkpoints.check_unclaimed()
 
     for handler in logging.getLogger("torch.distributed").handlers:  # torchrun's log lines: said here instead
         handler.setLevel(logging.CRITICAL)
@@ -112,7 +113,7 @@ def launch(args: argparse.Namespace) -> int:
     except ChildFailedError as err:
         return _failed(err)
     except SignalException as err:
-        newest = store.latest(cfg.checkpoint.dir)
+        newest = checkpoints.newest()
         how = "interrupted" if err.sigval == signal.SIGINT else f"stopped by {err.sigval.name}"
         if newest is None:
             print(f"{how} before the first checkpoint; to start again: {rerun_command(args, resume=False)}",

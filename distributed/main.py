@@ -3,7 +3,7 @@
 Commands (config/cli.py): train (the default), config (the resolved config, every key),
 describe (the layer table), evaluate (validation error of checkpoints, alone or as an
 ensemble, in the layout torchrun starts). The config is loaded and checked, and the run's
-folders probed and locked (checkpoints/run_folder.py), before any process group starts; the
+folders probed and locked (checkpoints/folder.py), before any process group starts; the
 group is always torn down. Training's first line names the config files and the overrides.
 Ctrl-C ends training with exit status 130 and one line per process (where it stopped, the
 newest complete checkpoint), or none under ./run.sh, whose launcher (distributed/launch.py)
@@ -18,15 +18,14 @@ import sys
 import torch.distributed as dist
 import yaml
 
-from checkpoints import run_folder, store
+from checkpoints.folder import CheckpointFolder
 from checkpoints.store import CheckpointError
 from checkpoints.trained import checkpoint_paths
 from config import cli
 from config.schema import Config, to_dict
 from distributed import layout
 from model.summary import layer_table
-from training.build import check_data, check_memory
-from training.fast_path import FastPath, runs_one_pass
+from training.build import check_data, check_memory, choose_step
 
 
 def lost_peer(err: RuntimeError) -> bool:
@@ -43,8 +42,7 @@ def checked(args: argparse.Namespace, env: dict[str, str] | None = None) -> tupl
     everything that can refuse them checked before any process group."""
     cfg = cli.load(args)
     plan = layout.plan_from_env(cfg, env)
-    # Refuses a GPU-only switch on a CPU, and a one-pass-only switch in another layout.
-    FastPath.resolve(cfg.train, plan.device, one_pass=runs_one_pass(plan, cfg.train))
+    choose_step(plan, cfg.train)  # refuses a GPU-only switch on a CPU, a one-pass-only one in another layout
     check_data(cfg)
     check_memory(cfg, plan)
     return cfg, plan
@@ -63,13 +61,14 @@ def train(args: argparse.Namespace) -> int:
     if plan.logs and plan.restarts_share_store:
         print("warning: with --max-restarts, launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
               "or a restart may fail to connect (docs/SCALING.md)", file=sys.stderr, flush=True)
+    checkpoints = CheckpointFolder(cfg, plan)
     interrupt = _Interrupt()
     started = []  # the trainer, once built: it knows where the run stopped
     try:
-        return _train(cfg, plan, started, interrupt)
+        return _train(cfg, plan, checkpoints, started, interrupt)
     except KeyboardInterrupt:
         if LAUNCHED not in os.environ:
-            newest = store.latest(cfg.checkpoint.dir)
+            newest = checkpoints.newest()
             print(f"rank {plan.rank}: interrupted at step {started[0].step if started else 0}; newest complete "
                   f"checkpoint: {newest or 'none'} (the same command with train.resume=true continues it)",
                   file=sys.stderr, flush=True)
@@ -79,16 +78,16 @@ def train(args: argparse.Namespace) -> int:
             interrupt.restore()
 
 
-def _train(cfg: Config, plan: layout.Plan, started: list, interrupt: "_Interrupt") -> int:
+def _train(cfg: Config, plan: layout.Plan, checkpoints: CheckpointFolder, started: list, interrupt: "_Interrupt") -> int:
     from distributed.feed import loader_failure  # heavy imports only when training
-    from training.checkpointer import NonFiniteLoss
     from training.metrics import LogFailed
+    from training.saved_state import NonFiniteLoss
     from training.trainer import Trainer
 
     try:
-        with run_folder.claim(cfg, plan):  # probed and locked before any process group
+        with checkpoints.claim():  # probed and locked before any process group
             try:
-                started.append(Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s)))
+                started.append(Trainer(cfg, layout.start(plan, cfg.parallel.timeout_s), checkpoints))
                 started[0].run()
             finally:
                 layout.stop()

@@ -10,6 +10,7 @@ every micro-batch has passed that stage, under the backward of the stages before
 """
 
 import time
+from enum import Enum
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,18 @@ from model.exchange import Exchange, Pending
 from model.layers import STAGES
 
 DIRECTIONS = ("forward", "backward")
+
+
+class StepKind(Enum):
+    """How this process runs a training step. Chosen once, where the run is built (training/build.py
+    `choose_step`), from the layout and the switches; the pipeline and the trainer follow it."""
+
+    WHOLE = "whole"
+    """Every tower in this process, one micro-batch, no replicas: one forward and one backward (`whole_batch`)."""
+    PIPELINED = "pipelined"
+    """Micro-batches in a GPipe schedule, each exchange in flight under the next micro-batch's work."""
+    GRAPHED = "graphed"
+    """The whole step over static buffers, replayed as one CUDA graph (training/graphed_step.py)."""
 
 
 class ExposedTime:
@@ -64,8 +77,10 @@ class ExposedTime:
 class PipelinedStep:
     """Forward and backward of one batch, cut into micro-batches, for the towers this process holds."""
 
-    def __init__(self, model: AlexNet, exchange: Exchange, replica_group: dist.ProcessGroup | None) -> None:
+    def __init__(self, model: AlexNet, exchange: Exchange, replica_group: dist.ProcessGroup | None,
+                 kind: StepKind, micro_batches: int) -> None:
         self.model, self.exchange, self.replica_group = model, exchange, replica_group
+        self.kind, self.micro_batches = kind, micro_batches
         towers = list(model.towers.values())
         # One gradient bucket per stage, averaged over replicas once every micro-batch has passed it.
         self.stage_params = [
@@ -73,12 +88,12 @@ class PipelinedStep:
         ]
         self.exposed = ExposedTime(on_stream=exchange.waits_on_stream)
 
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, micro_batches: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate d(mean loss over the batch)/d(params) into .grad; returns (summed loss, the logits),
         detached, without syncing."""
-        if micro_batches == 1 and self.exchange.in_process and self.replica_group is None:
+        if self.kind is not StepKind.PIPELINED:
             return self.whole_batch(inputs, labels, autocast)
-        xs, ys = inputs.chunk(micro_batches), labels.chunk(micro_batches)
+        xs, ys = inputs.chunk(self.micro_batches), labels.chunk(self.micro_batches)
         m, towers, wait = len(xs), len(self.model.towers), self.exposed.wait
         leaves = [[None] * m for _ in STAGES]  # each stage's exchanged input, a leaf that collects its grad
         outputs = [[None] * m for _ in STAGES]  # this process's towers' outputs of each stage

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from checkpoints import run_folder, store
+from checkpoints.folder import CheckpointFolder
 from config.errors import UserError
 from distributed import layout
 from distributed.main import main
@@ -104,10 +105,10 @@ HOLD = """
 import os, sys, time
 from pathlib import Path
 from distributed import layout
-from checkpoints import run_folder
+from checkpoints.folder import CheckpointFolder
 from tests.trainer_runs import small_config
 cfg = small_config(Path(sys.argv[1]))
-with run_folder.claim(cfg, layout.plan_from_env(cfg, {})):
+with CheckpointFolder(cfg, layout.plan_from_env(cfg, {})).claim():
     if os.fork() == 0:  # a child that outlives its parent, as a DataLoader worker can
         time.sleep(120)
         os._exit(0)
@@ -122,13 +123,13 @@ def test_the_lock_is_released_when_its_holder_dies_even_if_a_forked_child_lives(
     holder = launch([sys.executable, "-c", HOLD, str(tmp_path)], "holder")
     _wait_for_output(holder, "held")
     cfg = small_config(tmp_path)
-    plan = layout.plan_from_env(cfg, {})
+    folder = CheckpointFolder(cfg, layout.plan_from_env(cfg, {}))
     with pytest.raises(UserError, match=rf"checkpoint.dir={tmp_path}/ck is in use by another run \(pid {holder.pid} "):
-        with run_folder.claim(cfg, plan):
+        with folder.claim():
             pass
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    with run_folder.claim(cfg, plan):  # the forked child, in the holder's session, is still alive here
+    with folder.claim():  # the forked child, in the holder's session, is still alive here
         assert (tmp_path / "ck" / run_folder.LOCK_FILE).read_text().startswith(f"pid {os.getpid()} ")
         assert (tmp_path / run_folder.LOCK_FILE).is_file()  # log.dir is locked too
 

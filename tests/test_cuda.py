@@ -16,12 +16,12 @@ from torch._inductor.cudagraph_trees import get_manager
 
 from checkpoints import store
 from distributed import layout
+from distributed.pipeline import StepKind
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
-from training.fast_path import runs_one_pass
 from training.trainer import Trainer
 
 pytestmark = [
@@ -102,7 +102,7 @@ def test_cudagraphs_mode_trains_as_eager(tmp_path):
            "train.channels_last=off"]
     train(tmp_path / "eager", *run, "train.compile=off")
     trainer = train(tmp_path / "graphs", *run, "train.compile=cudagraphs")
-    assert trainer.fast.compile == "cudagraphs" and runs_one_pass(trainer.plan, trainer.cfg.train)
+    assert trainer.fast.compile == "cudagraphs" and trainer.kind is StepKind.WHOLE
     assert counters["stats"]["unique_graphs"] >= 4 and counters["inductor"]["cudagraph_skips"] == 0, dict(counters)
     assert get_manager(torch.cuda.current_device(), create_if_none_exists=False) is not None
     eager = torch.tensor(train_scalars(tmp_path / "eager", "loss/train"))
@@ -116,11 +116,11 @@ def test_a_checkpoint_written_on_cuda_loads_on_cpu_and_back(tmp_path):
     saved = {k: v.cpu() for k, v in weights_and_velocity(gpu).items()}
     cfg = small_config(tmp_path / "cpu", "train.device=cpu")
     cpu = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
-    store.load(cpu.checkpointer.state(), store.latest(tmp_path / "gpu" / "ck"))
+    store.load(cpu.saved.tensors(), store.latest(tmp_path / "gpu" / "ck"))
     for key, value in weights_and_velocity(cpu).items():
         assert torch.equal(value, saved[key]), key
     cpu.progress.step = 2
-    cpu.checkpointer.save(cpu.step)  # written from the CPU
+    cpu.checkpoints.save(cpu.step, cpu.saved)  # written from the CPU
     cfg = small_config(tmp_path / "cpu", *CUDA)
     back = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
     assert back.resume() and back.step == 2 and back.device.type == "cuda"

@@ -11,10 +11,12 @@ import torch
 
 from config.schema import ConfigError, TrainConfig
 from distributed import layout
+from distributed.pipeline import StepKind
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, weights_and_velocity
+from training.build import choose_step
 from training.device_rate import hold_rate_on_device
-from training.fast_path import FastPath, runs_one_pass
+from training.fast_path import FastPath
 from training.graphed_step import StaticStep
 from training.optimizer import PaperSGD
 from training.plateau import PlateauSchedule
@@ -151,7 +153,8 @@ def test_step_graph_and_grouped_are_refused_where_they_cannot_work():
 ])
 def test_the_one_pass_step_is_one_process_both_towers_one_micro_batch(world, overrides, one_pass):
     cfg = small_config(Path("/unused"), *overrides)
-    assert runs_one_pass(layout.plan_from_env(cfg, {"WORLD_SIZE": world}), cfg.train) == one_pass
+    kind, _ = choose_step(layout.plan_from_env(cfg, {"WORLD_SIZE": world}), cfg.train)
+    assert (kind is StepKind.WHOLE) == one_pass
 
 
 def test_the_entry_point_refuses_step_graph_on_a_cpu_before_starting(tmp_path):

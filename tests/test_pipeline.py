@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from distributed.exchange import ProcessGroupExchange
-from distributed.pipeline import PipelinedStep
+from distributed.pipeline import PipelinedStep, StepKind
 from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.config import ModelConfig
@@ -33,10 +33,11 @@ def _reference() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     return loss.detach(), logits.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
 
 
-def _pipelined(net: AlexNet, exchange, micro_batches: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def _pipelined(net: AlexNet, exchange, kind: StepKind, micro_batches: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     net.init_paper(seed=5)
     x, y = _batch()
-    loss, logits = PipelinedStep(net, exchange, None)(x, y, micro_batches, lambda: torch.autocast("cpu", enabled=False))
+    step = PipelinedStep(net, exchange, None, kind, micro_batches)
+    loss, logits = step(x, y, lambda: torch.autocast("cpu", enabled=False))
     return loss, logits, {n: p.grad.clone() for n, p in net.named_parameters()}
 
 
@@ -50,10 +51,10 @@ def _assert_same(loss, logits, grads, ref_loss, ref_logits, ref_grads):
         torch.testing.assert_close(grad / scale, ref_grads[name] / scale, rtol=0, atol=2e-5, msg=name)
 
 
-@pytest.mark.parametrize("micro_batches", [1, 2, 4])
-def test_one_process_micro_batches_equal_the_whole_batch(micro_batches):
+@pytest.mark.parametrize("kind, micro_batches", [(StepKind.WHOLE, 1), (StepKind.PIPELINED, 2), (StepKind.PIPELINED, 4)])
+def test_one_process_micro_batches_equal_the_whole_batch(kind, micro_batches):
     ref_loss, ref_logits, ref_grads = _reference()
-    loss, logits, grads = _pipelined(AlexNet(CFG), LocalExchange(), micro_batches)
+    loss, logits, grads = _pipelined(AlexNet(CFG), LocalExchange(), kind, micro_batches)
     assert grads.keys() == ref_grads.keys()
     _assert_same(loss, logits, grads, ref_loss, ref_logits, ref_grads)
 
@@ -63,7 +64,7 @@ def _two_process_worker(rank: int, world: int, out: str) -> None:
     results = {}
     for m in (1, 2, 4):
         net = AlexNet(CFG, tower_indices=(rank,), exchange=exchange)
-        results[m] = _pipelined(net, exchange, m)
+        results[m] = _pipelined(net, exchange, StepKind.PIPELINED, m)
     torch.save(results, f"{out}/rank{rank}.pt")
 
 
@@ -101,7 +102,7 @@ def _dropout_worker(rank: int, world: int, out: str) -> None:
     exchange = ProcessGroupExchange(dist.group.WORLD)
     net = AlexNet(DROPOUT, tower_indices=(rank,), exchange=exchange)
     no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
-    result = _with_dropout(net, lambda n, x, y: PipelinedStep(n, exchange, None)(x, y, 1, no_autocast))
+    result = _with_dropout(net, lambda n, x, y: PipelinedStep(n, exchange, None, StepKind.PIPELINED, 1)(x, y, no_autocast))
     torch.save(result, f"{out}/rank{rank}.pt")
 
 

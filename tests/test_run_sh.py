@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import run_folder
+from checkpoints.folder import CheckpointFolder
 from distributed import layout
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, children, wait_for
@@ -57,7 +57,7 @@ def test_folders_another_run_holds_are_refused_before_torchrun_starts(tmp_path):
     """The lock a live run's rank 0 holds (taken here, in this process, as a run takes it)."""
     words = small_words(tmp_path)
     cfg = small_config(tmp_path)
-    with run_folder.claim(cfg, layout.plan_from_env(cfg, {})):
+    with CheckpointFolder(cfg, layout.plan_from_env(cfg, {})).claim():
         done = _run_sh(*words)
     assert done.returncode == 2 and done.stdout == "", done.stderr[-3000:]
     assert re.fullmatch(rf"error: checkpoint.dir={tmp_path}/ck is in use by another run \(pid {os.getpid()} on .*\): "

@@ -15,6 +15,7 @@ import torch
 from torch.distributed.checkpoint.filesystem import FileSystem
 
 from checkpoints import store
+from checkpoints.folder import CheckpointFolder
 from config.loading import load_config
 from config.schema import ConfigError
 from distributed import layout
@@ -22,7 +23,7 @@ from distributed.workers import free_port, run_workers
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, children, final_state, wait_for
 from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
-from training.checkpointer import NonFiniteLoss
+from training.saved_state import NonFiniteLoss
 from training.trainer import Trainer
 
 # A tiny run through `python -m distributed.main`, for the subprocess tests: 6 steps of 2 images.
@@ -152,7 +153,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     cfg = small_config(tmp_path, ONE_PIECE)
     trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
     trainer.progress.step = 1
-    trainer.checkpointer.save(trainer.step)
+    trainer.checkpoints.save(trainer.step, trainer.saved)
     saved = weights_and_velocity(trainer)
     # The disk fills halfway through writing step 2: DCP's writer fails after some bytes.
     def full_disk(self, path, mode):
@@ -165,7 +166,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
             p.add_(1)
     trainer.progress.step = 2
     with pytest.raises(store.CheckpointError, match=r"could not write checkpoint .*step_00000002 .*GB free there.*No space left"):
-        trainer.checkpointer.save(trainer.step)
+        trainer.checkpoints.save(trainer.step, trainer.saved)
     assert not (tmp_path / "ck" / "step_00000002.partial").exists()  # a failed write cleans up after itself
     # Garbage left by crashes that killed the process mid-write, and a complete-looking name without metadata.
     for torn in ("step_00000002.partial", "step_00000003.partial"):
@@ -180,7 +181,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
         assert torch.equal(value, saved[key]), key
     # The next save writes over the leftover partial folder.
     trainer.progress.step = 2
-    trainer.checkpointer.save(trainer.step)
+    trainer.checkpoints.save(trainer.step, trainer.saved)
     assert store.latest(tmp_path / "ck").name == "step_00000002"
     assert not (tmp_path / "ck" / "step_00000002.partial").exists()
 
@@ -189,35 +190,38 @@ def _disk_with_free(monkeypatch, free: int) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=10**12 - free, free=free))
 
 
+def _folder_keeping_two(folder: Path) -> CheckpointFolder:
+    cfg = small_config(folder, f"checkpoint.dir={folder}", "checkpoint.keep=2")
+    return CheckpointFolder(cfg, layout.plan_from_env(cfg, {}))
+
+
 def test_space_check_counts_the_checkpoints_kept_and_the_one_being_written(tmp_path, monkeypatch):
     """keep=2 on an empty folder peaks at 3 checkpoints; with 2 already there, the next needs room for 1."""
+    new, old = _folder_keeping_two(tmp_path / "new" / "ck"), _folder_keeping_two(tmp_path)
     _disk_with_free(monkeypatch, 299)
     with pytest.raises(store.CheckpointError, match=r"checkpoint.dir=.*3 more checkpoint"):
-        store.check_space(tmp_path / "new" / "ck", 100, keep=2)  # a folder not made yet: its parent's disk
+        new.check_space(100)  # a folder not made yet: its parent's disk
     _disk_with_free(monkeypatch, 300)
-    store.check_space(tmp_path / "new" / "ck", 100, keep=2)
+    new.check_space(100)
     for step in (1, 2):
         (tmp_path / f"step_0000000{step}").mkdir()
         (tmp_path / f"step_0000000{step}" / store.MARKER).touch()
     _disk_with_free(monkeypatch, 99)
     with pytest.raises(store.CheckpointError, match="1 more checkpoint"):
-        store.check_space(tmp_path, 100, keep=2)
+        old.check_space(100)
     _disk_with_free(monkeypatch, 100)
-    store.check_space(tmp_path, 100, keep=2)
+    old.check_space(100)
 
 
 def test_full_disk_stops_the_run_before_the_first_step(tmp_path, monkeypatch):
     """The estimate the trainer checks is what a checkpoint really takes; too little room fails at step 0."""
     trainer = train(tmp_path, ONE_PIECE, "train.max_steps=1", "checkpoint.keep=1")
     written = sum(f.stat().st_size for f in store.latest(tmp_path / "ck").rglob("*") if f.is_file())
-    estimates = []
-    monkeypatch.setattr(store, "check_space", lambda d, size, keep: estimates.append(size))
-    trainer.checkpointer.check_space()
-    assert written * 0.99 < estimates[0] <= written
-    monkeypatch.undo()
+    estimate = trainer.saved.checkpoint_bytes  # what the trainer hands the folder's space check
+    assert written * 0.99 < estimate <= written
     cfg = small_config(tmp_path / "full", ONE_PIECE)
     trainer = Trainer(cfg, layout.start(layout.plan_from_env(cfg, {}), 60))
-    _disk_with_free(monkeypatch, estimates[0] * 3 - 1)  # keep=2 on an empty folder needs 3
+    _disk_with_free(monkeypatch, estimate * 3 - 1)  # keep=2 on an empty folder needs 3
     with pytest.raises(store.CheckpointError, match=f"checkpoint.dir={tmp_path}/full/ck"):
         trainer.run()
     assert trainer.step == 0

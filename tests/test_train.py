@@ -19,8 +19,8 @@ from model.seeds import derive_seed
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, small_words, start, train, train_scalars, weights_and_velocity
 from training import evaluation
-from training.checkpointer import NonFiniteLoss
 from training.optimizer import PaperSGD
+from training.saved_state import NonFiniteLoss
 from training.trainer import Trainer
 
 
@@ -45,7 +45,7 @@ def _two_process_run(rank: int, world: int, run_dir: str, one_process_ck: str, o
     trainer = train(run_dir)
     # Also load the one-process checkpoint into this layout.
     cfg = small_config(run_dir)
-    state = trainer.checkpointer.state()
+    state = trainer.saved.tensors()
     loaded = {k: {n: t.clone() for n, t in v.items()} for k, v in state.items() if k in ("model", "velocity")}
     store.load(loaded, one_process_ck)
     torch.save({"trained": weights_and_velocity(trainer), "loaded": loaded}, f"{out}/rank{rank}.pt")
@@ -68,7 +68,7 @@ def test_two_processes_follow_the_one_process_run(tmp_path):
     # Two-process checkpoint -> one-process layout: exactly the two processes' numbers.
     back = small_config(tmp_path / "back")
     trainer = Trainer(back, layout.start(layout.plan_from_env(back, {}), 60))
-    state = trainer.checkpointer.state()
+    state = trainer.saved.tensors()
     start = weights_and_velocity(trainer)  # the paper's init, zero velocity: where both runs began
     store.load(state, store.latest(tmp_path / "two" / "ck"))
     back_state = weights_and_velocity(trainer)
@@ -149,10 +149,10 @@ def test_epoch_training_error_is_logged_and_can_end_the_run(tmp_path):
     trainer = Trainer(cfg, start(cfg))
     step, wrong = trainer.pipeline, []
 
-    def counted(inputs, labels, micro_batches, autocast):
+    def counted(inputs, labels, autocast):
         with torch.no_grad(), autocast():
             wrong.append((trainer.model(inputs).argmax(1) != labels).sum().item() / len(labels))
-        return step(inputs, labels, micro_batches, autocast)
+        return step(inputs, labels, autocast)
 
     counted.exposed = step.exposed
     trainer.pipeline = counted

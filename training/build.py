@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from torch.optim import Optimizer
 
-from config.schema import Config, ConfigError
+from config.schema import Config, ConfigError, TrainConfig
 from data.augment import Augmenter
 from data.imageset import Datasets
 from data.order import EpochOrder
@@ -12,16 +12,16 @@ from data.ring import ring_bytes, ring_slots, shared_memory_room
 from data.sources import data_sizes, open_datasets
 from distributed.exchange import for_layout
 from distributed.layout import Layout, Plan
-from distributed.pipeline import PipelinedStep
+from distributed.pipeline import PipelinedStep, StepKind
 from model.alexnet import AlexNet
-from training.checkpointer import Checkpointer
-from training.cpu_kernels import build_cpu_kernels as extension
+from training.cpu_kernels import build_cpu_kernels
 from training.evaluation import Validator
-from training.fast_path import FastPath, runs_one_pass
+from training.fast_path import FastPath
 from training.metrics import MetricLogger
 from training.optimizer import build_optimizer
 from training.plateau import PlateauSchedule
 from training.progress import Progress
+from training.saved_state import SavedState
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Parts:
     data: Datasets
     order: EpochOrder
     model: AlexNet
+    kind: StepKind
     pipeline: PipelinedStep
     optimizer: Optimizer
     schedule: PlateauSchedule
@@ -39,7 +40,7 @@ class Parts:
     progress: Progress
     logger: MetricLogger
     validator: Validator
-    checkpointer: Checkpointer
+    saved: SavedState
 
 
 MAX_STEPS = 2**63 - 1
@@ -83,14 +84,26 @@ def check_memory(cfg: Config, plan: Plan) -> None:
         )
 
 
+def choose_step(plan: Plan, train: TrainConfig) -> tuple[StepKind, FastPath]:
+    """The step's kind and the switches it runs with, decided here for the run: every tower in this process,
+    one micro-batch and no replicas run the step whole (or, with train.step_graph, as one CUDA graph, which
+    needs that layout); any other layout pipelines. Refuses (ConfigError) a switch this layout or device
+    cannot take, so distributed/main.py calls it before any process group as well."""
+    whole = plan.tower_processes == 1 and plan.replicas == 1 and train.micro_batches == 1
+    fast = FastPath.resolve(train, plan.device, one_pass=whole)
+    if fast.step_graph:
+        return StepKind.GRAPHED, fast
+    return (StepKind.WHOLE if whole else StepKind.PIPELINED), fast
+
+
 def build(cfg: Config, layout: Layout) -> Parts:
     """The parts of a run on this process, its fast path applied. The weights start from the
     paper's init on the CPU, so every layout and device starts from the same numbers."""
     plan, t = layout.plan, cfg.train
-    fast = FastPath.resolve(t, plan.device, one_pass=runs_one_pass(plan, t))
+    kind, fast = choose_step(plan, t)
     fast.apply_process_flags()
     if plan.device.type == "cpu":
-        extension()  # built now if it must be (said once), rather than silently inside the first step
+        build_cpu_kernels()  # built now if it must be (said once), rather than silently inside the first step
     data = open_datasets(cfg.data, t.seed, cfg.parallel.timeout_s)
     order = EpochOrder(len(data.train), t.batch_size, t.seed)
     exchange = for_layout(layout)
@@ -109,7 +122,8 @@ def build(cfg: Config, layout: Layout) -> Parts:
         data=data,
         order=order,
         model=model,
-        pipeline=PipelinedStep(model, exchange, layout.replica_group),
+        kind=kind,
+        pipeline=PipelinedStep(model, exchange, layout.replica_group, kind, t.micro_batches),
         optimizer=optimizer,
         schedule=schedule,
         augment=augment,
@@ -117,5 +131,5 @@ def build(cfg: Config, layout: Layout) -> Parts:
         progress=progress,
         logger=MetricLogger(cfg.log.dir, enabled=plan.logs, every_steps=cfg.log.every_steps),
         validator=Validator(data.val, augment, cfg, layout, lambda: fast.autocast(plan.device), order.steps_per_epoch),
-        checkpointer=Checkpointer(cfg, plan, model, optimizer, {"progress": progress, "schedule": schedule}),
+        saved=SavedState(model, optimizer, {"progress": progress, "schedule": schedule}, plan),
     )

@@ -6,7 +6,8 @@ Each is a config switch (`train.precision`, `train.channels_last`, `train.compil
 best on that kind of device (AUTO below; the measurements are in docs/BENCHMARKS.md, made by
 bench/gpu.py, which runs on a GPU or, without one, on the CPU). `precision=fp32` with the other
 switches off is the exact reproduction every layout is tested against. The last two apply only
-to the one-pass step (one process holding both towers, one micro-batch, no replicas).
+to the one-pass step (one process holding both towers, one micro-batch, no replicas), which
+training/build.py `choose_step` decides.
 """
 
 import contextlib
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from config.schema import ConfigError, TrainConfig
-from distributed.layout import Plan
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class FastPath:
     @staticmethod
     def resolve(train: TrainConfig, device: torch.device, one_pass: bool | None = None) -> "FastPath":
         """The config's switches with every `auto` replaced by AUTO's choice for `device`. `one_pass`: whether
-        this process runs the one-pass step (`runs_one_pass`); None where no step is run (evaluation)."""
+        this process's layout runs the one-pass step (training/build.py `choose_step`); None where no step
+        is run (evaluation)."""
         best = AUTO["cuda" if device.type == "cuda" else "cpu"]
         compile_ = best.compile if train.compile == "auto" else train.compile
         if train.channels_last == "auto":
@@ -95,12 +96,6 @@ class FastPath:
         return (f"precision {self.precision}, channels_last {word(self.channels_last)}, compile {self.compile}, "
                 f"cudnn_benchmark {word(self.cudnn_benchmark)}, step_graph {word(self.step_graph)}, "
                 f"grouped {word(self.grouped)}")
-
-
-def runs_one_pass(plan: Plan, train: TrainConfig) -> bool:
-    """Whether this process runs the one-pass step (distributed/pipeline.py `whole_batch`): every tower
-    in this process, one micro-batch, no replicas. The whole-step graph and the grouped arithmetic need it."""
-    return plan.tower_processes == 1 and plan.replicas == 1 and train.micro_batches == 1
 
 
 def _one_pass_switch(key: str, value: str, best: bool, one_pass: bool | None) -> bool:

@@ -1,9 +1,9 @@
 """The training loop: forward, loss, backward, step; validation, logs and checkpoints at its edges.
 
 Each edge is a component that owns its cadence and its state (training/build.py builds them):
-the logger says which steps are log steps, the validator which end an epoch, the checkpointer
-which are saved; the plateau schedule reads each validation error; `Progress` and the schedule
-are saved with every checkpoint through their own state_dict.
+the logger says which steps are log steps, the validator which end an epoch, the checkpoint
+folder which are saved; the plateau schedule reads each validation error; `Progress` and the
+schedule are saved with every checkpoint through their own state_dict (training/saved_state.py).
 """
 
 import math
@@ -12,39 +12,44 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from checkpoints import run_folder
+from checkpoints.folder import CheckpointFolder
 from config.schema import Config, to_dict
 from distributed.feed import training_batches
 from distributed.layout import Layout
+from distributed.pipeline import StepKind
 from distributed.reductions import from_every_tower
 from model.seeds import derive_seed
 from training.build import build
-from training.checkpointer import NonFiniteLoss
 from training.conv1_figure import conv1_kernels
 from training.error_counts import topk_wrong
 from training.evaluation import CENTRE, TEN_PATCHES, ErrorRates
 from training.graphed_step import StaticStep
 from training.progress import Window
+from training.saved_state import NonFiniteLoss
 
 
 class Trainer:
     """Runs one process's share of training: the loop, and what happens at each epoch's end."""
 
-    def __init__(self, cfg: Config, layout: Layout) -> None:
+    def __init__(self, cfg: Config, layout: Layout, checkpoints: CheckpointFolder | None = None) -> None:
+        """`checkpoints`: the run's checkpoint folder as the program claimed it (distributed/main.py); else
+        this process's own, unclaimed, for a trainer used in one process (the tests, the benchmarks)."""
         self.cfg, self.layout, self.plan = cfg, layout, layout.plan
         self.device = self.plan.device
         parts = build(cfg, layout)
-        self.data, self.order, self.model, self.pipeline = parts.data, parts.order, parts.model, parts.pipeline
+        self.data, self.order, self.model = parts.data, parts.order, parts.model
+        self.kind, self.pipeline = parts.kind, parts.pipeline
         self.optimizer, self.schedule, self.augment, self.fast = parts.optimizer, parts.schedule, parts.augment, parts.fast
-        self.logger, self.validator, self.checkpointer = parts.logger, parts.validator, parts.checkpointer
+        self.logger, self.validator = parts.logger, parts.validator
+        self.saved, self.checkpoints = parts.saved, checkpoints or CheckpointFolder(cfg, self.plan)
         self.progress = parts.progress
         self.replica_batch = cfg.train.batch_size // self.plan.replicas
         self.total_steps = cfg.train.epochs * self.order.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.stopping = False  # the run reached train.stop_at_train_error, or converged
-        self.graphed = None  # train.step_graph: the step over static buffers, replayed as one CUDA graph
-        if self.fast.step_graph:
+        self.graphed = None  # the step over static buffers, replayed as one CUDA graph
+        if self.kind is StepKind.GRAPHED:
             self.graphed = StaticStep(self.model, self.pipeline, self.optimizer, self.augment, self.fast, self.device)
 
     @property
@@ -61,7 +66,7 @@ class Trainer:
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
         inputs = inputs.contiguous(memory_format=self.fast.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, logits = self.pipeline(inputs, labels, self.cfg.train.micro_batches, self.autocast)
+        loss_sum, logits = self.pipeline(inputs, labels, self.autocast)
         self.optimizer.step()
         return loss_sum, topk_wrong(logits, labels)
 
@@ -82,18 +87,17 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint that loads, if there is one."""
-        path = self.checkpointer.resume()
+        path = self.checkpoints.resume(self.saved)
         if path is None:
             return False
-        self.checkpointer.saved_step = self.step
         if self.plan.logs:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return True
 
     def run(self) -> ErrorRates:
         """Train to the configured length; validate and checkpoint at each epoch's end."""
-        resuming = run_folder.resumes(self.cfg, self.plan)  # or refuses another run's checkpoint.dir
-        self.checkpointer.check_space()
+        resuming = self.checkpoints.resumes()  # or refuses another run's checkpoint.dir
+        self.checkpoints.check_space(self.saved.checkpoint_bytes)
         if self.plan.logs:
             p = self.plan
             print(f"processes: {p.world} ({p.replicas} replica(s) x {p.tower_processes} tower process(es)) on "
@@ -117,9 +121,9 @@ class Trainer:
             epoch_end = self.validator.should_validate(self.step)
             if epoch_end:
                 last_validation = self._end_of_epoch()
-            if self.checkpointer.due(self.step, epoch_end):
+            if self.checkpoints.due(self.step, epoch_end):
                 self._stop_if_loss_not_finite(window)
-                self.checkpointer.save(self.step)
+                self.checkpoints.save(self.step, self.saved)
         feed.close()
         if self.stopping:  # ended early (train.stop_at_train_error, or converged): the bar ends full, where it stopped
             bar.total = self.step
@@ -128,7 +132,7 @@ class Trainer:
         mid_epoch = not self.validator.should_validate(self.step)
         if mid_epoch:  # stopped by max_steps: keep the place, leave the schedule be
             self._stop_if_loss_not_finite(window)
-            self.checkpointer.save(self.step)
+            self.checkpoints.save(self.step, self.saved)
         return self._final_validation(last_validation if not mid_epoch else None)
 
     def _end_of_epoch(self) -> ErrorRates:
@@ -155,7 +159,7 @@ class Trainer:
                   f"top-5 {result.top5:.4f}{note}", flush=True)
         if not math.isfinite(result.loss):  # every process alike (summed over replicas), before the epoch's save
             raise NonFiniteLoss(f"validation loss is {result.loss} after step {self.step}; stopped, the last good "
-                                f"checkpoint in {self.cfg.checkpoint.dir} is kept")
+                                f"checkpoint in {self.checkpoints.dir} is kept")
         return result
 
     def _final_validation(self, last_epoch: ErrorRates | None) -> ErrorRates:
@@ -180,7 +184,7 @@ class Trainer:
         if not math.isfinite(loss):
             raise NonFiniteLoss(
                 f"training loss became {loss} by step {self.step} (rank {self.plan.rank}); "
-                f"stopped, the last good checkpoint in {self.cfg.checkpoint.dir} is kept"
+                f"stopped, the last good checkpoint in {self.checkpoints.dir} is kept"
             )
 
     def _log(self, window: Window, bar: tqdm) -> None:

@@ -10,6 +10,7 @@ never opened; (4) a folder in the earlier, pickled format is refused with one li
 """
 
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-from checkpoints import run_folder, shards, store
+from checkpoints import shards, store
+from checkpoints.folder import CheckpointFolder
 from checkpoints.tensor_file import UnreadableFile
 from checkpoints.trained import checkpoint_paths
 from config.errors import UserError
@@ -110,9 +112,10 @@ def test_a_folder_in_the_earlier_format_is_refused_with_one_line_and_left_as_it_
                "version that wrote it (python -m results export: a .safetensors file this version reads), or "
                "move it out of the way")
     plan = layout.plan_from_env(cfg, {})
+    contents = SimpleNamespace(tensors=dict)  # refused before any entry is asked for
     for attempt in (lambda: store.latest(cfg.checkpoint.dir),
-                    lambda: run_folder.load_newest(dict, cfg.checkpoint.dir, cfg.model, torch.device("cpu")),
-                    lambda: run_folder.resumes(small_config(tmp_path), plan),
+                    lambda: CheckpointFolder(cfg, plan).resume(contents),
+                    lambda: CheckpointFolder(small_config(tmp_path), plan).resumes(),
                     lambda: checkpoint_paths(cfg, [old])):
         with pytest.raises(UserError) as refused:
             attempt()

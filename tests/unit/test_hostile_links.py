@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from checkpoints import run_folder, store
+from checkpoints.folder import CheckpointFolder
 from config.errors import UserError
 from config.loading import load_config
 from data import sources
@@ -40,7 +41,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def claimed(tmp_path, **folders) -> None:
     cfg = load_config([ROOT / "config.yaml"], ["train.device=cpu", *(f"{k.replace('_', '.')}={v}" for k, v in folders.items())])
-    with run_folder.claim(cfg, layout.plan_from_env(cfg, {})):
+    with CheckpointFolder(cfg, layout.plan_from_env(cfg, {})).claim():
         pass
 
 
