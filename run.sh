@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run.sh [--config FILE] [section.key=value ...]   train under torchrun (distributed/launch.py)
+# ./run.sh [--config FILE] [section.key=value ...]   train under torchrun (programs/launch.py)
 # ./run.sh test [pytest arguments]                   lint (ruff), then the test suite (tests/unit alone: ./run.sh test tests/unit)
 # ./run.sh test-oldest [pytest arguments]            the fast tests (or those given) under the oldest torch supported
 # Both create .venv and install requirements.txt first when needed (or use $PYTHON as it is, below).
@@ -82,4 +82,4 @@ fi
 
 # The launcher checks the run in one process (a user error: one line, exit 2, before torchrun starts),
 # then runs torchrun's own launcher; Ctrl-C ends with one line naming the command that continues (exit 130).
-exec "$python" -m distributed.launch "$@"
+exec "$python" -m programs.launch "$@"

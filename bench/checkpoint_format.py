@@ -27,8 +27,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from checkpoints import store
+from config.model import ModelConfig
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

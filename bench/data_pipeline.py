@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from bench.images import examples_loader, make_jpegs, pack_jpegs
+from config.data import DataConfig
 from data.augment import Augmenter
-from data.config import DataConfig
 from data.loader import train_batches
 from data.order import EpochOrder
 from data.packed import open_packed

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bench.workers import run_workers
 from distributed.exchange import ProcessGroupExchange
-from distributed.workers import run_workers
 from model.exchange import Pending
 from model.layers import GATHER, SUM
 

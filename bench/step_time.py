@@ -14,11 +14,11 @@ import time
 import torch
 import torch.distributed as dist
 
+from bench.workers import run_workers
+from config.model import ModelConfig
 from distributed.exchange import ProcessGroupExchange
 from distributed.pipeline import PipelinedStep, StepKind
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from model.exchange import LocalExchange
 from training.optimizer import PaperSGD
 

@@ -22,11 +22,11 @@ import torch.nn as nn
 import torchvision
 
 from bench.op_shares import KINDS, shares
+from bench.workers import run_workers
+from config.model import ModelConfig
 from distributed.exchange import ProcessGroupExchange
 from distributed.pipeline import PipelinedStep, StepKind
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from model.exchange import LocalExchange
 from model.lrn import LocalResponseNorm
 from training.optimizer import PaperSGD

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from config.errors import UserError
-from model.config import ModelConfig
+from config.model import ModelConfig
 
 
 class UnreadableRecord(UserError):

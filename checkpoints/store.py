@@ -30,9 +30,9 @@ from checkpoints import shards
 from checkpoints.recorded_model import UnreadableRecord, check_recorded, record
 from checkpoints.tensor_file import OtherTensors, UnreadableFile, spec_bytes
 from config.errors import UserError
+from config.model import ModelConfig
 from distributed.reductions import barrier
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 
 _NAME = re.compile(r"^step_(\d{8})$")
 _PARTIAL_NAME = re.compile(r"^step_\d{8}\.partial$")

@@ -31,10 +31,10 @@ import files
 from checkpoints.recorded_model import check_recorded, parse_recorded, record
 from checkpoints.tensor_file import Spec, check_tensors, header_metadata, open_checked, spec_bytes, spec_of, specs
 from config.errors import UserError
+from config.model import ModelConfig
 from data.pack_format import MAX_JSON_BYTES
 from data.preprocessing import MEANS, Preprocessing
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from model.export import grouped_state_dict, towers_state_dict
 
 SUFFIX = ".safetensors"

@@ -9,9 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from config.checks import at_least, from_to, one_of, paths
+from config.data import DataConfig
 from config.errors import UserError
-from data.config import DataConfig
-from model.config import ModelConfig
+from config.model import ModelConfig
 
 
 class ConfigError(UserError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data.config import DataConfig
+from config.data import DataConfig
 from data.stats import ImageStats
 
 

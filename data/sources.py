@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from config.data import DataConfig
 from data import synthetic
-from data.config import DataConfig
 from data.imageset import SIDE, Datasets
 from data.pack_format import FORMAT, VERSION
 from data.packed import open_packed, read_pack_meta

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from model.config import ModelConfig
+from config.model import ModelConfig
 from model.exchange import Exchange, LocalExchange
 from model.grouped import GroupedTowers
 from model.layers import (

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from model.config import ModelConfig
+from config.model import ModelConfig
 from model.layers import LAYERS, STAGES, build_layer, companions, fan_ins, reads_whole_input, split_by_input, widths
 
 

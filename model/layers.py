@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from model.config import ModelConfig
+from config.model import ModelConfig
 from model.lrn import LocalResponseNorm
 
 GATHER, SUM = "gather", "sum"

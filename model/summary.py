@@ -2,8 +2,8 @@
 
 import torch
 
+from config.model import ModelConfig
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from model.layers import LAYERS, split_by_input
 
 

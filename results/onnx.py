@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from config.model import ModelConfig
 from data.imageset import SIDE
 from data.preprocessing import Preprocessing
 from files import atomic_path
-from model.config import ModelConfig
 from model.export import grouped_network
 from model.lrn import LocalResponseNorm
 

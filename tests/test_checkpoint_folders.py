@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.workers import free_port
 from checkpoints import run_folder, store
 from checkpoints.folder import CheckpointFolder
 from config.errors import UserError
 from distributed import layout
 from distributed.main import main
-from distributed.workers import free_port
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, wait_for
 from tests.test_scale_and_faults import CLI

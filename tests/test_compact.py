@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench.images import make_jpegs
+from bench.workers import run_workers
 from config.errors import UserError
 from data.compact import MAX_RECORD_BYTES, DamagedImage, Encoding
 from data.imageset import IMAGE_BYTES
@@ -20,7 +21,6 @@ from data.packed import open_packed
 from data.prepare import prepare
 from distributed import layout
 from distributed.feed import training_batches
-from distributed.workers import run_workers
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV
 from tests.trainer_runs import small_config, small_words

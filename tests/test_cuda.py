@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from torch._inductor.cudagraph_trees import get_manager
 
+from bench.workers import run_workers
 from checkpoints import store
+from config.model import ModelConfig
 from distributed import layout
 from distributed.pipeline import StepKind
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from tests.conftest import ROOT
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
 from training.trainer import Trainer

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from config.model import ModelConfig
 from distributed import layout
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from tests.trainer_runs import initial_state, small_config, weights_and_velocity
 from training.graphed_step import WARMUP_STEPS
 from training.trainer import Trainer

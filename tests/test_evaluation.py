@@ -9,12 +9,12 @@ import os
 import pytest
 import torch
 
+from bench.workers import free_port, run_workers
 from checkpoints import store
 from checkpoints.trained import load_network
 from config.loading import load_config
 from distributed import layout
 from distributed.main import main
-from distributed.workers import free_port, run_workers
 from model.alexnet import AlexNet
 from tests.conftest import ROOT
 from training.evaluation import CENTRE, TEN_PATCHES, evaluate_checkpoints, log_probabilities

@@ -9,13 +9,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
+from bench.workers import run_workers
 from checkpoints import store
+from config.model import ModelConfig
 from config.schema import ConfigError, TrainConfig
 from distributed import layout
 from distributed.exchange import ProcessGroupExchange
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
 from training.fast_path import FastPath
 from training.trainer import Trainer

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from config.model import ModelConfig
 from distributed import layout
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from tests.trainer_runs import initial_state, small_config, train, train_scalars, weights_and_velocity
 from training.trainer import Trainer
 

@@ -13,8 +13,8 @@ import torch
 
 from checkpoints import store
 from config.loading import load_config
+from config.model import ModelConfig
 from config.schema import ConfigError
-from model.config import ModelConfig
 from tests import bounded
 from tests.conftest import ROOT
 from tests.unit.test_hostile_packs import pack  # noqa: F401  (the fixture: a small hand-made pack)
@@ -69,7 +69,7 @@ def _checkpoint(tmp_path):
 
 def test_weights_that_are_a_pipe_are_refused_naming_them(tmp_path):
     path = fifo(tmp_path / "x.safetensors")
-    outcome = bounded.call("from checkpoints.weights import check_weights\nfrom model.config import ModelConfig",
+    outcome = bounded.call("from checkpoints.weights import check_weights\nfrom config.model import ModelConfig",
                            f"check_weights({str(path)!r}, ModelConfig())", 20)
     assert "UserError" in outcome["kinds"] and "a named pipe" in outcome["message"], outcome
 
@@ -78,7 +78,7 @@ def test_weights_that_are_a_pipe_are_refused_naming_them(tmp_path):
 def test_a_checkpoint_s_json_file_that_is_a_pipe_is_refused_naming_it(tmp_path, name):
     folder = _checkpoint(tmp_path)
     fifo(folder / name)
-    outcome = bounded.call("import torch\nfrom checkpoints import store\nfrom model.config import ModelConfig",
+    outcome = bounded.call("import torch\nfrom checkpoints import store\nfrom config.model import ModelConfig",
                            f"store.load({{'model': {{'w': torch.zeros(4)}}}}, {str(folder)!r}, ModelConfig())", 20)
     assert "UserError" in outcome["kinds"] and "a named pipe" in outcome["message"], outcome
 

@@ -13,13 +13,13 @@ import os
 import pytest
 import torch
 
+from bench.workers import run_workers
 from checkpoints import store
 from checkpoints.trained import checkpoint_paths, load_network
 from config.errors import UserError
 from data.prepare import prepare
 from distributed import layout
 from distributed.main import main as training_main
-from distributed.workers import run_workers
 from results.__main__ import main as results_main
 from tests import bounded
 from tests.test_hostile_weights import config, exported, rewritten  # noqa: F401  (exported: the trained run's export)

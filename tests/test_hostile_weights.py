@@ -24,13 +24,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bench.workers import free_port, run_workers
 from checkpoints import store
 from checkpoints.trained import load_network
 from checkpoints.weights import MAX_HEADER_BYTES
 from config.errors import UserError
 from config.loading import load_config
 from distributed import layout
-from distributed.workers import free_port, run_workers
 from results.__main__ import main as results_main
 from tests import dcp_checkpoints
 from tests.conftest import ROOT
@@ -205,8 +205,8 @@ def test_figure4_from_the_file_needs_the_data_of_its_classes(trained, exported, 
 
 
 def test_towers_state_dict_inverts_grouped_state_dict():
+    from config.model import ModelConfig
     from model.alexnet import AlexNet
-    from model.config import ModelConfig
     from model.export import grouped_state_dict, towers_state_dict
 
     for towers in (2, 1):

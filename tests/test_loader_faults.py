@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from distributed.workers import free_port
+from bench.workers import free_port
 from tests.processes import CPU_ENV, children, wait_for
 from tests.trainer_runs import small_words
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from bench.netns import Namespaces, namespaces_unavailable
+from bench.workers import free_port
 from checkpoints import store
-from distributed.workers import free_port
 from tests.processes import CPU_ENV, children, final_state, wait_for
 from tests.test_scale_and_faults import assert_moved_alike
 from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity

@@ -5,11 +5,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from bench.workers import run_workers
+from config.model import ModelConfig
 from distributed.exchange import ProcessGroupExchange
 from distributed.pipeline import PipelinedStep, StepKind
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from model.exchange import LocalExchange
 
 # Dropout off: the pipeline draws masks stage by stage, the plain pass micro-batch by micro-batch.

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from bench.workers import run_workers
+from config.model import ModelConfig
 from distributed.reductions import from_every_tower
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 from results.__main__ import main as results_main
 from results.figure3 import TOWER_GAP, conv1_figure
 from results.neighbours import fc7, nearest

@@ -1,4 +1,4 @@
-"""The error contract through the launcher users type, `./run.sh` (distributed/launch.py): a user error is one
+"""The error contract through the launcher users type, `./run.sh` (programs/launch.py): a user error is one
 line and exit 2 before torchrun starts; a worker's failure is its own line and status, without torchrun's
 ChildFailedError report; Ctrl-C is one line naming the newest checkpoint and the command that continues it,
 exit 130, nothing left running. Before the launcher, `./run.sh train.batch_size=-3` printed the line once per

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch.distributed.checkpoint.filesystem import FileSystem
 
+from bench.workers import free_port, run_workers
 from checkpoints import store
 from checkpoints.folder import CheckpointFolder
 from config.loading import load_config
 from config.schema import ConfigError
 from distributed import layout
-from distributed.workers import free_port, run_workers
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, children, final_state, wait_for
 from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
@@ -241,7 +241,7 @@ def _main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     ("EMPTY", "data.root=EMPTY: no packed dataset (the folder is empty)"),
 ])
 def test_missing_or_empty_data_root_fails_before_the_process_group(tmp_path, root, message):
-    """data.root checked by the entry point (distributed.main.check_data), not first inside the trainer."""
+    """data.root checked by the entry point (programs/train.py, check_data), not first inside the trainer."""
     root = root.replace("EMPTY", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
     message = message.replace("EMPTY", str(tmp_path / "empty"))

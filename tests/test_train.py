@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.workers import run_workers
 from checkpoints import store
 from distributed import layout
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
 from model.seeds import derive_seed
 from tests.conftest import ROOT

@@ -88,7 +88,7 @@ def choose_step(plan: Plan, train: TrainConfig) -> tuple[StepKind, FastPath]:
     """The step's kind and the switches it runs with, decided here for the run: every tower in this process,
     one micro-batch and no replicas run the step whole (or, with train.step_graph, as one CUDA graph, which
     needs that layout); any other layout pipelines. Refuses (ConfigError) a switch this layout or device
-    cannot take, so distributed/main.py calls it before any process group as well."""
+    cannot take, so programs/train.py calls it before any process group as well."""
     whole = plan.tower_processes == 1 and plan.replicas == 1 and train.micro_batches == 1
     fast = FastPath.resolve(train, plan.device, one_pass=whole)
     if fast.step_graph:

@@ -32,7 +32,7 @@ class Trainer:
     """Runs one process's share of training: the loop, and what happens at each epoch's end."""
 
     def __init__(self, cfg: Config, layout: Layout, checkpoints: CheckpointFolder | None = None) -> None:
-        """`checkpoints`: the run's checkpoint folder as the program claimed it (distributed/main.py); else
+        """`checkpoints`: the run's checkpoint folder as the program claimed it (programs/train.py); else
         this process's own, unclaimed, for a trainer used in one process (the tests, the benchmarks)."""
         self.cfg, self.layout, self.plan = cfg, layout, layout.plan
         self.device = self.plan.device

@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch.distributed.checkpoint import HuggingFaceStorageReader
 
+from bench.workers import run_workers
 from checkpoints import shards, store
 from checkpoints.tensor_file import MAX_HEADER_BYTES, OtherTensors, UnreadableFile
 from config.errors import UserError
-from distributed.workers import run_workers
-from model.config import ModelConfig
+from config.model import ModelConfig
 from tests.dcp_checkpoints import (
     ROOM,
     genuine_state,

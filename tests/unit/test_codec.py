@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.workers import run_workers
 from data.codec import CODEC, CODECS
-from distributed.workers import run_workers
 from model.layers import GATHER
 from tests.conftest import ROOT
 from tests.image_files import encoded, jpeg, png

@@ -167,7 +167,7 @@ def _collective_with_the_longest_timeout(rank: int, world: int) -> None:
 
 
 def test_the_longest_timeout_accepted_still_runs_a_collective():
-    from distributed.workers import run_workers
+    from bench.workers import run_workers
 
     run_workers(2, _collective_with_the_longest_timeout, init=False)
 

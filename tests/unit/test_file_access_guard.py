@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-SCANNED = ("checkpoints", "config", "data", "distributed", "files", "kernels", "model", "results", "training")
+SCANNED = ("checkpoints", "config", "data", "distributed", "files", "kernels", "model", "programs", "results", "training")
 PRIMITIVES = "files"
 """The package the rules live in: its own opens are the point."""
 

@@ -14,14 +14,14 @@ import torch
 
 from checkpoints import run_folder, store
 from checkpoints.folder import CheckpointFolder
+from config.data import DataConfig
 from config.errors import UserError
 from config.loading import load_config
+from config.model import ModelConfig
 from data import sources
-from data.config import DataConfig
 from data.imageset import SIDE
 from data.packing import Split, pack
 from distributed import layout
-from model.config import ModelConfig
 from tests.conftest import ROOT
 
 

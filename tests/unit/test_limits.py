@@ -15,10 +15,10 @@ import files
 from checkpoints import store
 from checkpoints.tensor_file import MAX_HEADER_BYTES, UnreadableFile, header_metadata, open_checked
 from config.loading import CONFIG_FILE_BYTES, load_config
+from config.model import ModelConfig
 from data import assembly, pack_format, prepare
 from data.decode import BYTES_PER_PIXEL, read_image_file
 from data.fashion_mnist import MAX_IDX_BYTES, read_idx
-from model.config import ModelConfig
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)

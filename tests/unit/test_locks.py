@@ -17,8 +17,8 @@ import pytest
 
 import files
 from checkpoints import run_folder
+from config.data import DataConfig
 from config.errors import UserError
-from data.config import DataConfig
 from data.sources import LOCK_FILE, open_datasets
 from tests import bounded
 from tests.conftest import ROOT

@@ -48,8 +48,8 @@ def test_lrn_is_per_tower_in_the_model():
     """The default net's LRN, fused and one by one, is the paper's (k=2, n=5, alpha=1e-4, beta=0.75, by the formula
     computed map by map in float64) over each tower's 48 conv1 maps: a tower's edge maps do not see the other
     tower's."""
+    from config.model import ModelConfig
     from model.alexnet import AlexNet
-    from model.config import ModelConfig
 
     net = AlexNet(ModelConfig()).double()
     net.init_paper(seed=0)

@@ -166,8 +166,8 @@ def test_fused_network_equals_the_network_before():
     F.local_response_norm with separate ReLU and max-pool modules, each against the same weights in an
     independent plain network (tests/unit/reference_net.py: the paper's LRN by its formula, per tower):
     the logits and every weight's gradient."""
+    from config.model import ModelConfig
     from model.alexnet import AlexNet
-    from model.config import ModelConfig
     from model.export import grouped_state_dict
     from tests.unit.reference_net import by_layer, plain_grouped_alexnet
 
@@ -199,8 +199,8 @@ def test_fused_network_equals_the_network_before():
 
 
 def test_without_lrn_or_relu_nothing_is_fused():
+    from config.model import ModelConfig
     from model.alexnet import AlexNet
-    from model.config import ModelConfig
 
     assert AlexNet(ModelConfig()).towers["0"].steps["conv1"] == ("act_lrn_pool",)
     assert AlexNet(ModelConfig()).towers["0"].steps["conv5"] == ("act", "pool", "flatten")

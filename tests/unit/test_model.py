@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from config.model import ModelConfig
 from model.alexnet import AlexNet, Tower
-from model.config import ModelConfig
 from model.export import grouped_state_dict
 from model.layers import GATHER, STAGES, SUM
 from model.summary import layer_rows

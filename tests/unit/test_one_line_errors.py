@@ -19,8 +19,8 @@ from config import cli
 from config.errors import UserError, reading
 from config.loading import load_config
 from config.schema import ConfigError
-from distributed.main import COMMANDS as TRAINING_COMMANDS
 from distributed.main import main as training_main
+from programs.train import COMMANDS as TRAINING_COMMANDS
 from results.__main__ import COMMANDS as RESULTS_COMMANDS
 from results.__main__ import main as results_main
 from tests import bounded

@@ -3,8 +3,8 @@
 import torch
 import torch.distributed as dist
 
+from bench.workers import run_workers
 from checkpoints import store
-from distributed.workers import run_workers
 from training.progress import Progress
 
 

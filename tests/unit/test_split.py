@@ -3,10 +3,10 @@
 import torch
 import torch.distributed as dist
 
+from bench.workers import run_workers
+from config.model import ModelConfig
 from distributed.exchange import ProcessGroupExchange
-from distributed.workers import run_workers
 from model.alexnet import AlexNet
-from model.config import ModelConfig
 
 CFG = ModelConfig(num_classes=20)
 

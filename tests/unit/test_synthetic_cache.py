@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import torch
 
+from config.data import DataConfig
 from data import sources, synthetic
-from data.config import DataConfig
 from data.sources import BUILDING, open_datasets
 
 SMALL = dict(synthetic_classes=3, synthetic_train_images=10, synthetic_val_images=4)

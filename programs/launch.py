@@ -1,7 +1,7 @@
 """What ./run.sh runs: the run checked in this one process, then torchrun's own launcher in this process,
 each of its outcomes said in one line.
 
-    NPROC=P python -m distributed.launch [--config FILE]... [section.key=value ...]
+    NPROC=P python -m programs.launch [--config FILE]... [section.key=value ...]
 
 The arguments are those of training (`python -m distributed.main`), with --config
 experiments/quickstart.yaml put first when they name no config file: ./run.sh trains the main
@@ -40,7 +40,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from checkpoints.folder import CheckpointFolder
 from config import cli
 from config.errors import UserError
-from distributed import main as training
+from programs import train as training
 
 QUICKSTART = "experiments/quickstart.yaml"
 """The main job's recipe: what ./run.sh trains unless --config names another."""
