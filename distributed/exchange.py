@@ -36,7 +36,7 @@ def _from_rank_major(x: torch.Tensor, world: int) -> torch.Tensor:
 class ProcessGroupExchange(Exchange):
     """One tower per process: the exchange runs over the replica's tower group.
 
-    `staged`: the tower processes share a GPU over gloo (NCCL refuses two ranks on one
+    `via_host`: the tower processes share a GPU over gloo (NCCL refuses two ranks on one
     device). gloo's CUDA support does not reach every collective used here, so in that
     mode alone each exchange is copied to host memory, sent, and copied back: correct,
     and slower than NCCL between two GPUs.
@@ -44,8 +44,8 @@ class ProcessGroupExchange(Exchange):
 
     in_process = False
 
-    def __init__(self, group: ProcessGroup, staged: bool = False) -> None:
-        self.group, self.staged = group, staged
+    def __init__(self, group: ProcessGroup, via_host: bool = False) -> None:
+        self.group, self.via_host = group, via_host
         self.world = dist.get_world_size(group)
         self.waits_on_stream = dist.get_backend(group) == dist.Backend.NCCL
 
@@ -80,10 +80,10 @@ class ProcessGroupExchange(Exchange):
         return Pending(work, lambda: self._back(total, local))
 
     def _out(self, t: torch.Tensor) -> torch.Tensor:
-        return t.cpu() if self.staged else t
+        return t.cpu() if self.via_host else t
 
     def _back(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.to(like.device) if self.staged else t
+        return t.to(like.device) if self.via_host else t
 
 
 class _Join(torch.autograd.Function):
@@ -105,4 +105,4 @@ def for_layout(layout: Layout | None) -> Exchange:
     (no layout: one process holding every tower, as the result commands run)."""
     if layout is None or layout.tower_group is None:
         return LocalExchange()
-    return ProcessGroupExchange(layout.tower_group, staged=layout.plan.staged_exchange)
+    return ProcessGroupExchange(layout.tower_group, via_host=layout.plan.exchanges_via_host)

@@ -84,26 +84,26 @@ class _Receiver:
         return images[:size], labels[:size]
 
 
-def training_batches(train: ImageSet, order: EpochOrder, cfg: Config, run: Layout, first_step: int,
+def training_batches(train: ImageSet, order: EpochOrder, cfg: Config, layout: Layout, first_step: int,
                      end_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Steps [first_step, end_step) of the run, this replica's share of each: one loader for the run,
     prefetching across epoch ends (and so under the evaluation at each)."""
-    plan = run.plan
+    plan = layout.plan
     loaded = None
     if plan.loads_data:
         loaded = train_batches(train, order, first_step, end_step, plan.replica, plan.replicas, cfg.data.workers,
                                cfg.data.prefetch, plan.device.type == "cuda", cfg.parallel.timeout_s)
     sizes = itertools.repeat(cfg.train.batch_size // plan.replicas, end_step - first_step)
-    return shared_batches(loaded, sizes, run.tower_group, plan.device)
+    return shared_batches(loaded, sizes, layout.tower_group, plan.device)
 
 
-def validation_batches(val: ImageSet, cfg: Config, run: Layout) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def validation_batches(val: ImageSet, cfg: Config, layout: Layout) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This replica's share of the validation set, in its share of train.batch_size, the same on its tower processes."""
-    plan = run.plan
+    plan = layout.plan
     batch_size = cfg.train.batch_size // plan.replicas
     sizes = [len(c) for c in eval_share(len(val), plan.replica, plan.replicas).split(batch_size)]
     loaded = None
     if plan.loads_data:
         loaded = eval_batches(val, batch_size, plan.replica, plan.replicas, cfg.data.workers, cfg.data.prefetch,
                               plan.device.type == "cuda", cfg.parallel.timeout_s)
-    return shared_batches(loaded, sizes, run.tower_group, plan.device)
+    return shared_batches(loaded, sizes, layout.tower_group, plan.device)

@@ -60,7 +60,7 @@ class Plan:
         return self.rank == 0
 
     @property
-    def staged_exchange(self) -> bool:
+    def exchanges_via_host(self) -> bool:
         """Tower processes talk over gloo with CUDA tensors (sharing one GPU): exchanges go through host memory."""
         return self.backend == "gloo" and self.device.type == "cuda"
 

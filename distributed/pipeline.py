@@ -133,7 +133,7 @@ class PipelinedStep:
         self, inputs: torch.Tensor, labels: torch.Tensor, autocast, keeps: Masks | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Nothing to overlap (both towers here, one micro-batch, no replicas): one forward and one
-        backward through autograd: the same arithmetic and dropout draws as the staged schedule,
+        backward through autograd: the same arithmetic and dropout draws as the stage-by-stage schedule,
         without the per-stage bookkeeping whose host time a GPU would wait on (docs/BENCHMARKS.md).
         `keeps`: dropout masks drawn beforehand (training/graphed_step.py), else drawn in the forward."""
         with autocast():

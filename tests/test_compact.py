@@ -78,11 +78,11 @@ def test_a_resume_reads_the_same_batches_bitwise(packs):
 
 def _tower_batches(rank: int, world: int, pack: str, out: str) -> None:
     cfg = small_config(Path(out), f"data.root={pack}", "data.workers=1", "model.num_classes=8", "train.batch_size=8")
-    run = layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
+    started = layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
     try:
         data = open_packed(pack)
         order = EpochOrder(len(data.train), cfg.train.batch_size, cfg.train.seed)
-        got = [(x.clone(), y.clone()) for x, y in training_batches(data.train, order, cfg, run, 0, 6)]
+        got = [(x.clone(), y.clone()) for x, y in training_batches(data.train, order, cfg, started, 0, 6)]
         torch.save(got, f"{out}/batches{rank}_of_{world}.pt")
     finally:
         layout.stop()

@@ -66,7 +66,7 @@ def test_one_process_on_cuda_equals_the_cpu_reference(dtype):
 
 def _shared_gpu_worker(rank: int, world: int, run_dir: str) -> None:
     trainer = train(run_dir, *EXACT, "parallel.backend=gloo", "model.dropout=0")
-    assert trainer.plan.staged_exchange and trainer.device.type == "cuda"
+    assert trainer.plan.exchanges_via_host and trainer.device.type == "cuda"
 
 
 def test_two_processes_on_one_gpu_over_gloo_equal_one_process(tmp_path):

@@ -49,10 +49,10 @@ def test_predict_and_evaluate_refuse_weights_that_are_not_finite(trained, not_fi
 
 def _load_in_two_processes(rank: int, world: int, overrides: list[str], path: str) -> None:
     cfg = config(overrides)
-    run = layout.start(layout.plan_from_env(cfg), 30)
+    started = layout.start(layout.plan_from_env(cfg), 30)
     try:
         with pytest.raises(UserError, match="holds weights that are not finite"):
-            load_network(cfg, path, torch.device("cpu"), run)
+            load_network(cfg, path, torch.device("cpu"), started)
     finally:
         layout.stop()
 

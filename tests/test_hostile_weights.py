@@ -226,9 +226,9 @@ def _from_file_in_two_processes(rank: int, world: int, overrides: list[str], pat
     from distributed.main import main as run_main
 
     cfg = config(overrides)
-    run = layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
-    net = load_network(cfg, path, CPU, run)
-    rates = evaluate_checkpoints(cfg, [path], run)
+    started = layout.start(layout.plan_from_env(cfg), cfg.parallel.timeout_s)
+    net = load_network(cfg, path, CPU, started)
+    rates = evaluate_checkpoints(cfg, [path], started)
     torch.save({"state": net.state_dict(), "rates": {w: (r.top1, r.top5, r.images) for w, r in rates.items()}},
                f"{out}/rank{rank}.pt")
     layout.stop()

@@ -89,9 +89,9 @@ class Validator:
     """The trainer's validation: this replica's share of the validation set at the end of each epoch (the
     centre crop, which the plateau schedule reads) and at the run's end (with the ten patches)."""
 
-    def __init__(self, val: ImageSet, augment: Augmenter, cfg: Config, run: Layout, autocast: Callable,
+    def __init__(self, val: ImageSet, augment: Augmenter, cfg: Config, layout: Layout, autocast: Callable,
                  steps_per_epoch: int) -> None:
-        self.val, self.augment, self.cfg, self.run, self.autocast = val, augment, cfg, run, autocast
+        self.val, self.augment, self.cfg, self.layout, self.autocast = val, augment, cfg, layout, autocast
         self.steps_per_epoch = steps_per_epoch
 
     def should_validate(self, step: int) -> bool:
@@ -99,8 +99,8 @@ class Validator:
         return step % self.steps_per_epoch == 0
 
     def __call__(self, net: AlexNet, ways: Sequence[str] = (CENTRE,)) -> dict[str, ErrorRates]:
-        batches = validation_batches(self.val, self.cfg, self.run)
-        return evaluate([net], self.augment, batches, self.run.replica_group, self.autocast, ways)
+        batches = validation_batches(self.val, self.cfg, self.layout)
+        return evaluate([net], self.augment, batches, self.layout.replica_group, self.autocast, ways)
 
 
 def report(sources: Sequence[object], rates: dict[str, ErrorRates]) -> str:
@@ -112,19 +112,19 @@ def report(sources: Sequence[object], rates: dict[str, ErrorRates]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], run: Layout) -> dict[str, ErrorRates]:
+def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], layout: Layout) -> dict[str, ErrorRates]:
     """The ensemble of the checkpoints at `paths` (one: a single net) over the whole validation set, with a
     progress bar on rank 0 (its replica's share of the images)."""
-    device, plan = run.plan.device, run.plan
+    device, plan = layout.plan.device, layout.plan
     data = open_datasets(cfg.data, cfg.train.seed, cfg.parallel.timeout_s)
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, device)
-    nets = [load_network(cfg, p, device, run) for p in paths]
+    nets = [load_network(cfg, p, device, layout) for p in paths]
     if device.type == "cpu":
         LocalResponseNorm.kernel_available()  # built now if it must be (said once), rather than under the bar
     share = len(eval_share(len(data.val), plan.replica, plan.replicas))
     with tqdm(total=share, desc="evaluating", unit="img", disable=not (plan.logs and cfg.log.progress)) as bar:
-        batches = _counted(validation_batches(data.val, cfg, run), bar)
-        rates = evaluate(nets, augment, batches, run.replica_group,
+        batches = _counted(validation_batches(data.val, cfg, layout), bar)
+        rates = evaluate(nets, augment, batches, layout.replica_group,
                          lambda: FastPath.resolve(cfg.train, device).autocast(device))
     worst = max(rates.values(), key=lambda r: r.unreadable)
     if worst.unreadable:  # every process has the same sums: all refuse alike

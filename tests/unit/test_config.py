@@ -116,7 +116,7 @@ def test_entry_point_reports_config_errors_before_starting():
 def test_backends_and_two_tower_processes_sharing_one_gpu(monkeypatch):
     env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     cpu = plan_from_env(load_config([BASE], ["train.device=cpu"]), env)
-    assert (cpu.backend, cpu.staged_exchange) == ("gloo", False)
+    assert (cpu.backend, cpu.exchanges_via_host) == ("gloo", False)
     with pytest.raises(ConfigError, match="parallel.backend=nccl needs a GPU per process"):
         plan_from_env(load_config([BASE], ["train.device=cpu", "parallel.backend=nccl"]), env)
     # One GPU, two tower processes: NCCL is refused with both ways out named; gloo shares the GPU.
@@ -125,7 +125,7 @@ def test_backends_and_two_tower_processes_sharing_one_gpu(monkeypatch):
     with pytest.raises(ConfigError, match="2 processes on this node but 1 GPU.*parallel.backend=gloo"):
         plan_from_env(load_config([BASE], []), env)
     shared = plan_from_env(load_config([BASE], ["parallel.backend=gloo"]), env)
-    assert (shared.device, shared.backend, shared.staged_exchange) == (torch.device("cuda", 0), "gloo", True)
+    assert (shared.device, shared.backend, shared.exchanges_via_host) == (torch.device("cuda", 0), "gloo", True)
     fast = FastPath.resolve(load_config([BASE], []).train, shared.device)
     assert fast.precision == "bf16" and fast.compile == "on"  # auto on a GPU
 
