@@ -52,7 +52,7 @@ VARIANTS = ("fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+co
 
 
 def switches(variant: str) -> list[str]:
-    """The variant's train.* override words: its precision, and every other fast-path switch on or off."""
+    """The variant's train.* override words: its precision, and every other speed switch on or off."""
     precision, *on = variant.split("+")
     compile_ = "cudagraphs" if "cudagraphs" in on else "on" if "compile" in on else "off"
     return [f"train.precision={precision}", f"train.compile={compile_}",

@@ -8,7 +8,7 @@ given, each with its logs and checkpoints in a folder under runs/ that it remove
 (the disk a real run writes to), then, in the same run, bench.step_time's measurement of
 the same training step: two gloo processes, one tower and one thread each, forward +
 backward + the paper's SGD on a batch already in memory, with the job's model, batch,
-micro-batches and fast path. It prints each run's final errors and time, and where the
+micro-batches and speed switches. It prints each run's final errors and time, and where the
 time went.
 
 The job's own step is read from its TensorBoard scalars: `time/step_s` of each log window
@@ -41,8 +41,8 @@ from data.sources import cache_name
 from distributed.exchange import ProcessGroupExchange
 from distributed.pipeline import PipelinedStep, StepKind
 from model.alexnet import AlexNet
-from training.fast_path import FastPath
 from training.optimizer import build_optimizer
+from training.speed import SpeedSwitches
 
 ROOT = Path(__file__).resolve().parent.parent
 FINAL = re.compile(r"final validation \((centre crop|10 patches)\): top-1 error ([\d.]+)")
@@ -107,27 +107,27 @@ def breakdown(folder: Path, every: int, launch: float, end: float) -> tuple[dict
 
 
 def _step_time(rank: int, world: int, config: str, overrides: list[str], steps: int, out: str) -> None:
-    """bench.step_time's measurement, with the job's model, batch, micro-batches and fast path."""
+    """bench.step_time's measurement, with the job's model, batch, micro-batches and speed switches."""
     cfg = load_config([ROOT / "config.yaml", config], overrides)
-    fast = FastPath.resolve(cfg.train, torch.device("cpu"))
-    fast.apply_process_flags()
+    speed = SpeedSwitches.resolve(cfg.train, torch.device("cpu"))
+    speed.apply_process_flags()
     exchange = ProcessGroupExchange(dist.group.WORLD)
     net = AlexNet(cfg.model, (rank,), exchange)
     net.init_paper(cfg.train.seed)
-    net.to(memory_format=fast.memory_format)
-    if fast.compile != "off":
+    net.to(memory_format=speed.memory_format)
+    if speed.compile != "off":
         net.compile_stages()
     t = cfg.train
     optimizer = build_optimizer(net.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     step = PipelinedStep(net, exchange, None, StepKind.PIPELINED, t.micro_batches)  # a tower per process
     size = cfg.model.input_size
-    x = (torch.randn(t.batch_size, 3, size, size) * 50).contiguous(memory_format=fast.memory_format)
+    x = (torch.randn(t.batch_size, 3, size, size) * 50).contiguous(memory_format=speed.memory_format)
     y = torch.randint(cfg.model.num_classes, (t.batch_size,))
     times = []
     for _ in range(steps + 1):  # the first step warms up (and compiles) and is not counted
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        step(x, y, lambda: fast.autocast(torch.device("cpu")))
+        step(x, y, lambda: speed.autocast(torch.device("cpu")))
         optimizer.step()
         times.append(time.perf_counter() - start)
     if rank == 0:
@@ -185,10 +185,10 @@ def main() -> None:
         bench_step = statistics.mean(json.loads((scratch / "step.txt").read_text()))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    fast = FastPath.resolve(cfg.train, torch.device("cpu"))
+    speed = SpeedSwitches.resolve(cfg.train, torch.device("cpu"))
     print(f"./run.sh --config {args.config} {' '.join(args.overrides)}".rstrip()
           + (f" train.seed=S for S in {' '.join(map(str, seeds))}" if args.seeds else ""))
-    print(f"{fast.describe()}; torch {torch.__version__}; compile cache {'fresh' if args.fresh_compile_cache else 'as found'}; "
+    print(f"{speed.describe()}; torch {torch.__version__}; compile cache {'fresh' if args.fresh_compile_cache else 'as found'}; "
           f"{os.cpu_count()} cores\n")
     print("| seed | val top-1, centre crop | val top-1, 10 patches | epochs | steps | time | load before |\n"
           "|---:|---:|---:|---:|---:|---:|---:|")

@@ -62,7 +62,7 @@ def trainer_step(trainer, images, labels):
 def parts(dev: Device, trainer, images, labels, steps: int) -> dict[str, float]:
     """Each part of Trainer.train_step alone, synchronised, in ms."""
     rng = torch.Generator().manual_seed(0)
-    inputs = trainer.augment.train(images, rng).contiguous(memory_format=trainer.fast.memory_format)
+    inputs = trainer.augment.train(images, rng).contiguous(memory_format=trainer.speed.memory_format)
     trainer.model.train()
 
     def forward_backward():

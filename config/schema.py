@@ -27,7 +27,7 @@ MIN_TIMEOUT_S = 1.0
 to 0 ms and the group fails to start, with C++ frames instead of a message. A second is the least that can
 work (the tests of stalled processes use 5 s); set it above the slowest legitimate wait."""
 SWITCH = ("auto", "on", "off")
-"""The values of a fast-path switch; auto is chosen per device (training/fast_path.py)."""
+"""The values of a speed switch; auto is chosen per device (training/speed.py)."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,12 @@ class TrainConfig:
     """auto (cuda when present), cpu or cuda."""
     precision: str = "auto"
     """fp32 (exact reproduction: no TF32 either), tf32 (fp32 weights, TF32 matrix units; GPU),
-    bf16 (autocast) or auto (training/fast_path.py: bf16 on a GPU, fp32 on a CPU)."""
+    bf16 (autocast) or auto (training/speed.py: bf16 on a GPU, fp32 on a CPU)."""
     channels_last: str = "auto"
-    """on, off or auto: activations and conv weights in NHWC (training/fast_path.py)."""
+    """on, off or auto: activations and conv weights in NHWC (training/speed.py)."""
     compile: str = "auto"
     """on, off, cudagraphs (compiled stages replayed as CUDA graphs; GPU) or auto: torch.compile each
-    tower's stages, once per shape (training/fast_path.py)."""
+    tower's stages, once per shape (training/speed.py)."""
     cudnn_benchmark: str = "auto"
     """on, off or auto (on with a GPU): let cuDNN time its convolution algorithms on the first step."""
     step_graph: str = "auto"

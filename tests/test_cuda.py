@@ -102,7 +102,7 @@ def test_cudagraphs_mode_trains_as_eager(tmp_path):
            "train.channels_last=off"]
     train(tmp_path / "eager", *run, "train.compile=off")
     trainer = train(tmp_path / "graphs", *run, "train.compile=cudagraphs")
-    assert trainer.fast.compile == "cudagraphs" and trainer.kind is StepKind.WHOLE
+    assert trainer.speed.compile == "cudagraphs" and trainer.kind is StepKind.WHOLE
     assert counters["stats"]["unique_graphs"] >= 4 and counters["inductor"]["cudagraph_skips"] == 0, dict(counters)
     assert get_manager(torch.cuda.current_device(), create_if_none_exists=False) is not None
     eager = torch.tensor(train_scalars(tmp_path / "eager", "loss/train"))

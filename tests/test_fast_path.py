@@ -17,7 +17,7 @@ from distributed import layout
 from distributed.exchange import ProcessGroupExchange
 from model.alexnet import AlexNet
 from tests.trainer_runs import small_config, train, train_scalars, weights_and_velocity
-from training.fast_path import FastPath
+from training.speed import SpeedSwitches
 from training.trainer import Trainer
 
 CFG = ModelConfig(num_classes=10)
@@ -103,7 +103,7 @@ def test_bf16_logits_stay_within_bf16_tolerance_of_fp32():
     net.eval()
     x, _ = _inputs()
     ref = net(x)
-    with FastPath("bf16", False, "off", False).autocast(torch.device("cpu")):
+    with SpeedSwitches("bf16", False, "off", False).autocast(torch.device("cpu")):
         low = net(x).float()
     relative = ((low - ref).norm() / ref.norm()).item()
     assert 1e-5 < relative < 3e-2  # really in bf16 (not fp32), and near fp32
@@ -153,17 +153,18 @@ def test_compiled_channels_last_run_resumes_an_eager_checkpoint_and_back(tmp_pat
 
 
 def test_auto_resolves_per_device_and_gpu_formats_need_a_gpu():
-    cpu = FastPath.resolve(TrainConfig(), torch.device("cpu"))
+    cpu = SpeedSwitches.resolve(TrainConfig(), torch.device("cpu"))
     assert (cpu.precision, cpu.compile, cpu.channels_last) == ("fp32", "off", False)  # exact reproduction on CPU
-    gpu = FastPath.resolve(TrainConfig(), torch.device("cuda"))
+    gpu = SpeedSwitches.resolve(TrainConfig(), torch.device("cuda"))
     assert (gpu.precision, gpu.compile, gpu.channels_last, gpu.cudnn_benchmark) == ("bf16", "on", True, True)
     # channels_last's auto follows compilation: NHWC measured slower in eager on a GPU.
-    assert not FastPath.resolve(TrainConfig(compile="off"), torch.device("cuda")).channels_last
-    chosen = FastPath.resolve(TrainConfig(precision="bf16", compile="on", channels_last="off"), torch.device("cpu"))
+    assert not SpeedSwitches.resolve(TrainConfig(compile="off"), torch.device("cuda")).channels_last
+    chosen = SpeedSwitches.resolve(TrainConfig(precision="bf16", compile="on", channels_last="off"),
+                                   torch.device("cpu"))
     assert (chosen.precision, chosen.compile, chosen.channels_last) == ("bf16", "on", False)
     with pytest.raises(ConfigError, match="train.precision=tf32 needs a GPU"):
-        FastPath.resolve(TrainConfig(precision="tf32"), torch.device("cpu"))
+        SpeedSwitches.resolve(TrainConfig(precision="tf32"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="train.compile=cudagraphs needs a GPU"):
-        FastPath.resolve(TrainConfig(compile="cudagraphs"), torch.device("cpu"))
+        SpeedSwitches.resolve(TrainConfig(compile="cudagraphs"), torch.device("cpu"))
     # YAML 1.1 reads `on` as a boolean; the switch accepts it.
     assert small_config(Path("/unused"), "train.compile=on").train.compile == "on"

@@ -16,10 +16,10 @@ from tests.conftest import ROOT
 from tests.trainer_runs import small_config, weights_and_velocity
 from training.build import choose_step
 from training.device_rate import hold_rate_on_device
-from training.fast_path import FastPath
 from training.graphed_step import StaticStep
 from training.optimizer import PaperSGD
 from training.plateau import PlateauSchedule
+from training.speed import SpeedSwitches
 from training.trainer import Trainer
 
 ONE_PASS = ["train.micro_batches=1", "train.batch_size=4"]
@@ -33,7 +33,7 @@ def _trainer(run_dir: Path, *overrides: str) -> Trainer:
 
 def _static(trainer: Trainer) -> Trainer:
     """The trainer stepping through the static buffers, uncaptured (what a GPU would capture)."""
-    trainer.graphed = StaticStep(trainer.model, trainer.pipeline, trainer.optimizer, trainer.augment, trainer.fast,
+    trainer.graphed = StaticStep(trainer.model, trainer.pipeline, trainer.optimizer, trainer.augment, trainer.speed,
                                  trainer.device, capture=False)
     return trainer
 
@@ -127,20 +127,20 @@ def test_a_held_rate_updates_as_a_number_does_to_rounding():
 def test_step_graph_and_grouped_are_refused_where_they_cannot_work():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     for device in (cpu, gpu):
-        auto = FastPath.resolve(TrainConfig(), device, one_pass=True)
+        auto = SpeedSwitches.resolve(TrainConfig(), device, one_pass=True)
         assert not auto.step_graph and not auto.grouped  # off until measured on a GPU
     with pytest.raises(ConfigError, match="train.step_graph=on needs a GPU"):
-        FastPath.resolve(TrainConfig(step_graph="on"), cpu, one_pass=True)
-    assert FastPath.resolve(TrainConfig(step_graph="on"), gpu, one_pass=True).step_graph
-    assert FastPath.resolve(TrainConfig(grouped="on"), cpu, one_pass=True).grouped  # grouped runs on a CPU too
+        SpeedSwitches.resolve(TrainConfig(step_graph="on"), cpu, one_pass=True)
+    assert SpeedSwitches.resolve(TrainConfig(step_graph="on"), gpu, one_pass=True).step_graph
+    assert SpeedSwitches.resolve(TrainConfig(grouped="on"), cpu, one_pass=True).grouped  # grouped runs on a CPU too
     for key in ("step_graph", "grouped"):
         with pytest.raises(ConfigError, match=f"train.{key}=on needs the one-pass step"):
-            FastPath.resolve(TrainConfig(**{key: "on"}), gpu, one_pass=False)
-        assert not getattr(FastPath.resolve(TrainConfig(**{key: "auto"}), gpu, one_pass=False), key)
+            SpeedSwitches.resolve(TrainConfig(**{key: "on"}), gpu, one_pass=False)
+        assert not getattr(SpeedSwitches.resolve(TrainConfig(**{key: "auto"}), gpu, one_pass=False), key)
     with pytest.raises(ConfigError, match="not cudagraphs"):
-        FastPath.resolve(TrainConfig(step_graph="on", compile="cudagraphs"), gpu, one_pass=True)
+        SpeedSwitches.resolve(TrainConfig(step_graph="on", compile="cudagraphs"), gpu, one_pass=True)
     with pytest.raises(ConfigError, match="needs train.optimizer=paper"):
-        FastPath.resolve(TrainConfig(step_graph="on", optimizer="torch_sgd"), gpu, one_pass=True)
+        SpeedSwitches.resolve(TrainConfig(step_graph="on", optimizer="torch_sgd"), gpu, one_pass=True)
     with pytest.raises(ValueError, match="step_graph='sometimes'"):
         TrainConfig(step_graph="sometimes")
 

@@ -1,3 +1,3 @@
 """The training loop and its components: building a run (build.py), the loop (trainer.py), validation
 (evaluation.py), logging (metrics.py), the paper's update (optimizer.py, csrc/) and schedule (plateau.py),
-the GPU switches (fast_path.py). The room's table in README.md lists every file."""
+the speed switches (speed.py). The room's table in README.md lists every file."""

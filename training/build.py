@@ -16,12 +16,12 @@ from distributed.pipeline import PipelinedStep, StepKind
 from model.alexnet import AlexNet
 from training.cpu_kernels import build_cpu_kernels
 from training.evaluation import Validator
-from training.fast_path import FastPath
 from training.metrics import MetricLogger
 from training.optimizer import build_optimizer
 from training.plateau import PlateauSchedule
 from training.progress import Progress
 from training.saved_state import SavedState
+from training.speed import SpeedSwitches
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Parts:
     optimizer: Optimizer
     schedule: PlateauSchedule
     augment: Augmenter
-    fast: FastPath
+    speed: SpeedSwitches
     progress: Progress
     logger: MetricLogger
     validator: Validator
@@ -84,24 +84,24 @@ def check_memory(cfg: Config, plan: Plan) -> None:
         )
 
 
-def choose_step(plan: Plan, train: TrainConfig) -> tuple[StepKind, FastPath]:
+def choose_step(plan: Plan, train: TrainConfig) -> tuple[StepKind, SpeedSwitches]:
     """The step's kind and the switches it runs with, decided here for the run: every tower in this process,
     one micro-batch and no replicas run the step whole (or, with train.step_graph, as one CUDA graph, which
     needs that layout); any other layout pipelines. Refuses (ConfigError) a switch this layout or device
     cannot take, so programs/train.py calls it before any process group as well."""
     whole = plan.tower_processes == 1 and plan.replicas == 1 and train.micro_batches == 1
-    fast = FastPath.resolve(train, plan.device, one_pass=whole)
-    if fast.step_graph:
-        return StepKind.GRAPHED, fast
-    return (StepKind.WHOLE if whole else StepKind.PIPELINED), fast
+    speed = SpeedSwitches.resolve(train, plan.device, one_pass=whole)
+    if speed.step_graph:
+        return StepKind.GRAPHED, speed
+    return (StepKind.WHOLE if whole else StepKind.PIPELINED), speed
 
 
 def build(cfg: Config, layout: Layout) -> Parts:
-    """The parts of a run on this process, its fast path applied. The weights start from the
+    """The parts of a run on this process, its speed switches applied. The weights start from the
     paper's init on the CPU, so every layout and device starts from the same numbers."""
     plan, t = layout.plan, cfg.train
-    kind, fast = choose_step(plan, t)
-    fast.apply_process_flags()
+    kind, speed = choose_step(plan, t)
+    speed.apply_process_flags()
     if plan.device.type == "cpu":
         build_cpu_kernels()  # built now if it must be (said once), rather than silently inside the first step
     data = open_datasets(cfg.data, t.seed, cfg.parallel.timeout_s)
@@ -109,11 +109,11 @@ def build(cfg: Config, layout: Layout) -> Parts:
     exchange = for_layout(layout)
     model = AlexNet(cfg.model, plan.tower_indices(cfg.model.towers), exchange)
     model.init_paper(t.seed)
-    model.to(plan.device, memory_format=fast.memory_format)
-    if fast.grouped:
+    model.to(plan.device, memory_format=speed.memory_format)
+    if speed.grouped:
         model.group_towers()
-    if fast.compile != "off":
-        model.compile_stages("reduce-overhead" if fast.compile == "cudagraphs" else None)
+    if speed.compile != "off":
+        model.compile_stages("reduce-overhead" if speed.compile == "cudagraphs" else None)
     optimizer = build_optimizer(model.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     schedule = PlateauSchedule(optimizer, t.lr, t.lr_factor, t.lr_drops, t.plateau_patience)
     augment = Augmenter.from_config(data.stats, cfg.data, cfg.model.input_size, plan.device)
@@ -127,9 +127,9 @@ def build(cfg: Config, layout: Layout) -> Parts:
         optimizer=optimizer,
         schedule=schedule,
         augment=augment,
-        fast=fast,
+        speed=speed,
         progress=progress,
         logger=MetricLogger(cfg.log.dir, enabled=plan.logs, every_steps=cfg.log.every_steps),
-        validator=Validator(data.val, augment, cfg, layout, lambda: fast.autocast(plan.device), order.steps_per_epoch),
+        validator=Validator(data.val, augment, cfg, layout, lambda: speed.autocast(plan.device), order.steps_per_epoch),
         saved=SavedState(model, optimizer, {"progress": progress, "schedule": schedule}, plan),
     )

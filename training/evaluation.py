@@ -27,7 +27,7 @@ from distributed.reductions import sum_over
 from model.alexnet import AlexNet
 from model.lrn import LocalResponseNorm
 from training.error_counts import topk_wrong
-from training.fast_path import FastPath
+from training.speed import SpeedSwitches
 
 CENTRE, TEN_PATCHES = "centre", "ten_patches"
 WAYS = (CENTRE, TEN_PATCHES)
@@ -125,7 +125,7 @@ def evaluate_checkpoints(cfg: Config, paths: Sequence[Path], layout: Layout) -> 
     with tqdm(total=share, desc="evaluating", unit="img", disable=not (plan.logs and cfg.log.progress)) as bar:
         batches = _counted(validation_batches(data.val, cfg, layout), bar)
         rates = evaluate(nets, augment, batches, layout.replica_group,
-                         lambda: FastPath.resolve(cfg.train, device).autocast(device))
+                         lambda: SpeedSwitches.resolve(cfg.train, device).autocast(device))
     worst = max(rates.values(), key=lambda r: r.unreadable)
     if worst.unreadable:  # every process has the same sums: all refuse alike
         raise UserError(f"{', '.join(map(str, paths))}: the outputs for {worst.unreadable} of {worst.images} validation "

@@ -12,7 +12,7 @@ from distributed.pipeline import PipelinedStep
 from model.alexnet import AlexNet
 from training.device_rate import hold_rate_on_device
 from training.error_counts import topk_wrong
-from training.fast_path import FastPath
+from training.speed import SpeedSwitches
 
 WARMUP_STEPS = 3
 """Steps run uncaptured before the capture, on a side stream (torch.cuda.graphs' whole-network example warms
@@ -23,9 +23,9 @@ class StaticStep:
     """One process's training step over static buffers; on a GPU, replayed as one CUDA graph."""
 
     def __init__(self, model: AlexNet, pipeline: PipelinedStep, optimizer: Optimizer, augment: Augmenter,
-                 fast: FastPath, device: torch.device, capture: bool = True) -> None:
+                 speed: SpeedSwitches, device: torch.device, capture: bool = True) -> None:
         self.model, self.pipeline, self.optimizer, self.augment = model, pipeline, optimizer, augment
-        self.fast, self.device, self.capture = fast, device, capture
+        self.speed, self.device, self.capture = speed, device, capture
         hold_rate_on_device(optimizer, device)
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
@@ -75,10 +75,10 @@ class StaticStep:
         n = len(self.labels)
         alphas, tops, lefts, flips = self.draws.split([3 * n, n, n, n])
         draws = Draws(tops.long(), lefts.long(), flips.bool(), alphas.view(n, 3))
-        inputs = self.augment.apply(self.images, draws).contiguous(memory_format=self.fast.memory_format)
+        inputs = self.augment.apply(self.images, draws).contiguous(memory_format=self.speed.memory_format)
         self.optimizer.zero_grad(set_to_none=False)  # inside the graph: the static tensors the update reads
         loss_sum, logits = self.pipeline.whole_batch(
-            inputs, self.labels, lambda: self.fast.autocast(self.device, cache=False), self.keeps)
+            inputs, self.labels, lambda: self.speed.autocast(self.device, cache=False), self.keeps)
         self.optimizer.step()
         return loss_sum, topk_wrong(logits, self.labels)
 

@@ -38,8 +38,8 @@ class Trainer:
         self.device = self.plan.device
         parts = build(cfg, layout)
         self.data, self.order, self.model = parts.data, parts.order, parts.model
-        self.kind, self.pipeline = parts.kind, parts.pipeline
-        self.optimizer, self.schedule, self.augment, self.fast = parts.optimizer, parts.schedule, parts.augment, parts.fast
+        self.kind, self.pipeline, self.speed = parts.kind, parts.pipeline, parts.speed
+        self.optimizer, self.schedule, self.augment = parts.optimizer, parts.schedule, parts.augment
         self.logger, self.validator = parts.logger, parts.validator
         self.saved, self.checkpoints = parts.saved, checkpoints or CheckpointFolder(cfg, self.plan)
         self.progress = parts.progress
@@ -50,7 +50,7 @@ class Trainer:
         self.stopping = False  # the run reached train.stop_at_train_error, or converged
         self.graphed = None  # the step over static buffers, replayed as one CUDA graph
         if self.kind is StepKind.GRAPHED:
-            self.graphed = StaticStep(self.model, self.pipeline, self.optimizer, self.augment, self.fast, self.device)
+            self.graphed = StaticStep(self.model, self.pipeline, self.optimizer, self.augment, self.speed, self.device)
 
     @property
     def step(self) -> int:
@@ -64,7 +64,7 @@ class Trainer:
             return self.graphed(images, labels, aug_rng)
         inputs = self.augment.train(images, aug_rng, self.plan.replica * len(labels), self.cfg.train.batch_size)
         # Evaluation feeds NCHW crops as they come: the convolutions follow their weights' layout anyway.
-        inputs = inputs.contiguous(memory_format=self.fast.memory_format)
+        inputs = inputs.contiguous(memory_format=self.speed.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, logits = self.pipeline(inputs, labels, self.autocast)
         self.optimizer.step()
@@ -78,7 +78,7 @@ class Trainer:
         return torch.Generator().manual_seed(derive_seed(seed, "augment", self.step))
 
     def autocast(self):
-        return self.fast.autocast(self.device)
+        return self.speed.autocast(self.device)
 
     def feed(self, first_step: int):
         """Every remaining step's batch: one loader for the run, prefetching across epoch ends (and so
@@ -101,7 +101,7 @@ class Trainer:
         if self.plan.logs:
             p = self.plan
             print(f"processes: {p.world} ({p.replicas} replica(s) x {p.tower_processes} tower process(es)) on "
-                  f"{self.device}, backend {p.backend}; {self.fast.describe()}", flush=True)
+                  f"{self.device}, backend {p.backend}; {self.speed.describe()}", flush=True)
         if resuming:
             self.resume()
         self.logger.text("config", "```\n" + yaml.safe_dump(to_dict(self.cfg), sort_keys=False) + "\n```")

@@ -11,7 +11,7 @@ from config.loading import load_config
 from config.schema import ConfigError
 from distributed.layout import plan_from_env
 from tests.conftest import ROOT
-from training.fast_path import FastPath
+from training.speed import SpeedSwitches
 
 BASE = ROOT / "config.yaml"
 
@@ -126,8 +126,8 @@ def test_backends_and_two_tower_processes_sharing_one_gpu(monkeypatch):
         plan_from_env(load_config([BASE], []), env)
     shared = plan_from_env(load_config([BASE], ["parallel.backend=gloo"]), env)
     assert (shared.device, shared.backend, shared.exchanges_via_host) == (torch.device("cuda", 0), "gloo", True)
-    fast = FastPath.resolve(load_config([BASE], []).train, shared.device)
-    assert fast.precision == "bf16" and fast.compile == "on"  # auto on a GPU
+    speed = SpeedSwitches.resolve(load_config([BASE], []).train, shared.device)
+    assert speed.precision == "bf16" and speed.compile == "on"  # auto on a GPU
 
 
 # -- numbers and text the code cannot take -------------------------------------------------

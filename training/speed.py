@@ -1,14 +1,7 @@
-"""The fast path: number format, memory layout, compilation, cuDNN autotuning, the whole step as one
-CUDA graph and the grouped arithmetic, resolved per device.
-
-Each is a config switch (`train.precision`, `train.channels_last`, `train.compile`,
-`train.cudnn_benchmark`, `train.step_graph`, `train.grouped`) whose `auto` is the choice measured
-best on that kind of device (AUTO below; the measurements are in docs/BENCHMARKS.md, made by
-bench/gpu.py, which runs on a GPU or, without one, on the CPU). `precision=fp32` with the other
-switches off is the exact reproduction every layout is tested against. The last two apply only
-to the one-pass step (one process holding both towers, one micro-batch, no replicas), which
-training/build.py `choose_step` decides.
-"""
+"""The speed switches (`train.precision`, `channels_last`, `compile`, `cudnn_benchmark`, `step_graph`,
+`grouped`), each `auto` resolved per device to the choice measured best there (AUTO below; README's "The
+speed switches (GPU)", measured by bench/gpu.py). fp32 with the rest off is the exact reproduction every
+layout is tested against; the last two apply to the one-pass step only (training/build.py `choose_step`)."""
 
 import contextlib
 from dataclasses import dataclass
@@ -19,7 +12,7 @@ from config.schema import ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)
-class FastPath:
+class SpeedSwitches:
     """The resolved switches for one process's device."""
 
     precision: str
@@ -35,7 +28,7 @@ class FastPath:
     """Both towers computed as one network per layer (model/grouped.py)."""
 
     @staticmethod
-    def resolve(train: TrainConfig, device: torch.device, one_pass: bool | None = None) -> "FastPath":
+    def resolve(train: TrainConfig, device: torch.device, one_pass: bool | None = None) -> "SpeedSwitches":
         """The config's switches with every `auto` replaced by AUTO's choice for `device`. `one_pass`: whether
         this process's layout runs the one-pass step (training/build.py `choose_step`); None where no step
         is run (evaluation)."""
@@ -46,7 +39,7 @@ class FastPath:
             channels_last = best.channels_last and compile_ != "off"
         else:
             channels_last = train.channels_last == "on"
-        chosen = FastPath(
+        chosen = SpeedSwitches(
             precision=best.precision if train.precision == "auto" else train.precision,
             channels_last=channels_last,
             compile=compile_,
@@ -109,9 +102,9 @@ def _one_pass_switch(key: str, value: str, best: bool, one_pass: bool | None) ->
 
 
 AUTO = {
-    "cuda": FastPath(precision="bf16", channels_last=True, compile="on", cudnn_benchmark=True,
+    "cuda": SpeedSwitches(precision="bf16", channels_last=True, compile="on", cudnn_benchmark=True,
                      step_graph=False, grouped=False),
-    "cpu": FastPath(precision="fp32", channels_last=False, compile="off", cudnn_benchmark=False,
+    "cpu": SpeedSwitches(precision="fp32", channels_last=False, compile="off", cudnn_benchmark=False,
                     step_graph=False, grouped=False),
 }
 """What `auto` means on each kind of device, from the measurements in docs/BENCHMARKS.md. step_graph and
