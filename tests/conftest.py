@@ -1,4 +1,5 @@
-"""Shared test fixtures: thread count, a fresh compiler, and commands launched in their own session."""
+"""Shared test fixtures: thread count, a fresh compiler, commands launched in their own session, the session's
+trained run and its export, and the packs and folders the tests of hostile input start from."""
 
 import os
 import signal
@@ -65,3 +66,57 @@ def trained(tmp_path_factory):
     trainer = Trainer(cfg, start(cfg))
     trainer.run()
     return trainer, run_dir, words
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The trained run's newest checkpoint, exported by the command."""
+    from results.__main__ import main as results_main
+
+    _, _, overrides = trained
+    target = tmp_path_factory.mktemp("weights") / "alexnet.safetensors"
+    assert results_main(["export", "--out", str(target), *overrides]) == 0
+    return target
+
+
+@pytest.fixture
+def pack(tmp_path):
+    """A small pack written by hand (tests/packs.py)."""
+    from tests.packs import write_pack
+
+    return write_pack(tmp_path / "pack")
+
+
+@pytest.fixture(scope="module")
+def packs(tmp_path_factory) -> dict[str, Path]:
+    """The same 40 photograph-sized JPEGs (8 classes), packed raw and as JPEG records; the val split is
+    the training folder again."""
+    from bench.images import make_jpegs
+    from data.compact import Encoding
+    from data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("compact")
+    make_jpegs(root / "jpegs", 40)
+    files = sorted(p.relative_to(root / "jpegs") for p in (root / "jpegs").rglob("*.jpg"))
+    val = root / "val"
+    val.mkdir()
+    for f in files[:4]:
+        (val / f.name).write_bytes((root / "jpegs" / f).read_bytes())
+    (root / "val.txt").write_text("".join(f"{f.name} {f.parent}\n" for f in files[:4]))
+    out = {}
+    for name in ("raw", "jpeg"):
+        out[name] = root / name
+        prepare(root / "jpegs", out[name], val, root / "val.txt", workers=2, shard_size=16, encoding=Encoding(name))
+    return out
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """Another run's files: a file and a folder with a checkpoint's completeness mark, which nothing may change."""
+    from checkpoints import store
+
+    folder = tmp_path / "elsewhere"
+    (folder / "step_00000001").mkdir(parents=True)
+    (folder / "step_00000001" / store.MARKER).write_bytes(b"another run's checkpoint")
+    (folder / "precious.txt").write_text("keep me")
+    return folder

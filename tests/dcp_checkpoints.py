@@ -93,3 +93,14 @@ def sparse(path: pathlib.Path, prefix: bytes, size: int) -> pathlib.Path:
     path.write_bytes(prefix)
     os.truncate(path, size)
     return path
+
+
+def assert_same_state(got: dict, want: dict) -> None:
+    """`got` holds `want`'s keys, nested alike, each tensor of the same dtype, shape and values."""
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert_same_state(got[key], value)
+        else:
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert torch.equal(got[key], value), key

@@ -3,6 +3,7 @@
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -28,3 +29,9 @@ def write_image(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio of uint8 images `a` against `b`, in dB."""
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return 10 * np.log10(255**2 / mse)

@@ -24,8 +24,7 @@ from distributed import layout
 from distributed.main import main
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, wait_for
-from tests.test_scale_and_faults import CLI
-from tests.trainer_runs import small_config, small_words, train
+from tests.trainer_runs import CLI, small_config, small_words, train
 from training.trainer import Trainer
 
 

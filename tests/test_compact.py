@@ -10,47 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from bench.images import make_jpegs
 from bench.workers import run_workers
 from config.errors import UserError
-from data.compact import MAX_RECORD_BYTES, DamagedImage, Encoding
+from data.compact import MAX_RECORD_BYTES, DamagedImage
 from data.imageset import IMAGE_BYTES
 from data.loader import train_batches
 from data.order import EpochOrder
 from data.packed import open_packed
-from data.prepare import prepare
 from distributed import layout
 from distributed.feed import training_batches
 from tests.conftest import ROOT
+from tests.image_files import psnr
 from tests.processes import CPU_ENV
 from tests.trainer_runs import small_config, small_words
 
 PSNR_DB = 35.0
 """docs/DATA.md: quality 90 measured 37.7 dB on photograph-like images; this is the floor tested."""
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return 10 * np.log10(255**2 / mse)
-
-
-@pytest.fixture(scope="module")
-def packs(tmp_path_factory) -> dict[str, Path]:
-    """The same 40 photograph-sized JPEGs (8 classes), packed raw and as JPEG records; the val split is
-    the training folder again."""
-    root = tmp_path_factory.mktemp("compact")
-    make_jpegs(root / "jpegs", 40)
-    files = sorted(p.relative_to(root / "jpegs") for p in (root / "jpegs").rglob("*.jpg"))
-    val = root / "val"
-    val.mkdir()
-    for f in files[:4]:
-        (val / f.name).write_bytes((root / "jpegs" / f).read_bytes())
-    (root / "val.txt").write_text("".join(f"{f.name} {f.parent}\n" for f in files[:4]))
-    out = {}
-    for name in ("raw", "jpeg"):
-        out[name] = root / name
-        prepare(root / "jpegs", out[name], val, root / "val.txt", workers=2, shard_size=16, encoding=Encoding(name))
-    return out
 
 
 def everything(root: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from data.loader import train_batches
 from data.order import EpochOrder
 from data.packed import open_packed
 from data.transfer import to_device
-from tests.test_compact import packs, psnr  # noqa: F401 (packs is the fixture these tests use)
+from tests.image_files import psnr
 
 without_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
@@ -33,7 +33,7 @@ def batches(root, device: torch.device, workers: int) -> list[tuple[torch.Tensor
     return [(x.to("cpu", copy=True), y.to("cpu", copy=True)) for x, y in to_device(loaded(root, device, workers), device)]
 
 
-def test_the_cpu_reference_batches_are_each_the_orders_batch(packs):  # noqa: F811
+def test_the_cpu_reference_batches_are_each_the_orders_batch(packs):
     """With no loading process the ring has one slot: kept as views, all 12 would be the last batch."""
     train = open_packed(str(packs["raw"])).train
     order = EpochOrder(len(train), 8, seed=2)
@@ -47,7 +47,7 @@ def test_the_cpu_reference_batches_are_each_the_orders_batch(packs):  # noqa: F8
 @pytest.mark.cuda
 @without_gpu
 @pytest.mark.parametrize("workers", [0, 2])
-def test_raw_batches_on_the_gpu_are_the_cpu_loaders(packs, workers):  # noqa: F811
+def test_raw_batches_on_the_gpu_are_the_cpu_loaders(packs, workers):
     on_gpu, on_cpu = batches(packs["raw"], torch.device("cuda"), workers), batches(packs["raw"], torch.device("cpu"), 0)
     assert len(on_gpu) == len(on_cpu) == STEPS
     for (x, y), (x1, y1) in zip(on_gpu, on_cpu):
@@ -56,7 +56,7 @@ def test_raw_batches_on_the_gpu_are_the_cpu_loaders(packs, workers):  # noqa: F8
 
 @pytest.mark.cuda
 @without_gpu
-def test_nvjpeg_batches_match_libjpeg_within_a_few_levels(packs):  # noqa: F811
+def test_nvjpeg_batches_match_libjpeg_within_a_few_levels(packs):
     on_gpu, on_cpu = batches(packs["jpeg"], torch.device("cuda"), 2), batches(packs["jpeg"], torch.device("cpu"), 0)
     assert len(on_gpu) == len(on_cpu) == STEPS
     for (x, y), (x1, y1) in zip(on_gpu, on_cpu):
@@ -66,7 +66,7 @@ def test_nvjpeg_batches_match_libjpeg_within_a_few_levels(packs):  # noqa: F811
 
 @pytest.mark.cuda
 @without_gpu
-def test_the_next_batch_is_decoded_while_the_training_thread_holds_this_one(packs, monkeypatch):  # noqa: F811
+def test_the_next_batch_is_decoded_while_the_training_thread_holds_this_one(packs, monkeypatch):
     """nvJPEG's batched decode blocks its thread until done: batch j + 1's decode goes on only once the
     consumer holds batch j, which a decode on the training thread, before handing batch j over, never sees."""
     held = [threading.Event() for _ in range(STEPS)]

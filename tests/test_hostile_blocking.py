@@ -17,8 +17,7 @@ from config.model import ModelConfig
 from config.schema import ConfigError
 from tests import bounded
 from tests.conftest import ROOT
-from tests.unit.test_hostile_packs import pack  # noqa: F401  (the fixture: a small hand-made pack)
-from tests.unit.test_hostile_trees import tiny_png
+from tests.png_by_hand import tiny_png
 
 DEADLINE = 60
 """Seconds a refusal may take, imports included; what used to block never returned."""
@@ -32,7 +31,7 @@ def fifo(path):
 
 
 @pytest.mark.parametrize("name", ["train/index.json", "val/labels.npy", "stats.pt"])
-def test_a_pipe_in_a_pack_is_refused_naming_it(pack, name):  # noqa: F811
+def test_a_pipe_in_a_pack_is_refused_naming_it(pack, name):
     fifo(pack / name)
     outcome = bounded.call("from data.packed import read_pack_meta", f"read_pack_meta({str(pack)!r})", DEADLINE)
     assert "ValueError" in outcome["kinds"] and f"{pack / name}: a named pipe (FIFO)" in outcome["message"], outcome

@@ -24,7 +24,7 @@ from model.alexnet import AlexNet
 from tests import bounded
 from tests.conftest import ROOT
 from tests.dcp_checkpoints import genuine_state, read_header, save_checkpoint, shard
-from tests.unit.test_hostile_images import png_file
+from tests.png_by_hand import png_file
 
 MIB = 2**20
 

@@ -16,10 +16,10 @@ from checkpoints import store
 from distributed.main import main as training_main
 from results.__main__ import main as results_main
 from tests.conftest import ROOT
+from tests.png_by_hand import tiny_png
 from tests.processes import CPU_ENV
-from tests.test_hostile_weights import exported, rewritten  # noqa: F401  (exported: the trained run's export)
 from tests.trainer_runs import small_words
-from tests.unit.test_hostile_trees import tiny_png
+from tests.weight_files import rewritten
 
 RESUMED = ("train.max_steps=2", "train.epochs=1", "data.synthetic_val_images=4", "train.resume=true")
 """The trained run's words (conftest.py `trained`), resumed."""
@@ -72,7 +72,7 @@ def test_a_checkpoint_without_model_json_is_not_resumed_under_another_architectu
 
 
 @pytest.fixture(scope="module")
-def overflowing(exported, tmp_path_factory):  # noqa: F811
+def overflowing(exported, tmp_path_factory):
     """The export with every weight scaled by 1e30: all finite, but the activations overflow float32."""
     def change(tensors):
         for t in tensors.values():

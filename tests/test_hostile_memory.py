@@ -19,8 +19,8 @@ from checkpoints import store
 from data.decode import MAX_PIXELS
 from tests import bounded
 from tests.conftest import ROOT
-from tests.unit.test_hostile_images import zero_bomb
-from tests.unit.test_hostile_packs import pack, stats  # noqa: F401  (pack: the fixture of a small hand-made pack)
+from tests.packs import stats
+from tests.png_by_hand import zero_bomb
 
 CHUNK = 2**24
 
@@ -71,7 +71,7 @@ def _deflated_zeros(chunks: int) -> tuple[bytes, int]:
     return piece * chunks + compressor.flush(), crc
 
 
-def test_a_stats_file_that_would_inflate_to_gigabytes_is_refused_from_its_directory(pack):  # noqa: F811
+def test_a_stats_file_that_would_inflate_to_gigabytes_is_refused_from_its_directory(pack):
     """stats.pt of 1.6 MB: the mean image's entry deflated, declaring 1.6 GB."""
     torch.save(stats(), pack / "stats.pt")
     with zipfile.ZipFile(pack / "stats.pt") as original:

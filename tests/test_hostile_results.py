@@ -22,14 +22,13 @@ from distributed import layout
 from distributed.main import main as training_main
 from results.__main__ import main as results_main
 from tests import bounded
-from tests.test_hostile_weights import config, exported, rewritten  # noqa: F401  (exported: the trained run's export)
-from tests.test_scale_and_faults import ONE_PIECE
-from tests.trainer_runs import small_words
-from tests.unit.test_hostile_trees import tiny_png
+from tests.png_by_hand import tiny_png
+from tests.trainer_runs import ONE_PIECE, config, small_words
+from tests.weight_files import rewritten
 
 
 @pytest.fixture(scope="module")
-def not_finite(exported, tmp_path_factory):  # noqa: F811
+def not_finite(exported, tmp_path_factory):
     """The export with one weight of tower 1's half of FC8 made NaN: only a process holding tower 1 sees it."""
     def change(tensors):
         tensors["fc8.weight"][0, -1] = float("nan")  # FC8 is split by input: the last column is tower 1's

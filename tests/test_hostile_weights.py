@@ -22,45 +22,22 @@ import pytest
 import safetensors
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from bench.workers import free_port, run_workers
 from checkpoints import store
 from checkpoints.trained import load_network
 from checkpoints.weights import MAX_HEADER_BYTES
 from config.errors import UserError
-from config.loading import load_config
 from distributed import layout
 from results.__main__ import main as results_main
 from tests import dcp_checkpoints
 from tests.conftest import ROOT
 from tests.image_files import jpeg, png, write_image
 from tests.processes import CPU_ENV
+from tests.trainer_runs import config
 from training.evaluation import evaluate_checkpoints
 
 CPU = torch.device("cpu")
-
-
-def config(overrides):
-    return load_config([ROOT / "config.yaml"], overrides)
-
-
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    """The trained run's newest checkpoint, exported by the command."""
-    _, _, overrides = trained
-    target = tmp_path_factory.mktemp("weights") / "alexnet.safetensors"
-    assert results_main(["export", "--out", str(target), *overrides]) == 0
-    return target
-
-
-def rewritten(exported, target, change) -> object:
-    """`target`: the export's tensors after `change` (a function of the dict of them), with its metadata."""
-    with safe_open(exported, framework="pt") as f:
-        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    change(tensors)
-    save_file(tensors, target, metadata=metadata)
-    return target
 
 
 def read_header(path) -> dict:

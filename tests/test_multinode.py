@@ -15,8 +15,15 @@ from bench.netns import Namespaces, namespaces_unavailable
 from bench.workers import free_port
 from checkpoints import store
 from tests.processes import CPU_ENV, children, final_state, wait_for
-from tests.test_scale_and_faults import assert_moved_alike
-from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
+from tests.trainer_runs import (
+    DETERMINISTIC,
+    assert_moved_alike,
+    initial_state,
+    small_config,
+    small_words,
+    train,
+    weights_and_velocity,
+)
 
 RUN = [*DETERMINISTIC, "train.micro_batches=1", "parallel.timeout_s=30"]
 """4 images a step over 2 replicas, dropout off: the 2x2 comparison of test_scale_and_faults."""

@@ -22,15 +22,19 @@ from config.schema import ConfigError
 from distributed import layout
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV, children, final_state, wait_for
-from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
+from tests.trainer_runs import (
+    CLI,
+    DETERMINISTIC,
+    ONE_PIECE,
+    assert_moved_alike,
+    initial_state,
+    small_config,
+    small_words,
+    train,
+    weights_and_velocity,
+)
 from training.saved_state import NonFiniteLoss
 from training.trainer import Trainer
-
-# A tiny run through `python -m distributed.main`, for the subprocess tests: 6 steps of 2 images.
-CLI = ["train.batch_size=2", "train.micro_batches=1", "train.epochs=1", "data.synthetic_train_images=12",
-       "data.synthetic_val_images=2", "checkpoint.keep=1"]
-ONE_PIECE = "train.micro_batches=1"
-"""Batches of 2-4 images go through whole unless a test asks for micro-batches."""
 
 
 def _two_by_two(rank: int, world: int, run_dir: str, out: str) -> None:
@@ -62,17 +66,6 @@ def test_replicas_match_one_process_with_the_whole_batch(tmp_path):
         assert got.keys() == {k for k in grouped if f"towers.{rank % 2}." in k}
         for key, value in got.items():
             assert_moved_alike(value, grouped[key], start[key], key)
-
-
-def assert_moved_alike(got: torch.Tensor, expected: torch.Tensor, start: torch.Tensor, key: str) -> None:
-    """got and expected agree to 1e-4 of how far training moved the tensor from `start`, plus a few
-    float32 steps of its own size: a wrong gradient would differ by about the whole move, which a
-    plain relative tolerance on a weight (0.01 moved by 2e-5) would miss many times over. The
-    velocity is the move itself, so there the check is the move's alone."""
-    moved = (expected - start).abs().max().item()
-    rounding = 8 * torch.finfo(expected.dtype).eps * expected.abs().max().item() if key.startswith("model/") else 0.0
-    off = (got - expected).abs().max().item()
-    assert off <= 1e-4 * moved + rounding + 1e-12, f"{key}: off by {off:.3g}, moved {moved:.3g}"
 
 
 # -- processes that die -----------------------------------------------------------------------

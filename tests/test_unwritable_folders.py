@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV
-from tests.test_scale_and_faults import CLI
+from tests.trainer_runs import CLI
 
 
 @pytest.fixture

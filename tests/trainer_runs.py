@@ -24,6 +24,13 @@ SMALL = [
 DETERMINISTIC = ["model.dropout=0", "train.batch_size=4", "train.max_steps=3", "data.synthetic_val_images=4"]
 """Dropout off (its masks are drawn per replica's towers, so layouts differ by design), 3 steps of 4."""
 
+ONE_PIECE = "train.micro_batches=1"
+"""Batches of 2-4 images go through whole unless a test asks for micro-batches."""
+
+CLI = ["train.batch_size=2", "train.micro_batches=1", "train.epochs=1", "data.synthetic_train_images=12",
+       "data.synthetic_val_images=2", "checkpoint.keep=1"]
+"""A tiny run through `python -m distributed.main`, for the subprocess tests: 6 steps of 2 images."""
+
 
 def small_words(run_dir: Path, *overrides: str) -> list[str]:
     """SMALL, then the run's folders, then `overrides`; a later value of a key replaces an earlier one
@@ -34,6 +41,11 @@ def small_words(run_dir: Path, *overrides: str) -> list[str]:
 
 def small_config(run_dir: Path, *overrides: str):
     return load_config([ROOT / "config.yaml"], small_words(run_dir, *overrides))
+
+
+def config(words: list[str]):
+    """The config `words` name as they are (small_words' output, as the session's trained run keeps them)."""
+    return load_config([ROOT / "config.yaml"], words)
 
 
 def start(cfg, env: dict | None = None) -> layout.Layout:
@@ -72,3 +84,14 @@ def initial_state(cfg) -> dict[str, torch.Tensor]:
     state = {f"model/{k}": v for k, v in net.state_dict().items()}
     state.update({f"velocity/{k}": torch.zeros_like(v) for k, v in net.named_parameters()})
     return state
+
+
+def assert_moved_alike(got: torch.Tensor, expected: torch.Tensor, start: torch.Tensor, key: str) -> None:
+    """got and expected agree to 1e-4 of how far training moved the tensor from `start`, plus a few
+    float32 steps of its own size: a wrong gradient would differ by about the whole move, which a
+    plain relative tolerance on a weight (0.01 moved by 2e-5) would miss many times over. The
+    velocity is the move itself, so there the check is the move's alone."""
+    moved = (expected - start).abs().max().item()
+    rounding = 8 * torch.finfo(expected.dtype).eps * expected.abs().max().item() if key.startswith("model/") else 0.0
+    off = (got - expected).abs().max().item()
+    assert off <= 1e-4 * moved + rounding + 1e-12, f"{key}: off by {off:.3g}, moved {moved:.3g}"

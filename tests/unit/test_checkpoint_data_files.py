@@ -24,9 +24,8 @@ from checkpoints.tensor_file import UnreadableFile
 from checkpoints.trained import checkpoint_paths
 from config.errors import UserError
 from distributed import layout
-from tests.dcp_checkpoints import ROOM, Touch, genuine_state, save_checkpoint, shard, zeros_like
+from tests.dcp_checkpoints import ROOM, Touch, assert_same_state, genuine_state, save_checkpoint, shard, zeros_like
 from tests.trainer_runs import small_config
-from tests.unit.test_checkpoint_reader import _assert_same
 
 
 @pytest.fixture
@@ -50,7 +49,7 @@ def test_a_checkpoint_loads_with_every_unpickler_trapped(tmp_path, unpickled):
     ckpt = save_checkpoint(genuine_state(), tmp_path / "ck")
     loaded = zeros_like(genuine_state())
     store.load(loaded, ckpt)
-    _assert_same(loaded, genuine_state())
+    assert_same_state(loaded, genuine_state())
     assert unpickled == []
     # The traps work: DCP's default format unpickles its metadata.
     dcp.save(genuine_state(), checkpoint_id=tmp_path / "pickled")
@@ -80,7 +79,7 @@ def test_pickles_left_in_a_folder_are_never_opened(tmp_path):
     torch.save(Touch(marker), ckpt / "__0_0.distcp")
     loaded = zeros_like(genuine_state())
     store.load(loaded, ckpt)
-    _assert_same(loaded, genuine_state())
+    assert_same_state(loaded, genuine_state())
     assert not marker.exists()
     try:
         dcp.load(zeros_like(genuine_state()), checkpoint_id=ckpt)

@@ -24,6 +24,7 @@ from config.errors import UserError
 from config.model import ModelConfig
 from tests.dcp_checkpoints import (
     ROOM,
+    assert_same_state,
     genuine_state,
     read_header,
     relaid,
@@ -33,16 +34,6 @@ from tests.dcp_checkpoints import (
     write_file,
     zeros_like,
 )
-
-
-def _assert_same(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for key, value in want.items():
-        if isinstance(value, dict):
-            _assert_same(got[key], value)
-        else:
-            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
-            assert torch.equal(got[key], value), key
 
 
 @pytest.fixture
@@ -61,7 +52,7 @@ def _refused(folder: pathlib.Path, error: type, match: str) -> None:
 def test_genuine_checkpoint_loads_exactly(ckpt):
     loaded = zeros_like(genuine_state())
     store.load(loaded, ckpt)
-    _assert_same(loaded, genuine_state())
+    assert_same_state(loaded, genuine_state())
     found = shards.check(ckpt, {}, ROOM)
     assert found["model.fc.weight"] == ("BF16", (5, 6)) and found["progress.step"] == ("I64", ())
     assert sorted(p.name for p in ckpt.iterdir()) == [store.MARKER, "shard-00001-model-00001-of-00001.safetensors"]

@@ -18,7 +18,7 @@ from data.codec import CODEC, CODECS
 from model.layers import GATHER
 from tests.conftest import ROOT
 from tests.image_files import encoded, jpeg, png
-from tests.unit.test_hostile_images import png as deep_png
+from tests.png_by_hand import png as deep_png
 
 HAS_TORCHCODEC = importlib.util.find_spec("torchcodec") is not None
 needs_torchcodec = pytest.mark.skipif(not HAS_TORCHCODEC, reason="torchcodec is not installed (requirements.txt)")

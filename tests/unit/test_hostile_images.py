@@ -5,10 +5,8 @@ import io
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
-import zlib
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
@@ -24,33 +22,9 @@ from data.packed import PackedImages, read_json
 from data.packing import DIED, Split, pack
 from data.prepare import main, prepare
 from tests.conftest import ROOT
-
-COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
-"""PNG colour type by channel count: grey, grey + alpha, RGB, RGBA."""
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_file(width: int, height: int, depth: int, colour_type: int, compressed: bytes) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", compressed) + png_chunk(b"IEND", b"")
-
-
-def png(pixels: np.ndarray) -> bytes:
-    """A PNG of uint8 or uint16 [H, W, C] pixels, written by hand: PIL cannot write 16-bit colour."""
-    height, width, channels = pixels.shape
-    rows = pixels.astype(pixels.dtype.newbyteorder(">")).reshape(height, -1).view(np.uint8)
-    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # filter type 0 on every row
-    return png_file(width, height, 8 * pixels.itemsize, COLOUR_TYPES[channels], zlib.compress(raw.tobytes()))
-
-
-def zero_bomb(side: int) -> bytes:
-    """A 1-bit grey PNG of side x side zeros: 110 kB for 30000 x 30000, 2.7 GB once decoded to RGB."""
-    deflate, row = zlib.compressobj(9), bytes(1 + (side + 7) // 8)
-    compressed = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
-    return png_file(side, side, 1, 0, compressed)
+from tests.image_files import write_image
+from tests.packs import skipped_lines
+from tests.png_by_hand import png, zero_bomb
 
 
 def encode(image: Image.Image, kind: str, **options) -> bytes:
@@ -59,20 +33,10 @@ def encode(image: Image.Image, kind: str, **options) -> bytes:
     return out.getvalue()
 
 
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
 def packed_train(dst: Path) -> torch.Tensor:
     """Every image of the pack's train split, read as training reads them."""
     images = PackedImages(dst / "train", [], [])
     return images.load(torch.arange(len(images)))[0]
-
-
-def skipped_lines(dst: Path) -> list[list[str]]:
-    return [line.split("\t") for line in (dst / "skipped.txt").read_text().splitlines()]
 
 
 def test_any_bit_depth_palette_or_alpha_packs_as_8_bit_rgb(tmp_path):
@@ -85,10 +49,10 @@ def test_any_bit_depth_palette_or_alpha_packs_as_8_bit_rgb(tmp_path):
     gif = Image.fromarray(indices, "P")
     gif.putpalette(palette.tobytes())
     src = tmp_path / "src"
-    write(src / "apple/grey_alpha16.png", png(grey_alpha16))
-    write(src / "apple/rgb16.png", png(rgb16))
-    write(src / "pear/palette.gif", encode(gif, "GIF"))
-    write(src / "pear/rgba.png", png(rgba))
+    write_image(src / "apple/grey_alpha16.png", png(grey_alpha16))
+    write_image(src / "apple/rgb16.png", png(rgb16))
+    write_image(src / "pear/palette.gif", encode(gif, "GIF"))
+    write_image(src / "pear/rgba.png", png(rgba))
     prepare(src, tmp_path / "pack", None, None, workers=1)
     # 256x256 sources: the resize keeps every pixel, so each value can be checked exactly.
     # A 16-bit value v is v >> 8 in 8 bits (torchvision's to_dtype(scale=True)); alpha is dropped.
@@ -102,16 +66,16 @@ def test_any_bit_depth_palette_or_alpha_packs_as_8_bit_rgb(tmp_path):
 
 def test_decode_file_scales_a_16_bit_png_to_8_bits(tmp_path):
     ramp = np.linspace(0, 65535, 300 * 200 * 3).reshape(200, 300, 3).astype(np.uint16)
-    image = decode_file(write(tmp_path / "deep.png", png(ramp)))
+    image = decode_file(write_image(tmp_path / "deep.png", png(ramp)))
     assert image.dtype == torch.uint8 and image.shape == (3, SIDE, SIDE)
     assert int(image.max()) > 250
     # The same as the 8-bit file of the same picture: the depth is gone before resizing.
-    assert torch.equal(image, decode_file(write(tmp_path / "flat.png", png((ramp >> 8).astype(np.uint8)))))
+    assert torch.equal(image, decode_file(write_image(tmp_path / "flat.png", png((ramp >> 8).astype(np.uint8)))))
 
 
 @pytest.mark.parametrize("kind", ["JPEG", "PNG", "GIF", "WEBP"])
 def test_the_pixel_limit_is_read_from_each_format_s_header(kind, tmp_path):
-    path = write(tmp_path / "photo", encode(Image.new("RGB", (300, 200), (200, 30, 60)), kind))
+    path = write_image(tmp_path / "photo", encode(Image.new("RGB", (300, 200), (200, 30, 60)), kind))
     with pytest.raises(ValueError, match=r"^300x200 is 60000 pixels, over the limit of 59999$"):
         decode_file(path, max_pixels=59_999)
     assert decode_file(path, max_pixels=60_000).shape == (3, SIDE, SIDE)
@@ -119,7 +83,7 @@ def test_the_pixel_limit_is_read_from_each_format_s_header(kind, tmp_path):
 
 def test_the_frames_of_an_animated_gif_count_towards_the_limit(tmp_path):
     frames = [Image.new("RGB", (40, 30), (80 * k, 0, 0)) for k in range(3)]
-    path = write(tmp_path / "moving.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:]))
+    path = write_image(tmp_path / "moving.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:]))
     with pytest.raises(ValueError, match=r"^40x30 x 3 frames is 3600 pixels, over the limit of 3599$"):
         decode_file(path, max_pixels=3599)
     with pytest.raises(ValueError, match="animated image with 3 frames"):
@@ -152,10 +116,10 @@ print(json.dumps({"imports": before, "packer": packer, "worker": worker}))
 
 def test_decompression_bombs_and_slivers_are_decoded_in_bounded_memory(tmp_path):
     src = tmp_path / "src"
-    bomb = write(src / "apple/bomb.png", zero_bomb(30_000))
+    bomb = write_image(src / "apple/bomb.png", zero_bomb(30_000))
     # 1 pixel wide, 20000 tall, grey rising down the image; resized before cropping it would be 256x5,120,000.
     sliver = np.linspace(0, 255, 20_000).round().astype(np.uint8).reshape(20_000, 1, 1)
-    write(src / "pear/sliver.png", png(sliver))
+    write_image(src / "pear/sliver.png", png(sliver))
     assert bomb.stat().st_size < 200_000
     command = [sys.executable, "-c", PEAK_RSS, str(src), str(tmp_path / "pack")]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -174,8 +138,8 @@ def test_decompression_bombs_and_slivers_are_decoded_in_bounded_memory(tmp_path)
 
 def test_the_max_pixels_option_reaches_the_decoder(tmp_path, capsys):
     src = tmp_path / "src"
-    write(src / "apple/small.png", encode(Image.new("RGB", (20, 20)), "PNG"))
-    write(src / "pear/large.png", encode(Image.new("RGB", (300, 200)), "PNG"))
+    write_image(src / "apple/small.png", encode(Image.new("RGB", (20, 20)), "PNG"))
+    write_image(src / "pear/large.png", encode(Image.new("RGB", (300, 200)), "PNG"))
     main([str(src), str(tmp_path / "pack"), "--workers", "1", "--max-pixels", "1000"])
     assert "train: 1 images, 1 skipped" in capsys.readouterr().out
     assert skipped_lines(tmp_path / "pack") == [

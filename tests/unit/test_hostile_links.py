@@ -7,42 +7,18 @@ test plants one and checks that what it leads to is unchanged.
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 
 from checkpoints import run_folder, store
-from checkpoints.folder import CheckpointFolder
 from config.data import DataConfig
 from config.errors import UserError
-from config.loading import load_config
 from config.model import ModelConfig
 from data import sources
 from data.imageset import SIDE
 from data.packing import Split, pack
-from distributed import layout
-from tests.conftest import ROOT
-
-
-@pytest.fixture
-def outside(tmp_path):
-    """Another run's files: a file and a folder with a checkpoint's completeness mark, which nothing may change."""
-    folder = tmp_path / "elsewhere"
-    (folder / "step_00000001").mkdir(parents=True)
-    (folder / "step_00000001" / store.MARKER).write_bytes(b"another run's checkpoint")
-    (folder / "precious.txt").write_text("keep me")
-    return folder
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def claimed(tmp_path, **folders) -> None:
-    cfg = load_config([ROOT / "config.yaml"], ["train.device=cpu", *(f"{k.replace('_', '.')}={v}" for k, v in folders.items())])
-    with CheckpointFolder(cfg, layout.plan_from_env(cfg, {})).claim():
-        pass
+from tests.unit.handed_folders import claimed, snapshot
 
 
 @pytest.mark.parametrize("key", ["checkpoint.dir", "log.dir"])

@@ -17,33 +17,10 @@ import torch
 from config.loading import load_config
 from config.schema import ConfigError
 from data.imageset import IMAGE_SHAPE
-from data.packed import IMAGE_BYTES, MAX_STATS_BYTES, open_packed, read_pack_meta
+from data.packed import MAX_STATS_BYTES, open_packed, read_pack_meta
 from tests.conftest import ROOT
+from tests.packs import LABELS, stats
 from training.build import check_data
-
-COUNTS = {"train": [2, 1], "val": [1]}
-LABELS = {"train": [0, 1, 1], "val": [1]}
-
-
-def stats() -> dict[str, torch.Tensor]:
-    return {"mean_image": torch.full(IMAGE_SHAPE, 100.0), "channel_mean": torch.full((3,), 100.0),
-            "eigenvalues": torch.tensor([1.0, 2.0, 3.0]), "eigenvectors": torch.eye(3)}
-
-
-@pytest.fixture
-def pack(tmp_path):
-    root = tmp_path / "pack"
-    for split, counts in COUNTS.items():
-        (root / split).mkdir(parents=True)
-        for k, count in enumerate(counts):
-            (root / split / f"images_{k:05d}.u8").write_bytes(bytes(count * IMAGE_BYTES))
-        np.save(root / split / "labels.npy", np.array(LABELS[split], dtype=np.int64))
-        (root / split / "index.json").write_text(json.dumps({"counts": counts, "skipped": [["bad.jpg", "empty"]]}))
-    torch.save(stats(), root / "stats.pt")
-    splits = {split: {"images": sum(counts), "skipped": 1} for split, counts in COUNTS.items()}
-    (root / "meta.json").write_text(json.dumps({"format": "alexnet-packed", "version": 1, "side": 256,
-                                                "ids": ["a", "b"], "names": ["apple", "pear"], "splits": splits}))
-    return root
 
 
 def edit_json(path, change) -> None:

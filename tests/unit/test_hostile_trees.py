@@ -5,23 +5,20 @@ import errno
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from data.packed import read_json
 from data.prepare import prepare
-from tests.unit.test_hostile_images import png, skipped_lines, write
-
-
-def tiny_png() -> bytes:
-    return png(np.full((8, 8, 3), 99, np.uint8))
+from tests.image_files import write_image
+from tests.packs import skipped_lines
+from tests.png_by_hand import tiny_png
 
 
 def test_links_to_folders_are_followed_once_per_real_folder(tmp_path):
     src = tmp_path / "src"
-    write(src / "apple/a.png", tiny_png())
-    write(src / "pear/p.png", tiny_png())
-    write(tmp_path / "elsewhere/e.png", tiny_png())
+    write_image(src / "apple/a.png", tiny_png())
+    write_image(src / "pear/p.png", tiny_png())
+    write_image(tmp_path / "elsewhere/e.png", tiny_png())
     (src / "apple/ext").symlink_to(tmp_path / "elsewhere")
     (src / "apple/loop").symlink_to(".")  # apple/loop/loop/loop/... without a check
     (src / "apple/up").symlink_to("..")  # back to src: apple, pear, apple, ...
@@ -52,8 +49,8 @@ def refuse_to_list(monkeypatch, *folders: Path) -> None:
 
 def test_an_unreadable_folder_is_listed_with_its_reason(tmp_path, monkeypatch):
     src = tmp_path / "src"
-    write(src / "apple/a.png", tiny_png())
-    write(src / "pear/locked/p.png", tiny_png())
+    write_image(src / "apple/a.png", tiny_png())
+    write_image(src / "pear/locked/p.png", tiny_png())
     refuse_to_list(monkeypatch, src / "pear/locked")
     prepare(src, tmp_path / "pack", None, None, workers=1)
     reason = f"PermissionError: [Errno 13] Permission denied: '{src / 'pear/locked'}'"
@@ -63,8 +60,8 @@ def test_an_unreadable_folder_is_listed_with_its_reason(tmp_path, monkeypatch):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root lists a folder of mode 000 anyway (the test above injects it)")
 def test_a_folder_of_mode_000_is_listed_with_its_reason(tmp_path):
     src = tmp_path / "src"
-    write(src / "apple/a.png", tiny_png())
-    write(src / "pear/locked/p.png", tiny_png())
+    write_image(src / "apple/a.png", tiny_png())
+    write_image(src / "pear/locked/p.png", tiny_png())
     (src / "pear/locked").chmod(0)
     try:
         prepare(src, tmp_path / "pack", None, None, workers=1)
@@ -76,8 +73,8 @@ def test_a_folder_of_mode_000_is_listed_with_its_reason(tmp_path):
 
 def test_a_tree_of_only_bad_files_fails_with_the_reasons(tmp_path):
     src = tmp_path / "src"
-    write(src / "apple/notes.jpg", b"not an image\n")
-    write(src / "pear/empty.png", b"")
+    write_image(src / "apple/notes.jpg", b"not an image\n")
+    write_image(src / "pear/empty.png", b"")
     why = r"(?s)train: not one image could be decoded; .*skipped.txt lists the 2.*apple/notes.jpg: "
     with pytest.raises(ValueError, match=why):
         prepare(src, tmp_path / "pack", None, None, workers=1)
@@ -87,8 +84,8 @@ def test_a_tree_of_only_bad_files_fails_with_the_reasons(tmp_path):
 
 def test_a_tree_with_no_readable_folder_fails_with_the_reasons(tmp_path, monkeypatch):
     src = tmp_path / "src"
-    write(src / "apple/a.png", tiny_png())
-    write(src / "pear/p.png", tiny_png())
+    write_image(src / "apple/a.png", tiny_png())
+    write_image(src / "pear/p.png", tiny_png())
     refuse_to_list(monkeypatch, src / "apple", src / "pear")
     with pytest.raises(ValueError, match=r"train: no images to pack; for example:\n  apple: PermissionError.*\n  pear"):
         prepare(src, tmp_path / "pack", None, None, workers=1)

@@ -2,16 +2,15 @@
 checked before any process group, so no value explodes (tens of gigabytes, a traceback inside the build, C++
 frames) once the run has started."""
 
-import dataclasses
 import re
-from typing import get_type_hints
 
 import pytest
 
 from config.loading import load_config
-from config.schema import Config, ConfigError
+from config.schema import ConfigError
 from tests import bounded
 from tests.conftest import ROOT
+from tests.unit.config_keys import config_keys
 from training.build import check_data
 
 BASE = ROOT / "config.yaml"
@@ -50,18 +49,6 @@ HARMLESS_WHEN_HUGE = {
     "log.every_steps": "a cadence",
 }
 """Integer keys whose largest values cost nothing but time, or that a relation between values bounds."""
-
-
-def config_keys(of: type, cls: type = Config, prefix: str = "") -> list[str]:
-    """Every `section.key` of the config whose value is of type `of`."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        kind = get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(kind):
-            keys += config_keys(of, kind, f"{prefix}{f.name}.")
-        elif kind is of:
-            keys.append(f"{prefix}{f.name}")
-    return keys
 
 
 @pytest.mark.parametrize("key", [k for k in config_keys(int) if k not in HARMLESS_WHEN_HUGE])

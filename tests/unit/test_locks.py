@@ -24,7 +24,7 @@ from tests import bounded
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV
 from tests.trainer_runs import small_words
-from tests.unit.test_hostile_links import claimed, outside, snapshot  # noqa: F401  (outside: another run's files)
+from tests.unit.handed_folders import claimed, snapshot
 
 HOLD = """
 import sys, time
@@ -100,7 +100,7 @@ def test_the_kernels_build_waits_no_longer_than_its_deadline_and_is_no_reason_to
 
 
 @pytest.mark.parametrize("key", ["checkpoint.dir", "log.dir"])
-def test_a_lock_file_that_is_a_hard_link_is_refused_never_written_into(tmp_path, outside, key):  # noqa: F811
+def test_a_lock_file_that_is_a_hard_link_is_refused_never_written_into(tmp_path, outside, key):
     before = snapshot(outside)
     run = tmp_path / "handed"
     run.mkdir()

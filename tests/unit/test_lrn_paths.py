@@ -14,7 +14,7 @@ from torch import fx
 import kernels
 from model.lrn import LocalResponseNorm, ops
 from tests.conftest import ROOT
-from tests.unit.test_lrn import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
+from tests.unit.lrn_comparison import FUSIONS, TOLERANCE, assert_scaled_close, inputs, value_and_grad
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -25,8 +25,8 @@ from results.__main__ import COMMANDS as RESULTS_COMMANDS
 from results.__main__ import main as results_main
 from tests import bounded
 from tests.conftest import ROOT
-from tests.unit.test_hostile_images import png_file
-from tests.unit.test_hostile_values import config_keys
+from tests.png_by_hand import png_file
+from tests.unit.config_keys import config_keys
 from training.plateau import PlateauSchedule
 from training.progress import Progress
 

@@ -12,7 +12,7 @@ import pytest
 from data.loader import RingBatches
 from data.ring import BatchRing
 from data.transfer import moved_ahead
-from tests.unit.test_ring import Stamped, chunks, stamps
+from tests.unit.stamped_images import Stamped, chunks, stamps
 
 
 def test_each_batch_moves_while_the_caller_holds_the_one_before():
