@@ -1,13 +1,6 @@
-"""The folders a run writes, claimed before any process group (checkpoints/folder.py `CheckpointFolder.claim`).
-
-- Every process proves it can write each folder it writes into by writing a probe file the way every
-  file is written (files.write_atomic: created exclusively, never through a link, synced, renamed) and
-  removing it: an unwritable folder is a UserError there, not a traceback at the first save an epoch later.
-- One process (rank 0) then holds a lock on `.lock` in each folder for the run's life, so a second live
-  run on the same folders is refused (files.lock: a POSIX record lock, dropped by the kernel when its
-  process dies and not inherited by the DataLoader's forked workers). A `.lock` that is not a regular file
-  of its own, a link planted in a folder someone handed over say, is refused, never written through.
-"""
+"""The folders a run writes, claimed before any process group (checkpoints/folder.py `CheckpointFolder.claim`):
+every process proves it can write each one with a probe file, and rank 0 holds a lock on its `.lock` for the
+run's life, so a second live run on the same folders is refused (docs/ARCHITECTURE.md, "Checkpoints")."""
 
 import os
 import secrets

@@ -1,25 +1,7 @@
-"""The checkpoint format: safetensors files, written and read through torch.distributed.checkpoint's public
-HuggingFace storage (`HuggingFaceStorageWriter`/`HuggingFaceStorageReader`, the same file in torch 2.11 and
-2.14), so loading a folder unpickles nothing.
-
-Every process writes the entries it holds into a file of its own (`save_distributed=True`:
-`shard-0000R-model-00001-of-00001.safetensors`, R its rank + 1; a process whose entries another process
-already wrote, a second replica's copy, writes none), each under its full name (`model.towers.1.fc6.weight`,
-`velocity.towers.1.fc6.weight`, `progress.step`). DCP's reader lists the folder's `*.safetensors` files and
-builds its metadata from their headers, so a checkpoint that two processes wrote loads into one and back.
-
-Why this format: DCP's default files (`FileSystemWriter`) keep the metadata as a pickle that DCP reads back
-with `pickle.load`, and non-tensor values as `torch.save` bytes it loads with `weights_only=False`, so a
-folder someone else made runs what its author chose; making that safe took an allow-listed unpickler over
-torch's private names, which a torch upgrade could break. Here DCP builds the metadata from JSON headers,
-reads tensors with safetensors' `safe_open`, and never meets a bytes entry: the format holds tensors only,
-so every value saved is one (the step, the schedule, the epoch's error tally too). Measured against the
-pickled format on the paper's net: docs/SCALING.md, "A run's folders".
-
-Before DCP reads a folder, `check` has read every header (bounded, checkpoints/tensor_file.py) and refused
-what DCP's reader would trust: a file that is a link or not a regular file, a key in two files, a piece of
-a tensor (this project writes whole tensors), and any key, dtype or shape other than the state's.
-"""
+"""The checkpoint format: safetensors files written and read through torch.distributed.checkpoint's public
+HuggingFace storage, one file per process, each entry under its full name, so loading a folder unpickles
+nothing and a folder two processes wrote loads into one. `check` reads every header first and refuses what
+DCP's reader would trust (docs/ARCHITECTURE.md, "Checkpoints")."""
 
 import json
 import os

@@ -1,18 +1,7 @@
-"""Checkpoints that load into any layout, written so a crash mid-write loses nothing.
-
-Each checkpoint is a folder of safetensors files written through torch.distributed.checkpoint
-(checkpoints/shards.py: the format, and why). Every process saves the entries it holds, named by
-tower (`model/towers.1.fc6.weight`, the velocity as `velocity/towers.1.fc6.weight`), so a two-process
-checkpoint holds exactly the keys a one-process model asks for, and the other way round. The folder
-is written as `step_XXXXXXXX.partial`, with the model config it was trained with as model.json, and
-renamed when every process has finished. `checkpoint.json` (MARKER), which rank 0 writes last, is the
-mark of a complete folder and names its format: only a `step_XXXXXXXX` folder holding it is ever
-read, and pruning removes it first, so a kill mid-prune leaves a folder that is ignored rather than a
-half-deleted one that still counts. The writer clears such leftovers, and partial folders of dead
-runs, at its next save. A write that fails (a full disk, most often) removes its partial folder and
-leaves the older checkpoints be; so does Ctrl-C, which is reported as what it is, not as a failed
-write. A folder in the earlier format (DCP's pickled `.metadata`) is refused, never read or removed.
-"""
+"""Checkpoints that load into any layout, written so a crash mid-write loses nothing: each a
+`step_XXXXXXXX` folder of entries named by tower, written as `.partial` and renamed once every process
+has finished, complete only once rank 0 has written `checkpoint.json` (MARKER) last, which pruning
+removes first (the whole protocol: docs/ARCHITECTURE.md, "Checkpoints")."""
 
 import json
 import os

@@ -1,21 +1,7 @@
 """One safetensors file, its header checked before a tensor byte is read: what checkpoint folders
-(checkpoints/shards.py) and shared weights files (checkpoints/weights.py) both need.
-
-A safetensors file is an 8-byte length, a JSON header (each tensor's dtype, shape and byte span,
-and a string-to-string `__metadata__`) and raw tensor bytes. There is nothing in the format that
-could run: no class names, no pickle, and safetensors' reader is Rust code that parses the JSON and
-maps the bytes. What a hostile or damaged file can still do is lie, and each lie is refused here as
-one line naming the file:
-- a header gigabytes long: its length is read first (8 bytes) and held to `max_header_bytes`
-  before anything else is read (safetensors' own limit is 100 MB);
-- more tensor data than the reader can use (a sparse file of a terabyte, its extra key declaring
-  it): safetensors maps the whole file, so the data is held to `max_data_bytes`, which every reader
-  states, before it is mapped;
-- tensors that overlap, leave gaps, run past the end of the file or stop short of it, a span that
-  is not its dtype x shape, a header that is not JSON: `safetensors.safe_open` refuses these
-  itself (`UnreadableFile`);
-- a key, dtype or shape that is not the one asked for (`check_tensors`: `OtherTensors`).
-"""
+(checkpoints/shards.py) and shared weights files (checkpoints/weights.py) both need. Nothing in the format
+can run; each lie a file can tell (the lies are listed in docs/ARCHITECTURE.md, "Checkpoints") is refused
+as one line naming the file."""
 
 import json
 import math

@@ -1,24 +1,7 @@
-"""A trained net as one file to share: the grouped, Caffe-named state dict in safetensors, with what using
-it needs.
-
-`python -m results export --out FILE.safetensors` writes model/export.py's grouped state dict, the
-training mean as the tensor "mean" (data/preprocessing.py: float32 [3, 256, 256] per position or [3] per
-channel, 0..255 RGB), and in the metadata the ModelConfig it was trained with (JSON under "model") and the
-class names (a JSON list under "classes"). So the file alone classifies an image: `python -m results
-predict --checkpoint FILE` takes the model config from it. Every command that takes `--checkpoint` loads
-such a file into any layout, each process cutting its own tower's slices out of the whole layers
-(model/export.py `towers_state_dict`).
-
-Safetensors rather than torch.save: a .pt file is a pickle, so opening one that someone sent
-runs what its author chose; a safetensors file is an 8-byte length, a JSON header and raw
-tensor bytes. Reading one here also never reads more than this model needs. Before a tensor
-byte is read, `check_weights` has the header checked (checkpoints/tensor_file.py: its length held
-to MAX_HEADER_BYTES and the data to twice what this model's weights take, then safetensors' own parser:
-tensors laid end to end, covering exactly the rest of the file), compares its model config with this run's
-(checkpoints/recorded_model.py), and requires exactly this model's keys and a mean, each with this model's dtype
-and shape, and a list of at most model.num_classes class names. Every mismatch is a UserError naming the file,
-the key and both values.
-"""
+"""A trained net as one file to share: the grouped, Caffe-named state dict in safetensors, with the training
+mean and, in its metadata, the model config and class names, so the file alone classifies an image.
+`check_weights` checks the header, the model config, the keys, dtypes and shapes before a tensor byte is
+read (why safetensors, and what is refused: docs/ARCHITECTURE.md, "Checkpoints")."""
 
 import json
 from pathlib import Path

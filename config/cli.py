@@ -1,19 +1,7 @@
 """The command line, written once for the two programs, and the one place a user error becomes exit 2.
-
-    python -m distributed.main [train] [--config FILE]... [section.key=value ...]
-    python -m distributed.main describe | evaluate [--checkpoint DIR|FILE]...
-    python -m results predict --image FILE... | figures --out DIR [--image FILE]... | export --out FILE | onnx --out FILE
-
-A command names the action (training is the default, so `torchrun -m distributed.main` and
-./run.sh need none); every command takes YAML files layered over config.yaml with
---config and then `section.key=value` overrides as its positional words. Files a command
-reads or writes are options, so no word is ever both; each is declared with `path_option`,
-which refuses a name no file can have before anything runs.
-
-`main` is each program's one error boundary: a UserError (config/errors.py, where `reading`
-makes one of whatever a reader of the user's input raises) or a file refused by files/ becomes
-one line on stderr and exit status 2, and so does a command line argparse cannot parse.
-"""
+A command names the action (training is the default); YAML files with --config, then `section.key=value`
+overrides as positional words; files are options (`path_option`). `main` is each program's one error
+boundary (the commands and the rules: docs/ARCHITECTURE.md, "The command line and user errors")."""
 
 import argparse
 import sys

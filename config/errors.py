@@ -1,16 +1,6 @@
-"""The one class of user errors, and the one place an error in what the user handed in becomes one.
-
-A config value, a missing checkpoint or image, an absent optional package, data that
-does not fit the model: each is raised as a `UserError` whose message names the thing
-and a way out, before any process group starts where it can be known then, and each
-program's one boundary (config/cli.py `main`) prints it as one line on stderr with exit
-status 2. Anything else is a failure of the run (exit 1) or a bug (a traceback).
-
-A reader of something the user handed in (a config file or value, an image, a checkpoint's
-state) runs inside `reading(what)`: whatever its parser raises there (PyYAML's constructors,
-an int of 5,000 digits, libpng, an overflow) becomes a UserError naming `what`, so a new
-reader needs no list of the exceptions its library may raise.
-"""
+"""The one class of user errors (`UserError`: one line naming the thing and a way out, exit status 2), and
+`reading(what)`, inside which whatever a reader of the user's input raises becomes one naming `what`
+(docs/ARCHITECTURE.md, "The command line and user errors")."""
 
 from contextlib import contextmanager
 from typing import Iterator

@@ -1,13 +1,7 @@
-"""Loading the config: YAML files layered in order, then `section.key=value` overrides, all checked.
-
-An unknown or duplicate key, a wrong type or an impossible value is a `ConfigError` that
-names the key. So is a number the code cannot hold (NaN, infinity, a float beyond float32,
-an int beyond 64 bits, a timeout past torch's deadlines), and a file or override value
-that is not YAML text (binary, too large, nested too deep, not a regular file). YAML aliases
-(`*name`, and `<<` merges, which use them) are refused: each is a reference the layering below
-would copy out in full, so a few kilobytes of them, layered twice, grow exponentially; a config
-has no need of them.
-"""
+"""Loading the config: YAML files layered in order, then `section.key=value` overrides, all checked; an
+unknown or duplicate key, a wrong type, an impossible or unrepresentable value, or a file that is not YAML
+text is a `ConfigError` naming the key. YAML aliases are refused (why: docs/ARCHITECTURE.md, "The command
+line and user errors")."""
 
 import dataclasses
 import math

@@ -1,12 +1,8 @@
 """The towers' exchanges over a process group: each collective written once, both faces built on it.
-
-Three primitives put one collective in flight (the shape of Megatron-LM's
-tensor_parallel/mappings.py): the all-gather along channels, its dual the
-reduce-scatter, and the all-reduce of FC8's partial logits. `ProcessGroupExchange`
-implements model/exchange.py's protocol with them: the pipelined face returns them in
-flight, and the autograd face (`_Join`) waits on the same primitive in forward and on
-the protocol's dual in backward. `for_layout` picks the exchange for a process.
-"""
+Three primitives (Megatron-LM's tensor_parallel/mappings.py shape): the all-gather along channels, its dual
+the reduce-scatter, and the all-reduce of FC8's partial logits. `ProcessGroupExchange` implements
+model/exchange.py's protocol with them, in flight (the pipelined face) or waited on in autograd (`_Join`,
+the protocol's dual in backward); `for_layout` picks the exchange for a process."""
 
 from typing import Sequence
 

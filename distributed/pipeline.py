@@ -1,13 +1,7 @@
 """One training step as a pipeline over micro-batches, every exchange in flight while the
-next micro-batch computes (a GPipe schedule: all forwards, then all backwards).
-
-Forward runs stage by stage (model/layers.py STAGES); within a stage, micro-batch
-i+1 computes while micro-batch i's exchange travels. Backward is driven here, stage
-by stage in reverse: each stage's input is a detached leaf, so its gradient can be
-sent (the exchange's dual) while the next micro-batch's backward computes. With
-replicas, a stage's parameter gradients are all-reduced across replicas as soon as
-every micro-batch has passed that stage, under the backward of the stages before it.
-"""
+next micro-batch computes (a GPipe schedule: all forwards, then all backwards), stage by stage
+(model/layers.py STAGES); with replicas, a stage's gradients are all-reduced under the backward of the
+stages before it (the schedule in full: docs/ARCHITECTURE.md, "The step")."""
 
 import time
 from enum import Enum

@@ -1,13 +1,7 @@
-"""The small collectives the loop and its components take part in, each written once.
-
-Sums over replicas (the loss, error counts and images of a log window, an epoch's tally, a
-validation pass), a flag raised on any process (so every process takes the same decision and
-none is left waiting for a peer that gave up), and one tensor from every tower process (the
-conv1 kernels of both towers, for Figure 3); for the checkpoint store, a barrier and the first
-failure any process met. Each returns at once where its group would hold one rank, so one process
-runs the same code without collectives. The towers' exchanges, which carry
-activations and gradients, are distributed/exchange.py's.
-"""
+"""The small collectives the loop and its components take part in, each written once: sums over replicas,
+a flag raised on any process, one tensor from every tower process, and the checkpoint store's barrier and
+first failure. Each returns at once where its group would hold one rank, so one process runs the same code
+without collectives. The towers' exchanges are distributed/exchange.py's."""
 
 from typing import Any
 

@@ -1,19 +1,6 @@
-"""One lock: a POSIX record lock (fcntl.lockf) on a regular file in a folder the run owns.
-
-The kernel drops it when its process dies, so a killed run leaves nothing that blocks the next;
-and unlike flock it is not inherited by forked children (DataLoader workers, packing processes),
-which could outlive a killed holder and keep the lock. The price of POSIX locks: a process loses
-its lock on a file when it closes any descriptor of that file, so each lock has a file of its own,
-opened only here, and a second lock of a file this process holds is refused before it is opened.
-
-A process that is alive but stopped (SIGSTOP, Ctrl-Z) or stuck keeps its lock, so no wait is
-without a deadline: `wait_s` seconds at most, then Busy naming the lock and its holder, by what the
-holder wrote in it or else by the pid the kernel tells (F_GETLK).
-
-The lock file is opened without following a link and without blocking, and refused unless it is a
-regular file with one name: a symbolic link, or a hard link to some other file, planted in a folder
-someone handed over is never truncated or written through.
-"""
+"""One lock: a POSIX record lock (fcntl.lockf) on a regular file of its own in a folder the run owns, waited
+for `wait_s` seconds at most, then `Busy` naming its holder; the file is never opened through a link
+(why lockf, and its price: docs/ARCHITECTURE.md, "Files")."""
 
 import errno
 import fcntl

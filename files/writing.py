@@ -1,12 +1,6 @@
-"""Writing inside a folder the run owns: whole files or nothing, and never through a link.
-
-A file is written as `NAME.partial` beside its final name: created with O_CREAT | O_EXCL |
-O_NOFOLLOW relative to the folder's descriptor (a link or file left under that name, by a killed
-run or by someone else, is unlinked first, never followed), written, fsynced, then renamed over
-NAME relative to the same descriptor. rename(2) replaces the entry NAME itself: a link there is
-replaced, its target untouched. On any failure the partial file is removed, so an interrupted
-export leaves nothing behind, and a reader never sees half a file under NAME.
-"""
+"""Writing inside a folder the run owns: whole files or nothing, and never through a link. A file is written as
+`NAME.partial` (created exclusively, no link followed, relative to the folder's descriptor), fsynced, then
+renamed over NAME; on any failure the partial file is removed (docs/ARCHITECTURE.md, "Files")."""
 
 import os
 import stat

@@ -3,27 +3,9 @@ each of its outcomes said in one line.
 
     NPROC=P python -m programs.launch [--config FILE]... [section.key=value ...]
 
-The arguments are those of training (`python -m distributed.main`), with --config
-experiments/quickstart.yaml put first when they name no config file: ./run.sh trains the main
-job's recipe whatever the overrides, and `--config experiments/paper.yaml` names the paper's.
-P is 2 on CPU (a tower per process), 1 on one GPU (both towers in one process), 2 with more.
-
-1. Before torchrun starts, everything each process would check before its process group is
-   checked here for P processes: the config, the layout, the data's description, the run's
-   folders (writable, not another live run's, no other run's checkpoints). A user error is
-   one line on stderr and exit status 2 (config/cli.py), nothing started.
-2. torchrun's own parser and launcher (`torch.distributed.run.parse_args` and `run`, in this
-   process) then start the P workers as `torchrun --standalone --nproc_per_node=P -m
-   distributed.main ...` would. torchrun's log lines (its OMP_NUM_THREADS banner, its report
-   of a failed worker) are not shown: a worker that fails has said why itself, and this
-   process exits with that worker's status (2 for a user error) instead of torchrun's
-   ChildFailedError traceback; a worker killed by a signal, which says nothing, is named here.
-3. Ctrl-C: the workers run in sessions of their own, so the terminal signals this process
-   only; torchrun forwards it to them and waits while they stop (no half-written checkpoint
-   stays), then one line names the newest complete checkpoint and the command that continues
-   from it, and the exit status is 130. A second Ctrl-C while they stop is ignored, so none is
-   left running.
-"""
+The arguments are training's, with --config experiments/quickstart.yaml first when they name none. P is 2
+on CPU, 1 on one GPU, 2 with more. What is checked, how a failed or killed worker is reported and what
+Ctrl-C does: docs/ARCHITECTURE.md, "Launching"."""
 
 import argparse
 import logging

@@ -1,14 +1,7 @@
 """The training job: `torchrun --nproc_per_node=2 -m distributed.main [--config F]... [section.key=value ...]`.
-
-Commands (config/cli.py): train (the default), config (the resolved config, every key),
-describe (the layer table), evaluate (validation error of checkpoints, alone or as an
-ensemble, in the layout torchrun starts). The config is loaded and checked, and the run's
-folders probed and locked (checkpoints/folder.py), before any process group starts; the
-group is always torn down. Training's first line names the config files and the overrides.
-Ctrl-C ends training with exit status 130 and one line per process (where it stopped, the
-newest complete checkpoint), or none under ./run.sh, whose launcher (programs/launch.py)
-says it once. The commands that use one trained net in one process are `python -m results`.
-"""
+Commands (config/cli.py): train (the default), config, describe, evaluate. The config is checked and the
+run's folders claimed before any process group starts; the group is always torn down; Ctrl-C ends with exit
+status 130 (docs/ARCHITECTURE.md, "Launching"). One trained net in one process: `python -m results`."""
 
 import argparse
 import os

@@ -1,12 +1,8 @@
 """`python -m results COMMAND [--config F]... [section.key=value ...]`: use a trained net in one process.
-
-Commands: predict (top-5 classes of images), figures (the paper's Figure 3, and
-Figure 4 for images given), export (one grouped, Caffe-named state dict with its class names and mean,
-as safetensors), onnx (one ONNX graph that takes pixels). Each loads the newest checkpoint in
-checkpoint.dir, or --checkpoint: a checkpoint folder, whose config gives the model's shape and the data
-(class names, mean) as for training, or an exported .safetensors file, which carries all three: a config
-given with it must agree with the file's model config.
-"""
+Commands: predict (top-5 classes of images), figures (Figure 3, and Figure 4 for images given), export (one
+grouped, Caffe-named safetensors file with its class names and mean), onnx (one ONNX graph that takes pixels).
+Each loads the newest checkpoint in checkpoint.dir, or --checkpoint: a checkpoint folder or an exported file
+(whose model config a config given with it must agree with)."""
 
 import argparse
 import importlib.util
