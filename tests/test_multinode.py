@@ -14,16 +14,9 @@ import torch
 from bench.netns import Namespaces, namespaces_unavailable
 from bench.workers import free_port
 from checkpoints import store
+from tests import trainer_runs
 from tests.processes import CPU_ENV, children, final_state, wait_for
-from tests.trainer_runs import (
-    DETERMINISTIC,
-    assert_moved_alike,
-    initial_state,
-    small_config,
-    small_words,
-    train,
-    weights_and_velocity,
-)
+from tests.trainer_runs import DETERMINISTIC, initial_state, small_config, small_words, train, weights_and_velocity
 
 RUN = [*DETERMINISTIC, "train.micro_batches=1", "parallel.timeout_s=30"]
 """4 images a step over 2 replicas, dropout off: the 2x2 comparison of test_scale_and_faults."""
@@ -58,7 +51,7 @@ def assert_two_by_two_follows_one_process(tmp_path: Path, run_dir: Path) -> None
     for reference, state in ((plain, first), (grouped, last)):
         assert state.keys() >= reference.keys()
         for key, value in reference.items():
-            assert_moved_alike(state[key], value, start[key], key)
+            trainer_runs.assert_moved_alike(state[key], value, start[key], key)
     names = sorted(p.name for p in (run_dir / "ck").iterdir() if p.is_dir())
     assert names == ["step_00000001", "step_00000002", "step_00000003"], names  # each written once
 
