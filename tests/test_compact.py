@@ -13,14 +13,15 @@ import torch
 from bench.images import make_jpegs
 from bench.workers import run_workers
 from config.errors import UserError
-from data.compact import MAX_RECORD_BYTES, DamagedImage, Encoding
+from data.compact import MAX_RECORD_BYTES, DamagedImage
 from data.imageset import IMAGE_BYTES
 from data.loader import train_batches
 from data.order import EpochOrder
 from data.packed import open_packed
-from data.prepare import prepare
 from distributed import layout
 from distributed.feed import training_batches
+from packs.encoding import Encoding
+from packs.prepare import prepare
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV
 from tests.trainer_runs import small_config, small_words

@@ -21,8 +21,8 @@ from PIL import Image
 from data.decode import MAX_PIXELS, decode_file
 from data.imageset import SIDE
 from data.packed import PackedImages, read_json
-from data.packing import DIED, Split, pack
-from data.prepare import main, prepare
+from packs.packing import DIED, Split, pack
+from packs.prepare import main, prepare
 from tests.conftest import ROOT
 
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
@@ -132,7 +132,7 @@ PEAK_RSS = """
 import json, resource, sys
 from pathlib import Path
 from data.decode import DECODE_ERRORS, decode_file
-from data.prepare import prepare
+from packs.prepare import prepare
 
 def peak_mib(who):
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data.packed import read_json
-from data.prepare import prepare
+from packs.prepare import prepare
 from tests.unit.test_hostile_images import png, skipped_lines, write
 
 
