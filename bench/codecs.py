@@ -5,7 +5,7 @@ both see the same load; the table for docs/BENCHMARKS.md ("Image codecs").
     .venv/bin/python -m bench.codecs [--images 128] [--rounds 5]
 
 The files: bench.images' photograph-like JPEGs and matplotlib's sample photograph (grace_hopper.jpg, 512x600).
-Rows: photograph-sized JPEG files decoded (what data.prepare and predict do: data/decode.py's decode_file,
+Rows: photograph-sized JPEG files decoded (what packs.prepare and predict do: data/decode.py's decode_file,
 whose decoding is the codec's), the paper's 256x256 images encoded as compact records at quality 90 (bytes and
 speed), and those records decoded (what a CPU loading process does).
 """

@@ -7,7 +7,7 @@ size), and end with float batches of network-sized patches:
 
 - baseline: torchvision ImageFolder decoding each file with PIL, then
   RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize, through a DataLoader;
-- packed: the files packed once (data/prepare.py), batches read by data/loader.py,
+- packed: the files packed once (packs/prepare.py), batches read by data/loader.py,
   then data/augment.py's Augmenter.train (mean, PCA colour, crop 227, flip) on the CPU;
 - packed, load only: the same without Augmenter.train, i.e. the CPU work per image
   left when the augmentation runs on the accelerator, as it does in training.

@@ -14,7 +14,7 @@ pack=${PACK:-/tmp/fashion-mnist-pack}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
-"$python" -m data.fashion_mnist "$pack" --src "$src" > "$out/pack.log" 2>&1
+"$python" -m packs.fashion_mnist "$pack" --src "$src" > "$out/pack.log" 2>&1
 echo "packed in $(( $(date +%s) - start )) s"
 start=$(date +%s)
 PYTHON="$python" NPROC=1 ./run.sh --config experiments/fashion_mnist.yaml "data.root=$pack" "log.dir=$out/tb" \

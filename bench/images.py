@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from data.codec import CODEC
-from data.compact import Encoding
-from data.prepare import prepare
+from packs.encoding import Encoding
+from packs.prepare import prepare
 
 CLASSES = 8
 
@@ -44,7 +44,7 @@ def make_jpegs(root: Path, count: int, workers: int = 1) -> None:
 
 
 def pack_jpegs(jpegs: Path, pack: Path, workers: int, encoding: Encoding = Encoding()) -> None:
-    """Pack the JPEG folders with data.prepare, storing images as `encoding`. A pack needs a validation
+    """Pack the JPEG folders with packs.prepare, storing images as `encoding`. A pack needs a validation
     split to open: the first image of each class, labelled by file name."""
     val = pack.parent / f"{pack.name}-val"
     val.mkdir(parents=True, exist_ok=True)

@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from bench.gpu import Device, our_trainer, synthetic_batches, timed
 from bench.images import all_cores, make_jpegs, pack_jpegs
 from data import compact
-from data.compact import Encoding
 from data.decode import decode_file
 from data.imageset import IMAGE_BYTES, IMAGE_SHAPE
 from data.loader import train_batches
 from data.order import EpochOrder
 from data.packed import open_packed
 from data.transfer import to_device
+from packs.encoding import Encoding, encode
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -90,7 +90,7 @@ def compact_table(name: str, images: torch.Tensor) -> list[str]:
     """Bytes per image, ImageNet projection, PSNR and decoding per core at qualities 75-95."""
     lines = []
     for quality in (75, 85, 90, 95):
-        records = [compact.encode(image, quality) for image in images]
+        records = [encode(image, quality) for image in images]
         start = time.process_time()
         decoded = torch.stack([compact.decode(r) for r in records])
         per_core = len(images) / (time.process_time() - start)

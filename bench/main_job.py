@@ -37,10 +37,10 @@ import torch.distributed as dist
 from bench.workers import run_workers
 from checkpoints import store
 from config.loading import load_config
-from data.sources import cache_name
 from distributed.exchange import ProcessGroupExchange
 from distributed.pipeline import PipelinedStep, StepKind
 from model.alexnet import AlexNet
+from packs.synthetic_cache import cache_name
 from training.optimizer import build_optimizer
 from training.speed import SpeedSwitches
 

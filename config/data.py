@@ -19,7 +19,7 @@ class DataConfig:
     """Where images come from and the paper's augmentation."""
 
     root: str = ""
-    """Folder of packed shards (`python -m data.prepare`); empty: the embedded synthetic data."""
+    """Folder of packed shards (`python -m packs.prepare`); empty: the embedded synthetic data."""
     synthetic_classes: int = 10
     """Classes of the embedded data."""
     synthetic_train_images: int = 1280
@@ -28,7 +28,7 @@ class DataConfig:
     """Validation images of the embedded data."""
     synthetic_cache: str = ".cache/synthetic"
     """Folder the embedded data is packed into on first use, one pack per seed and sizes, and read from
-    after (data/sources.py); empty: every image is drawn again each time it is loaded."""
+    after (packs/synthetic_cache.py); empty: every image is drawn again each time it is loaded."""
     mean: str = "image"
     """Mean subtracted from every pixel: image (per position, the reference nets) or channel."""
     pca_std: float = 0.1

@@ -1,18 +1,22 @@
-"""The names and small files every reader and writer of a pack shares (data/packed.py describes the format)."""
+"""The names and small files every reader (data/) and writer (packs/) of a pack shares; data/packed.py
+describes the format."""
 
 import json
 from pathlib import Path
 from typing import Any
 
 import files
-from data.compact import JPEG, RAW
 
 FORMAT = "alexnet-packed"
 VERSION = 2
 """Version 2 names the images' encoding in meta.json (raw or jpeg); version 1 packs are raw and still open."""
 VERSIONS = (1, 2)
 SPLITS = ("train", "val")
-MAKE_ONE = "make one with python -m data.prepare SRC DST"
+JPEG = "jpeg"
+RAW = "raw"
+ENCODINGS = (RAW, JPEG)
+"""A pack's `encoding` in meta.json: raw uint8 rows (the exact reference) or JPEG records."""
+MAKE_ONE = "make one with python -m packs.prepare SRC DST"
 MAX_JSON_BYTES = 16 * 2**20
 """Largest JSON file read; ImageNet's meta.json is about 40 KB, an index.json listing every skipped file under 1 MB."""
 SHARD_SUFFIX = {RAW: ".u8", JPEG: ".jpgs"}

@@ -1,32 +1,8 @@
-"""The packed on-disk format: the paper's uint8 256x256 images in shards, read back by index.
+"""A pack opened for a run: meta.json, stats.pt and each split's index checked whole, the images read by index.
 
-A pack DST (made by `python -m data.prepare` or `python -m data.fashion_mnist`):
-
-    DST/meta.json                  format name and version, the images' encoding (raw, or jpeg and its
-                                   quality), class ids, readable names, counts per split
-    DST/stats.pt                   the training set's ImageStats tensors (a dict saved with torch.save)
-    DST/skipped.txt                files that could not be decoded: "split<TAB>file<TAB>reason" lines
-    DST/<split>/images_00000.u8    raw: uint8 [count, 3, 256, 256] in C order, no header
-    DST/<split>/images_00000.jpgs  jpeg: one baseline JPEG record per image, end to end, no header
-    DST/<split>/images_00000.pt    that shard's labels, record lengths, skipped files and partial statistics
-    DST/<split>/labels.npy         int64 [n]: the class index of every image of the split, in order
-    DST/<split>/lengths.npy        jpeg: int64 [n]: every image's record length, in order
-    DST/<split>/plan.json          what the split is packed from (a digest of files, labels, classes, shard size)
-    DST/<split>/index.json         images per shard and the skipped files; written last, it marks the split done
-
-Raw shards have no header, so reading image i of a shard is one read at offset i * IMAGE_BYTES:
-no decoding on the training path. That is the exact reference, and the fastest on a CPU; the
-compact (jpeg) encoding takes a tenth of the space and is decoded in batch (data/compact.py).
-
-A pack may come from someone else, so it is checked whole when opened (by `read_pack_meta`,
-which training/build.py's check_data runs before any process group, and `open_packed`),
-reading everything but the images: each JSON file's fields, counts against shard sizes,
-labels.npy's (and lengths.npy's) dtype, length and range, stats.pt's size, keys and shapes. A bad
-pack is refused there with a ValueError naming the file, never in the middle of an epoch; nothing
-in it is unpickled but stats.pt, through torch's weights-only allow-list. What only reading an image
-can tell (a JPEG record that does not decode) is refused when it is read, naming the image. Every
-file is read through files/: regular files only (a named pipe is refused, not waited on), each read
-bounded before it starts (stats.pt by its zip directory too, so it cannot inflate).
+A pack (made by `python -m packs.prepare` or `python -m packs.fashion_mnist`; its files are listed in docs/DATA.md,
+"The packed format") may come from someone else, so everything but the images is checked when it is opened,
+through files/, and a bad file refused with a ValueError naming it, never in the middle of an epoch.
 """
 
 from pathlib import Path
@@ -35,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.compact import ENCODINGS, JPEG, MAX_RECORD_BYTES, RAW
+from data.compact import MAX_RECORD_BYTES
 from data.imageset import IMAGE_BYTES, IMAGE_SHAPE, SIDE, Datasets
-from data.pack_format import FORMAT, MAKE_ONE, SPLITS, VERSIONS, read_json, shard_name
+from data.pack_format import ENCODINGS, FORMAT, JPEG, MAKE_ONE, RAW, SPLITS, VERSIONS, read_json, shard_name
 from data.shards import PackedImages
 from data.stats import ImageStats
 from files import Refused, map_npy, read_torch
@@ -48,7 +24,7 @@ MAX_STATS_BYTES = 2 * 2**20
 
 
 def _fail(path: Path, why: str) -> ValueError:
-    return ValueError(f"{path}: {why}; the pack is damaged or not made by data.prepare ({MAKE_ONE})")
+    return ValueError(f"{path}: {why}; the pack is damaged or not made by packs.prepare ({MAKE_ONE})")
 
 
 def _is_int(value: Any, low: int = 0) -> bool:

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from data import compact
-from data.compact import JPEG, RAW, DamagedImage
+from data.compact import DamagedImage
 from data.imageset import IMAGE_BYTES, IMAGE_SHAPE
-from data.pack_format import read_json, shard_name
+from data.pack_format import JPEG, RAW, read_json, shard_name
 from files import map_npy, open_regular
 
 
@@ -25,7 +25,7 @@ class PackedImages:
     def __init__(self, folder: Path, classes: list[str], ids: list[str], counts: list[int] | None = None,
                  encoding: str = RAW) -> None:
         """The split in `folder`, whose shards hold `counts` images (as open_packed checked them; by
-        default index.json's, unchecked), stored as `encoding` (data/compact.py's ENCODINGS)."""
+        default index.json's, unchecked), stored as `encoding` (data/pack_format.py's ENCODINGS)."""
         self.folder, self.classes, self.ids, self.encoding = folder, classes, ids, encoding
         counts = read_json(folder / "index.json")["counts"] if counts is None else counts
         self.files = [folder / shard_name(k, encoding) for k in range(len(counts))]
@@ -119,5 +119,5 @@ class PackedImages:
         return DamagedImage(
             f"{self.folder.parent}: {self.folder.name} image {image} ({self.files[shard].name}, image "
             f"{image - int(self.starts[shard])} of the shard) cannot be read: {why}; the pack is damaged, "
-            "make it again with python -m data.prepare"
+            "make it again with python -m packs.prepare"
         )

@@ -52,7 +52,7 @@ def synthetic_labels(classes: int, size: int) -> torch.Tensor:
 
 def synthetic_image(classes: int, seed: int, split: str, index: int) -> torch.Tensor:
     """uint8 [3, 256, 256]: image `index` of `split`, of class index mod `classes`. A module-level function
-    of its arguments alone, so that packing processes can draw any image (data/sources.py's cache)."""
+    of its arguments alone, so that packing processes can draw any image (packs/synthetic_cache.py)."""
     rng = torch.Generator().manual_seed(derive_seed(seed, "image", split, index))
     label = index % classes
     u = torch.rand(6, generator=rng)

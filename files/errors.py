@@ -8,7 +8,7 @@ import stat
 class Refused(ValueError):
     """A file the run will not read, or a place it will not write; the message names the file and why.
 
-    A ValueError, as the data readers' other refusals are (data.prepare and check_data catch those)."""
+    A ValueError, as the data readers' other refusals are (packs.prepare and check_data catch those)."""
 
     def __init__(self, path: str | os.PathLike, why: str) -> None:
         super().__init__(f"{os.fsdecode(path)}: {why}")

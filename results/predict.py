@@ -21,9 +21,9 @@ from data.augment import Augmenter
 from data.decode import DECODE_ERRORS, decode_file
 from data.imageset import Datasets, ImageSet
 from data.preprocessing import Preprocessing
-from data.sources import open_datasets
 from model.alexnet import AlexNet
 from training.build import check_data
+from training.datasets import open_datasets
 from training.evaluation import TEN_PATCHES, log_probabilities, unreadable
 
 TOP = 5

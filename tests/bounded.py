@@ -63,7 +63,7 @@ def call(imports: str, action: str, timeout: float = 120) -> dict:
 
 
 def program(module: str, argv: list[str], timeout: float = 300, capped: bool = True) -> subprocess.CompletedProcess:
-    """`python -m module argv...` (module: distributed.main, results.__main__, data.prepare...), capped after
+    """`python -m module argv...` (module: distributed.main, results.__main__, packs.prepare...), capped after
     its imports unless not `capped` (a run that trains: the paper's net alone takes most of the 1 GiB)."""
     cap = _CAP.format(limit=LIMIT) if capped else ""
     code = f"import sys\nfrom {module} import main\n" + cap + "sys.exit(main(sys.argv[1:]))"

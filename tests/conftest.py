@@ -81,8 +81,8 @@ def exported(trained, tmp_path_factory):
 
 @pytest.fixture
 def pack(tmp_path):
-    """A small pack written by hand (tests/packs.py)."""
-    from tests.packs import write_pack
+    """A small pack written by hand (tests/pack_files.py)."""
+    from tests.pack_files import write_pack
 
     return write_pack(tmp_path / "pack")
 
@@ -92,8 +92,8 @@ def packs(tmp_path_factory) -> dict[str, Path]:
     """The same 40 photograph-sized JPEGs (8 classes), packed raw and as JPEG records; the val split is
     the training folder again."""
     from bench.images import make_jpegs
-    from data.compact import Encoding
-    from data.prepare import prepare
+    from packs.encoding import Encoding
+    from packs.prepare import prepare
 
     root = tmp_path_factory.mktemp("compact")
     make_jpegs(root / "jpegs", 40)

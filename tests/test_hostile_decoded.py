@@ -55,7 +55,7 @@ def test_an_idx_image_under_the_byte_limit_is_refused_for_what_rescaling_it_take
     path = tmp_path / "train-images-idx3-ubyte.gz"
     _idx(path, (1, 16384, 16384), 16384 * 16384)
     assert path.stat().st_size < MIB
-    outcome = bounded.call("from pathlib import Path\nfrom data.fashion_mnist import read_idx", f"read_idx(Path({str(path)!r}))")
+    outcome = bounded.call("from pathlib import Path\nfrom packs.fashion_mnist import read_idx", f"read_idx(Path({str(path)!r}))")
     assert outcome["message"] == (f"{path}: its images, as its header declares them: 16384x16384 is 268435456 pixels, "
                                   f"over the limit of {MAX_PIXELS}; not read"), outcome
     assert outcome["grew_mib"] < 64, outcome
@@ -68,7 +68,7 @@ def test_fashion_mnist_refuses_it_in_one_line(tmp_path):
     _idx(src / "train-labels-idx1-ubyte.gz", (1,), 1)
     _idx(src / "t10k-images-idx3-ubyte.gz", (1, 28, 28), 28 * 28)
     _idx(src / "t10k-labels-idx1-ubyte.gz", (1,), 1)
-    done = bounded.program("data.fashion_mnist", [str(tmp_path / "dst"), "--src", str(src), "--workers", "1"], 240)
+    done = bounded.program("packs.fashion_mnist", [str(tmp_path / "dst"), "--src", str(src), "--workers", "1"], 240)
     assert bounded.one_error_line(done).endswith("16384x16384 is 268435456 pixels, over the limit of 89478485; not read")
 
 

@@ -19,7 +19,7 @@ from checkpoints import store
 from data.decode import MAX_PIXELS
 from tests import bounded
 from tests.conftest import ROOT
-from tests.packs import stats
+from tests.pack_files import stats
 from tests.png_by_hand import zero_bomb
 
 CHUNK = 2**24
@@ -100,7 +100,7 @@ def test_a_fashion_mnist_gzip_is_read_no_further_than_its_header_declares(tmp_pa
     path = tmp_path / "train-images-idx3-ubyte.gz"
     _idx_gzip(path, dims, 90)  # 1.5 GB once inflated, 1.5 MB on disk
     assert path.stat().st_size < 2 * 2**20
-    outcome = bounded.call("from pathlib import Path\nfrom data.fashion_mnist import read_idx", f"read_idx(Path({str(path)!r}))")
+    outcome = bounded.call("from pathlib import Path\nfrom packs.fashion_mnist import read_idx", f"read_idx(Path({str(path)!r}))")
     assert "ValueError" in outcome["kinds"] and why in outcome["message"], outcome
     assert outcome["grew_mib"] < 256, outcome  # what 60000 images of 28x28 take, not the 1.5 GB
 

@@ -17,9 +17,9 @@ from bench.workers import run_workers
 from checkpoints import store
 from checkpoints.trained import checkpoint_paths, load_network
 from config.errors import UserError
-from data.prepare import prepare
 from distributed import layout
 from distributed.main import main as training_main
+from packs.prepare import prepare
 from results.__main__ import main as results_main
 from tests import bounded
 from tests.png_by_hand import tiny_png

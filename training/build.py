@@ -9,12 +9,12 @@ from data.augment import Augmenter
 from data.imageset import Datasets
 from data.order import EpochOrder
 from data.ring import ring_bytes, ring_slots, shared_memory_room
-from data.sources import data_sizes, open_datasets
 from distributed.exchange import for_layout
 from distributed.layout import Layout, Plan
 from distributed.pipeline import PipelinedStep, StepKind
 from model.alexnet import AlexNet
 from training.cpu_kernels import build_cpu_kernels
+from training.datasets import data_sizes, open_datasets
 from training.evaluation import Validator
 from training.metrics import MetricLogger
 from training.optimizer import build_optimizer

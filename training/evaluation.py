@@ -20,12 +20,12 @@ from config.schema import Config
 from data.augment import Augmenter
 from data.imageset import ImageSet
 from data.loader import eval_share
-from data.sources import open_datasets
 from distributed.feed import validation_batches
 from distributed.layout import Layout
 from distributed.reductions import sum_over
 from model.alexnet import AlexNet
 from model.lrn import LocalResponseNorm
+from training.datasets import open_datasets
 from training.error_counts import topk_wrong
 from training.speed import SpeedSwitches
 

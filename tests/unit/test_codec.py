@@ -106,7 +106,7 @@ def test_decoding_and_packing_raise_no_deprecation_warning(tmp_path):
     (tmp_path / "src/a/x.jpg").write_bytes(FILES["photo jpeg"]())
     (tmp_path / "src/b/y.png").write_bytes(FILES["grey png"]())
     src = str(tmp_path / "src")
-    script = (f"from data.prepare import main; main([{src!r}, {str(tmp_path / 'pack')!r}, '--val-src', {src!r}, "
+    script = (f"from packs.prepare import main; main([{src!r}, {str(tmp_path / 'pack')!r}, '--val-src', {src!r}, "
               "'--workers', '1', '--encoding', 'jpeg']);"
               "import torch; from data.packed import open_packed;"
               f"print(open_packed({str(tmp_path / 'pack')!r}).train.load(torch.arange(2))[0].shape)")

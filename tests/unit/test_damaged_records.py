@@ -19,14 +19,15 @@ from PIL import Image
 from torchvision.io import encode_jpeg
 
 from config.errors import UserError
-from data.compact import DamagedImage, Encoding, decode
+from data.compact import DamagedImage, decode
 from data.jpeg_scan import coded_blocks
 from data.order import EpochOrder
 from data.packed import open_packed
-from data.packing import Split, pack
 from data.synthetic import synthetic_image
 from distributed import layout
 from distributed.feed import training_batches
+from packs.encoding import Encoding
+from packs.packing import Split, pack
 from tests.trainer_runs import small_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")

@@ -19,11 +19,11 @@ from PIL import Image
 from data.decode import MAX_PIXELS, decode_file
 from data.imageset import SIDE
 from data.packed import PackedImages, read_json
-from data.packing import DIED, Split, pack
-from data.prepare import main, prepare
+from packs.packing import DIED, Split, pack
+from packs.prepare import main, prepare
 from tests.conftest import ROOT
 from tests.image_files import write_image
-from tests.packs import skipped_lines
+from tests.pack_files import skipped_lines
 from tests.png_by_hand import png, zero_bomb
 
 
@@ -96,7 +96,7 @@ PEAK_RSS = """
 import json, resource, sys
 from pathlib import Path
 from data.decode import DECODE_ERRORS, decode_file
-from data.prepare import prepare
+from packs.prepare import prepare
 
 def peak_mib(who):
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB

@@ -15,10 +15,11 @@ from checkpoints import run_folder, store
 from config.data import DataConfig
 from config.errors import UserError
 from config.model import ModelConfig
-from data import sources
 from data.imageset import SIDE
-from data.packing import Split, pack
+from packs import synthetic_cache
+from packs.packing import Split, pack
 from tests.unit.handed_folders import claimed, snapshot
+from training.datasets import open_datasets
 
 
 @pytest.mark.parametrize("key", ["checkpoint.dir", "log.dir"])
@@ -85,9 +86,9 @@ def test_a_cache_leftover_that_is_a_link_is_unlinked_and_its_target_kept(tmp_pat
     before = snapshot(outside)
     cfg = DataConfig(synthetic_classes=2, synthetic_train_images=2, synthetic_val_images=1, synthetic_cache=str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    leftover = tmp_path / "cache" / (sources.cache_name(cfg, 1) + sources.BUILDING)
+    leftover = tmp_path / "cache" / (synthetic_cache.cache_name(cfg, 1) + synthetic_cache.BUILDING)
     leftover.symlink_to(outside)
-    assert len(sources.open_datasets(cfg, 0).train) == 2
+    assert len(open_datasets(cfg, 0).train) == 2
     assert not leftover.exists() and not leftover.is_symlink()
     assert snapshot(outside) == before
 

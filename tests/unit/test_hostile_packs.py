@@ -19,7 +19,7 @@ from config.schema import ConfigError
 from data.imageset import IMAGE_SHAPE
 from data.packed import MAX_STATS_BYTES, open_packed, read_pack_meta
 from tests.conftest import ROOT
-from tests.packs import LABELS, stats
+from tests.pack_files import LABELS, stats
 from training.build import check_data
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from data.packed import read_json
-from data.prepare import prepare
+from packs.prepare import prepare
 from tests.image_files import write_image
-from tests.packs import skipped_lines
+from tests.pack_files import skipped_lines
 from tests.png_by_hand import tiny_png
 
 

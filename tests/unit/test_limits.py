@@ -16,9 +16,10 @@ from checkpoints import store
 from checkpoints.tensor_file import MAX_HEADER_BYTES, UnreadableFile, header_metadata, open_checked
 from config.loading import CONFIG_FILE_BYTES, load_config
 from config.model import ModelConfig
-from data import assembly, pack_format, prepare
+from data import pack_format
 from data.decode import BYTES_PER_PIXEL, read_image_file
-from data.fashion_mnist import MAX_IDX_BYTES, read_idx
+from packs import assembly, prepare
+from packs.fashion_mnist import MAX_IDX_BYTES, read_idx
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)

@@ -19,12 +19,13 @@ import files
 from checkpoints import run_folder
 from config.data import DataConfig
 from config.errors import UserError
-from data.sources import LOCK_FILE, open_datasets
+from packs.synthetic_cache import LOCK_FILE
 from tests import bounded
 from tests.conftest import ROOT
 from tests.processes import CPU_ENV
 from tests.trainer_runs import small_words
 from tests.unit.handed_folders import claimed, snapshot
+from training.datasets import open_datasets
 
 HOLD = """
 import sys, time

@@ -173,8 +173,8 @@ def test_progress_no_run_could_have_saved_is_refused_naming_the_value(state, mes
 
 
 def test_the_packing_programs_share_the_boundary(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "data.prepare", str(tmp_path / "none"), str(tmp_path / LONG)],
+    done = subprocess.run([sys.executable, "-m", "packs.prepare", str(tmp_path / "none"), str(tmp_path / LONG)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.splitlines() == [
         "error: argument dst: a name of 300 bytes (xxxxxxxxxxxxxxxxxxxx...), over the system's 255 "
-        "(see python -m data.prepare --help)"], done.stderr
+        "(see python -m packs.prepare --help)"], done.stderr

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from data.decode import decode_file
-from data.fashion_mnist import CLASSES, DEBIAN_SRC, FILES, convert, grey_to_rgb, read_idx
 from data.imageset import SIDE
 from data.loader import eval_batches
 from data.packed import open_packed, read_json
-from data.prepare import main, parse_val_labels, prepare, readable_names
+from packs.fashion_mnist import CLASSES, DEBIAN_SRC, FILES, convert, grey_to_rgb, read_idx
+from packs.prepare import main, parse_val_labels, prepare, readable_names
 from tests.image_files import jpeg, png, write_image
 
 GOOD = ["apple/a_photo.jpg", "apple/b_wide.png", "apple/d_cmyk.jpg", "pear/a_grey.png", "pear/d_tall.png", "pear/sub/e_nested.jpg"]
@@ -168,7 +168,7 @@ def test_resuming_from_other_files_is_refused(tree, packed):
 def test_open_packed_names_the_root_when_there_is_no_pack(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"data.root={tmp_path / 'missing'}: no such folder")):
         open_packed(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match=r"the folder is empty\); make one with python -m data.prepare SRC DST"):
+    with pytest.raises(ValueError, match=r"the folder is empty\); make one with python -m packs.prepare SRC DST"):
         open_packed(str(tmp_path))
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match=r"missing meta.json"):

@@ -6,8 +6,11 @@ from dataclasses import replace
 import torch
 
 from config.data import DataConfig
-from data import sources, synthetic
-from data.sources import BUILDING, open_datasets
+from data import synthetic
+from packs import synthetic_cache
+from packs.synthetic_cache import BUILDING
+from training import datasets
+from training.datasets import open_datasets
 
 SMALL = dict(synthetic_classes=3, synthetic_train_images=10, synthetic_val_images=4)
 
@@ -26,7 +29,7 @@ def assert_same_data(got, expected) -> None:
 
 
 def entries(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != sources.LOCK_FILE)
+    return sorted(p.name for p in folder.iterdir() if p.name != synthetic_cache.LOCK_FILE)
 
 
 def test_a_cache_hit_reads_exactly_the_generated_images_and_stats(tmp_path, monkeypatch):
@@ -38,8 +41,8 @@ def test_a_cache_hit_reads_exactly_the_generated_images_and_stats(tmp_path, monk
         raise AssertionError("a cache hit drew the images again")
 
     # A hit neither packs nor draws: the images and the statistics come from the pack on disk.
-    monkeypatch.setattr(sources, "pack", drawing_again)
-    monkeypatch.setattr(sources, "SyntheticImages", drawing_again)
+    monkeypatch.setattr(synthetic_cache, "pack", drawing_again)
+    monkeypatch.setattr(datasets, "SyntheticImages", drawing_again)
     assert_same_data(open_datasets(cfg, seed=5), drawn)
     assert len(entries(tmp_path / "cache")) == 1
 
@@ -47,28 +50,28 @@ def test_a_cache_hit_reads_exactly_the_generated_images_and_stats(tmp_path, monk
 def test_another_seed_size_or_generator_packs_anew(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cfg = DataConfig(**SMALL, synthetic_cache=str(cache))
-    first = sources.synthetic_pack(cfg, seed=0)
+    first = synthetic_cache.synthetic_pack(cfg, seed=0)
     changed = [(replace(cfg, synthetic_train_images=12), 0), (replace(cfg, synthetic_val_images=5), 0),
                (replace(cfg, synthetic_classes=4), 0), (cfg, 1)]
     for other, seed in changed:
-        assert sources.synthetic_pack(other, seed) != first
+        assert synthetic_cache.synthetic_pack(other, seed) != first
         assert_same_data(open_datasets(other, seed), open_datasets(replace(other, synthetic_cache=""), seed))
     # An edit of the code that draws the images (here a comment added to a copy) names another pack.
     edited = tmp_path / "synthetic.py"
     edited.write_text(open(synthetic.__file__).read() + "# edited\n")
     monkeypatch.setattr(synthetic, "__file__", str(edited))
-    assert sources.synthetic_pack(cfg, seed=0) != first
+    assert synthetic_cache.synthetic_pack(cfg, seed=0) != first
     assert len(entries(cache)) == len(changed) + 2
 
 
 def test_what_a_killed_build_left_is_removed(tmp_path):
     cfg = DataConfig(**SMALL, synthetic_cache=str(tmp_path))
     # A build killed mid-way (of another seed, here) leaves its folder under the temporary name, without meta.json.
-    leftover = tmp_path / (sources.cache_name(cfg, 1) + BUILDING)
+    leftover = tmp_path / (synthetic_cache.cache_name(cfg, 1) + BUILDING)
     (leftover / "train").mkdir(parents=True)
     (leftover / "train" / "images_00000.u8").write_bytes(b"\0" * 100)
     assert_same_data(open_datasets(cfg, 0), open_datasets(replace(cfg, synthetic_cache=""), 0))
-    assert entries(tmp_path) == [sources.cache_name(cfg, 0)]
+    assert entries(tmp_path) == [synthetic_cache.cache_name(cfg, 0)]
 
 
 def _open_at_once(cfg: DataConfig, barrier, results) -> None:
@@ -76,7 +79,7 @@ def _open_at_once(cfg: DataConfig, barrier, results) -> None:
     # first parallel op otherwise.
     torch.set_num_threads(1)
     barrier.wait()  # both processes ask for the missing pack in the same instant
-    results.put(str(sources.synthetic_pack(cfg, seed=2)))
+    results.put(str(synthetic_cache.synthetic_pack(cfg, seed=2)))
 
 
 def test_two_processes_packing_at_once_leave_one_valid_pack(tmp_path):
@@ -90,5 +93,5 @@ def test_two_processes_packing_at_once_leave_one_valid_pack(tmp_path):
         p.join(timeout=300)
     assert [p.exitcode for p in processes] == [0, 0]
     paths = {results.get(timeout=5), results.get(timeout=5)}
-    assert len(paths) == 1 and entries(tmp_path) == [sources.cache_name(cfg, 2)]
+    assert len(paths) == 1 and entries(tmp_path) == [synthetic_cache.cache_name(cfg, 2)]
     assert_same_data(open_datasets(cfg, 2), open_datasets(replace(cfg, synthetic_cache=""), 2))

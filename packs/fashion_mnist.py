@@ -1,8 +1,8 @@
-"""`python -m data.fashion_mnist DST`: Fashion-MNIST, from Debian's dataset-fashion-mnist package, to a pack.
+"""`python -m packs.fashion_mnist DST`: Fashion-MNIST, from Debian's dataset-fashion-mnist package, to a pack.
 
 Its 60,000 training and 10,000 test images (28x28 grey, 10 classes) become the
 pack's train and val splits: each image upscaled to 256x256 the same way
-data/prepare.py rescales photographs, then copied to three equal channels, so the
+packs/prepare.py rescales photographs, then copied to three equal channels, so the
 AlexNet trainer runs on it unchanged. The pack takes about 13 GB raw, 0.4 GB with --encoding jpeg.
 """
 
@@ -20,11 +20,11 @@ import torch
 
 from config.cli import Parser, path_option, refuse
 from config.errors import one_line
-from data.compact import Encoding
 from data.decode import Declared, check_declared, rescale
-from data.packing import Split, pack
-from data.prepare import SHARD_SIZE, add_encoding_options, encoding_option, report
 from files import open_regular
+from packs.encoding import Encoding
+from packs.packing import Split, pack
+from packs.prepare import SHARD_SIZE, add_encoding_options, encoding_option, report
 
 DEBIAN_SRC = Path("/usr/share/datasets/fashion-mnist")
 """Where `apt-get install dataset-fashion-mnist` puts the IDX files."""
@@ -103,7 +103,7 @@ def convert(src: Path, dst: Path, workers: int, shard_size: int = SHARD_SIZE, en
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(
-        prog="python -m data.fashion_mnist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m packs.fashion_mnist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("dst", type=path_option, help="the pack to write, or to finish")
     parser.add_argument("--src", type=path_option, default=DEBIAN_SRC, help=f"folder of the four IDX files (default {DEBIAN_SRC})")

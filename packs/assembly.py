@@ -1,6 +1,6 @@
 """Finishing a pack from its shards: the sidecar each packed shard leaves, and the files of a finished split.
 
-data.packing writes a sidecar beside each shard it packs (its labels, its skipped files and, training split,
+packs.packing writes a sidecar beside each shard it packs (its labels, its skipped files and, training split,
 its running statistics); the sidecar's existence marks the shard done. Once every shard of a split has one,
 `assemble` combines them into labels.npy, index.json and (training split) stats.pt; `write_meta` then
 writes skipped.txt and, last, meta.json.
@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.compact import RAW
 from data.imageset import SIDE
-from data.pack_format import FORMAT, SPLITS, VERSION, read_json, shard_name, write_json
+from data.pack_format import FORMAT, RAW, SPLITS, VERSION, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
 from files import read_torch, replacing, write_atomic
 
@@ -77,7 +76,7 @@ def skipped_examples(skipped: list | tuple) -> str:
 
 
 def write_meta(dst: Path, ids: list[str], names: list[str], encoding: dict) -> None:
-    """meta.json (with `encoding`'s fields: data/compact.py's Encoding.meta) and skipped.txt for the splits
+    """meta.json (with `encoding`'s fields: packs/encoding.py's Encoding.meta) and skipped.txt for the splits
     finished in `dst`."""
     finished = _finished(dst)
     splits = {split: {"images": sum(index["counts"]), "skipped": len(index["skipped"])} for split, index in finished}

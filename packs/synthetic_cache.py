@@ -1,9 +1,8 @@
-"""Opening the training and validation images a config names: a pack, or the embedded data.
+"""The embedded synthetic data packed once into `data.synthetic_cache`, for the runs that read it back.
 
-The embedded images are a pure function of (seed, split, index), so they are generated
-once into a pack in `data.synthetic_cache` and read back from it like any packed data
-(images and statistics): the job's tower processes, its loading process and every later
-run with the same seed and sizes read raw bytes instead of drawing each image again.
+Its images are a pure function of (seed, split, index), so the job's tower processes, its loading process and
+every later run with the same seed and sizes read raw bytes instead of drawing each image again. The pack is
+named by what its images depend on, written under a lock and renamed once whole.
 """
 
 import hashlib
@@ -12,20 +11,14 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from config.data import DataConfig
 from data import synthetic
-from data.imageset import SIDE, Datasets
 from data.pack_format import FORMAT, VERSION
-from data.packed import open_packed, read_pack_meta
-from data.packing import Split, pack
-from data.stats import compute_stats
-from data.synthetic import SyntheticImages, synthetic_classes, synthetic_image, synthetic_labels
+from data.synthetic import synthetic_classes, synthetic_image, synthetic_labels
 from files import atomic_folder, create_root, lock, remove
 from model import seeds
+from packs.packing import Split, pack
 
-STATS_BATCH = 64
 CACHE_SHARD = 256
 """Images per shard of a cached pack (50 MB files)."""
 BUILDING = ".building"
@@ -35,29 +28,6 @@ LOCK_FILE = ".cache.lock"
 WAIT_S = 300.0
 """Longest wait for another process packing the cache where no deadline is given (the programs give
 parallel.timeout_s, of the same default): the default embedded data packs in seconds."""
-
-
-def data_sizes(cfg: DataConfig) -> tuple[int, int]:
-    """(classes, training images) of the data `cfg` names, read without touching an image (a pack is checked
-    whole on the way: read_pack_meta)."""
-    if cfg.root:
-        meta = read_pack_meta(cfg.root)
-        return len(meta["names"]), meta["splits"]["train"]["images"]
-    return cfg.synthetic_classes, cfg.synthetic_train_images
-
-
-def open_datasets(cfg: DataConfig, seed: int, wait_s: float = WAIT_S) -> Datasets:
-    """The packed data under `cfg.root`, or the embedded synthetic data when it is empty (from its cache
-    when `cfg.synthetic_cache` names one, waiting at most `wait_s` seconds for another process packing it)."""
-    if cfg.root:
-        return open_packed(cfg.root)
-    if cfg.synthetic_cache:
-        return open_packed(str(synthetic_pack(cfg, seed, wait_s)))
-    train = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_train_images, seed, "train")
-    val = SyntheticImages(cfg.synthetic_classes, cfg.synthetic_val_images, seed, "val")
-    chunks = torch.arange(len(train)).split(STATS_BATCH)
-    stats = compute_stats((train.load(chunk)[0] for chunk in chunks), SIDE)
-    return Datasets(train, val, stats)
 
 
 def cache_name(cfg: DataConfig, seed: int) -> str:

@@ -1,4 +1,4 @@
-"""`python -m data.prepare SRC DST [--val-src VAL [--val-labels FILE]]`: image files to a pack.
+"""`python -m packs.prepare SRC DST [--val-src VAL [--val-labels FILE]]`: image files to a pack.
 
 SRC holds one folder per class (ImageNet's training layout; the sorted folder names
 are the classes, files in subfolders count too, folders starting with "." do not).
@@ -30,11 +30,11 @@ from typing import Any, Callable
 
 from config.cli import Parser, path_option, refuse
 from config.errors import one_line
-from data.compact import ENCODINGS, QUALITY, RAW, Encoding
 from data.decode import MAX_PIXELS, decode_file
-from data.pack_format import read_json
-from data.packing import Split, pack, skip_reason
+from data.pack_format import ENCODINGS, RAW, read_json
 from files import read_capped
+from packs.encoding import QUALITY, Encoding
+from packs.packing import Split, pack, skip_reason
 
 SHARD_SIZE = 1024
 """Images per shard (192 MiB): big enough for few files, small enough that a resume loses little work."""
@@ -203,7 +203,7 @@ def readable_names(ids: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(
-        prog="python -m data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m packs.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("src", type=path_option, help="training images, one folder per class")
     parser.add_argument("dst", type=path_option, help="the pack to write, or to finish")

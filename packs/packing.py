@@ -1,18 +1,9 @@
 """Writing a pack with every core, shard by shard, so that an interrupted run resumes where it stopped.
 
-Each split's images are cut into shards of `shard_size` in a fixed order, and each
-shard is one task for a pool of processes: decode every image, append it to the
-shard file, note its label, list it in the skipped files if it cannot be decoded,
-and (training split) add it to the shard's running statistics. A shard is done once
-its sidecar exists; both files are written under temporary names and renamed, so a
-killed run leaves no half shard that a later run would mistake for a finished one.
-When every shard of a split is done, data.assembly combines the sidecars into
-labels.npy, index.json and (training split) stats.pt; meta.json is written last.
-
-A packing process can die (the out-of-memory killer, a crash in a decoder); the
-pool then fails every shard in flight. Those shards are packed again, and the ones
-that were decoding run alone: a file that kills its process there too is skipped,
-with that reason, and the shard packed without it.
+Each shard is one task for a pool of processes (decode, append, label, skip, add to the statistics), done once
+its sidecar exists; packs.assembly then finishes the split. A packing process that dies has its shards packed
+again, those decoding alone, and a file that kills its process there too is skipped (docs/DATA.md, "What is
+skipped" and "Interrupted runs").
 """
 
 import ctypes
@@ -29,13 +20,13 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from data.assembly import assemble, atomic_save, sidecar_path, skipped_examples, write_meta
-from data.compact import RAW, Encoding
 from data.decode import DECODE_ERRORS
 from data.imageset import SIDE
-from data.pack_format import SPLITS, read_json, shard_name, write_json
+from data.pack_format import RAW, SPLITS, read_json, shard_name, write_json
 from data.stats import StatsAccumulator
 from files import create_root, make_folder, replacing
+from packs.assembly import assemble, atomic_save, sidecar_path, skipped_examples, write_meta
+from packs.encoding import Encoding
 
 DIED = "the packing process died decoding it, even alone (out of memory? a crash in the decoder?)"
 """skipped.txt's reason for a file that killed the process decoding it."""
