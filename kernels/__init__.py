@@ -91,9 +91,9 @@ def _load(kernel: CppKernel):
         # holding ours, no other process is building here.
         files.remove(folder / "lock")
         _unlink_unless_built_here(folder, kernel.name)
-        built = folder / f"{kernel.name}.so"
-        if built.is_file():  # the folder is named by what built it: imported as load() would, without running ninja
-            spec = importlib.util.spec_from_file_location(kernel.name, built)
+        library = folder / f"{kernel.name}.so"
+        if library.is_file():  # the folder is named by what built it: imported as load() would, without running ninja
+            spec = importlib.util.spec_from_file_location(kernel.name, library)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module
