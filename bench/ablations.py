@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from bench import command
 from config.loading import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,8 +62,7 @@ FIGURE1_LR = (0.0025, 0.005)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.ablations", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.ablations", __doc__)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these ablations (and the baseline) only")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed of each table run")
     parser.add_argument("--no-figure1", action="store_true", help="skip the ReLU vs tanh runs of Figure 1")

@@ -10,7 +10,6 @@ whose decoding is the codec's), the paper's 256x256 images encoded as compact re
 speed), and those records decoded (what a CPU loading process does).
 """
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from matplotlib import cbook
 
+from bench import command
 from bench.images import make_jpegs
 from data.codec import CODECS
 from data.decode import rescale
@@ -36,8 +36,7 @@ def _per_cpu_second(work, items: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.codecs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.codecs", __doc__)
     parser.add_argument("--images", type=int, default=128, help="photograph-like JPEGs to make (bench.images)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()

@@ -6,7 +6,6 @@ Left: training loss (per log window) and validation loss (per epoch); right: tra
 epoch and validation top-1/top-5 error, with the learning rate on a log axis.
 """
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from bench import command  # noqa: E402
 
 
 def scalars(log_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -51,8 +52,7 @@ def plot(log_dir: Path, target: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.curves", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.curves", __doc__)
     parser.add_argument("log_dir", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--title", default="")

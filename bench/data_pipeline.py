@@ -17,7 +17,6 @@ processes together (getrusage), so a configuration is charged for every core it 
 busy, whatever the machine's core count.
 """
 
-import argparse
 import os
 import resource
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench import command
 from bench.images import examples_loader, make_jpegs, pack_jpegs
 from config.data import DataConfig
 from data.augment import Augmenter
@@ -73,9 +73,7 @@ def packed(root: Path, batch: int, workers: int, augment: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.data_pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command.parser("bench.data_pipeline", __doc__)
     parser.add_argument("--images", type=int, default=2048, help="JPEGs to make and read")
     parser.add_argument("--batch", type=int, default=128, help="images per batch")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes over the images per configuration")

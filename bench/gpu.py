@@ -23,7 +23,6 @@ peak) and peak memory go to DIR/gpu.md (a table) and DIR/gpu.json, both rewritte
 --smoke runs every row at tiny sizes on whatever device there is, so CI keeps the script working.
 """
 
-import argparse
 import json
 import resource
 import statistics
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from bench import command
 from bench.images import all_cores, examples_loader, make_jpegs, pack_jpegs
 from config.loading import load_config
 from distributed import layout
@@ -258,8 +258,7 @@ def markdown(meta: dict, rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.gpu", __doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu.md and gpu.json")
     parser.add_argument("--smoke", action="store_true", help="every row at tiny sizes (CI)")
     parser.add_argument("--work", type=Path, help="scratch folder for the JPEGs, the pack and runs (default: a temporary one)")

@@ -16,7 +16,6 @@ On a GPU the rows are the GPU variant (bigger sizes, ring pinned, jpeg decoded b
 runs every row at tiny sizes on whatever device there is, so CI keeps the script working.
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from bench import command
 from bench.gpu import Device, our_trainer, synthetic_batches, timed
 from bench.images import all_cores, make_jpegs, pack_jpegs
 from data import compact
@@ -101,8 +101,7 @@ def compact_table(name: str, images: torch.Tensor) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.loader", __doc__)
     parser.add_argument("--images", type=int, default=None, help="photograph-like JPEGs to pack (320; GPU 12,800)")
     parser.add_argument("--batches", type=int, default=40, help="timed batches of 128 per loader row")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the loader rows, interleaved")

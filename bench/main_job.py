@@ -18,7 +18,6 @@ checkpoint's files and the final scalars mark where the validations, the checkpo
 writes and the ten-patch evaluation begin and end.
 """
 
-import argparse
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bench import command
 from bench.workers import run_workers
 from checkpoints import store
 from config.loading import load_config
@@ -156,8 +156,7 @@ def _minutes(seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.main_job", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.main_job", __doc__)
     parser.add_argument("--config", default="experiments/quickstart.yaml", help="the overlay ./run.sh trains")
     parser.add_argument("overrides", nargs="*", help="section.key=value, passed to the job and the step")
     parser.add_argument("--seeds", type=int, nargs="+", help="run the job once per train.seed (default: the config's)")

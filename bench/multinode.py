@@ -9,7 +9,6 @@ root only), so the replicas' gradient all-reduce crosses an interface. Step time
 the logged `time/step_s` after the first two steps; exposed exchange from `time/exchange_pct`.
 """
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bench import command
 from bench.netns import Namespaces, namespaces_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +70,7 @@ def run(name: str, nodes: int, per_node: int, tmp: Path, args, net: Namespaces |
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.multinode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.multinode", __doc__)
     parser.add_argument("--batch", type=int, default=32, help="images per step over all replicas")
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()

@@ -12,7 +12,6 @@ with the whole model compiled as one graph:
 torch.profiler's tables (top host and device operators) go to DIR/profile_*.txt.
 """
 
-import argparse
 import json
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bench import command
 from bench.gpu import Device, our_trainer, synthetic_batches
 from bench.images import all_cores, make_jpegs, pack_jpegs
 
@@ -78,8 +78,7 @@ def parts(dev: Device, trainer, images, labels, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.step_profile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.step_profile", __doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--work", type=Path, help="scratch folder for the JPEGs, the pack and runs (default: a temporary one)")

@@ -8,7 +8,6 @@ eager only), then torch.profiler's time per kind of operation and the two-proces
 the figures: docs/BENCHMARKS.md.
 """
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -21,6 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torchvision
 
+from bench import command
 from bench.op_shares import KINDS, shares
 from bench.workers import run_workers
 from config.model import ModelConfig
@@ -123,8 +123,7 @@ def two_processes(batch: int, timed: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.vs_torchvision", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.vs_torchvision", __doc__)
     parser.add_argument("--quick", action="store_true", help="fp32 eager only (no bf16, no compilation)")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per net and row, after one warm-up")
