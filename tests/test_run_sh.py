@@ -79,7 +79,7 @@ def test_a_failing_worker_ends_run_sh_with_its_own_lines_and_status(tmp_path):
 def test_ctrl_c_through_run_sh_is_one_line_naming_the_command_that_continues(tmp_path):
     """SIGINT to ./run.sh's process group, as a terminal's Ctrl-C: one line, exit 130, no process left; the
     command it names continues the run from that checkpoint."""
-    words = small_words(tmp_path, "checkpoint.every_steps=1", "checkpoint.keep=3", "train.max_steps=8")
+    words = small_words(tmp_path, "checkpoint.every_steps=2", "checkpoint.keep=3", "train.max_steps=8")
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         proc = subprocess.Popen(["./run.sh", *words], cwd=ROOT, env=ENV, stdout=out, stderr=err, start_new_session=True)
     try:

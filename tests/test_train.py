@@ -142,7 +142,7 @@ def test_export_writes_a_grouped_state_dict_of_the_newest_checkpoint(tmp_path):
 
 def test_epoch_training_error_is_logged_and_can_end_the_run(tmp_path):
     # Figure 1's measure: the training error over each epoch, and a run that ends at the first
-    # epoch at or below a target. 32 images in steps of 8 (4 micro-batches): 4 steps an epoch.
+    # epoch at or below a target. 32 images in steps of 8 (2 micro-batches): 4 steps an epoch.
     # Each step's error is counted again from a plain forward of the step's inputs against its
     # labels (dropout off, so the step's logits depend on the weights and inputs alone).
     cfg = small_config(tmp_path, "train.stop_at_train_error=0.99", "train.epochs=6", "model.dropout=0")
