@@ -8,13 +8,13 @@ CI image has no browser, and what a screenshot shows is for a person to judge; t
 the same server's scalars over HTTP (tests/test_tensorboard.py).
 """
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import urllib.parse
 from pathlib import Path
 
+from bench import command
 from bench.tensorboard_http import serving
 
 QUIET = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -40,7 +40,7 @@ def screenshot(log_dir: Path, out: Path, tags: str, chromium: str, size: str) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command.parser("bench.tensorboard_screenshot", __doc__)
     parser.add_argument("log_dir", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--tags", default="", help="a regular expression: only the tags it matches (default: all)")
