@@ -53,8 +53,8 @@ class SavedState:
 
     def check_finite(self, step: int, folder: str) -> None:
         """Stop the run, on every process alike, when a weight is no longer finite on some process."""
-        # A tensor's min and max are finite exactly when all of it is (both propagate NaN): two reductions
-        # that read each weight once, where isfinite() would write a mask as large as the net, and one sync.
+        # A tensor's min and max are finite exactly when all of it is (both propagate NaN): aminmax reads each
+        # weight once, where isfinite() would write a mask as large as the net; and one sync for them all.
         ends = torch.stack([end for p in self.model.parameters() for end in torch.aminmax(p.detach())])
         finite = bool(ends.isfinite().all())
         if any_process(not finite, self.plan.device):
